@@ -1,0 +1,391 @@
+//! Backoff maths: how long to wait before the next dial.
+//!
+//! A [`Backoff`] describes a schedule: its kind (exponential or fixed), its
+//! [`Jitter`], and the limits after which the client gives up. A [`Schedule`]
+//! walks it, one delay per failed dial.
+//!
+//! The first dial after a healthy connection drops is immediate and takes no
+//! delay from the schedule; the delays below are for the failures after it.
+//! With `n` failed dials so far, the raw delay is
+//!
+//! - exponential: `min(cap, base × multiplierⁿ⁻¹)`;
+//! - fixed: always the same delay.
+//!
+//! and the [`Jitter`] then spreads it out, never above the cap.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_redial::{Backoff, Jitter};
+//!
+//! let backoff = Backoff::exponential(Duration::from_millis(100), 2.0, Duration::from_secs(1))
+//!     .jitter(Jitter::None);
+//! let delays: Vec<_> = backoff.schedule(7).take(6).map(|d| d.as_millis()).collect();
+//! assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::InvalidPolicy;
+
+/// How a raw backoff delay is spread out, so that many clients that lost the
+/// same server do not all redial at the same instant.
+///
+/// See AWS's "Exponential Backoff and Jitter" for the trade-offs; full jitter
+/// spends the least total work.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Jitter {
+    /// No jitter: wait exactly the raw delay.
+    None,
+    /// Wait a uniformly random time in `[0, raw]`.
+    Full,
+    /// Wait `raw / 2` plus a uniformly random time in `[0, raw / 2]`.
+    Equal,
+    /// AWS's decorrelated jitter: wait a uniformly random time in
+    /// `[base, 3 × previous delay]`, capped. The multiplier is not used.
+    Decorrelated,
+    /// Wait the raw delay times a uniformly random factor in `[1 - f, 1 + f]`,
+    /// capped; `f` must be in `[0, 1]`. gRPC uses `Proportional(0.2)`.
+    Proportional(f64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Exponential {
+        base: Duration,
+        multiplier: f64,
+        cap: Duration,
+    },
+    Fixed(Duration),
+}
+
+/// A backoff schedule, with its limits.
+///
+/// Build one with [`Backoff::exponential`] or [`Backoff::fixed`], then pass it
+/// to [`ReconnectPolicyBuilder::backoff`](crate::ReconnectPolicyBuilder::backoff),
+/// which checks it.
+///
+/// # Default
+///
+/// `Backoff::default()` is exponential from 100 ms, doubling, capped at 30 s,
+/// with [`Jitter::Full`] and no attempt or time limit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Backoff {
+    kind: Kind,
+    jitter: Jitter,
+    max_attempts: Option<u32>,
+    max_elapsed: Option<Duration>,
+}
+
+impl Backoff {
+    /// Exponential backoff: `base`, then `base × multiplier`, and so on, up to
+    /// `cap`. No jitter until [`Backoff::jitter`] sets one.
+    ///
+    /// `base` must be above zero, `multiplier` finite and at least 1, and
+    /// `cap` at least `base`; the policy builder refuses anything else.
+    pub const fn exponential(base: Duration, multiplier: f64, cap: Duration) -> Self {
+        Self::new(Kind::Exponential {
+            base,
+            multiplier,
+            cap,
+        })
+    }
+
+    /// The same delay before every redial, like the classic `sleep(3)` loop.
+    /// `delay` must be above zero.
+    pub const fn fixed(delay: Duration) -> Self {
+        Self::new(Kind::Fixed(delay))
+    }
+
+    const fn new(kind: Kind) -> Self {
+        Self {
+            kind,
+            jitter: Jitter::None,
+            max_attempts: None,
+            max_elapsed: None,
+        }
+    }
+
+    /// Sets the jitter.
+    pub const fn jitter(mut self, jitter: Jitter) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Gives up for good after `attempts` consecutive failed dials.
+    pub const fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = Some(attempts);
+        self
+    }
+
+    /// Gives up for good once the connection has been unavailable for
+    /// `elapsed` and the next dial fails.
+    pub const fn max_elapsed(mut self, elapsed: Duration) -> Self {
+        self.max_elapsed = Some(elapsed);
+        self
+    }
+
+    /// The attempt limit, if any.
+    pub fn attempt_limit(&self) -> Option<u32> {
+        self.max_attempts
+    }
+
+    /// The time limit, if any.
+    pub fn elapsed_limit(&self) -> Option<Duration> {
+        self.max_elapsed
+    }
+
+    /// The jitter.
+    pub fn jitter_kind(&self) -> Jitter {
+        self.jitter
+    }
+
+    /// The shortest raw delay: the base, or the fixed delay.
+    pub fn base(&self) -> Duration {
+        match self.kind {
+            Kind::Exponential { base, .. } => base,
+            Kind::Fixed(delay) => delay,
+        }
+    }
+
+    /// The longest delay the schedule ever gives.
+    pub fn cap(&self) -> Duration {
+        match self.kind {
+            Kind::Exponential { cap, .. } => cap,
+            Kind::Fixed(delay) => delay,
+        }
+    }
+
+    /// The delay before jitter after `failures` failed dials (1 or more).
+    pub fn raw_delay(&self, failures: u32) -> Duration {
+        match self.kind {
+            Kind::Fixed(delay) => delay,
+            Kind::Exponential {
+                base,
+                multiplier,
+                cap,
+            } => {
+                let exponent = failures.saturating_sub(1).min(i32::MAX as u32) as i32;
+                let secs = base.as_secs_f64() * multiplier.powi(exponent);
+                if secs.is_finite() && secs < cap.as_secs_f64() {
+                    Duration::from_secs_f64(secs).min(cap)
+                } else {
+                    cap
+                }
+            }
+        }
+    }
+
+    /// Walks the schedule with a random source seeded by `seed`: the same
+    /// seed gives the same delays.
+    pub fn schedule(&self, seed: u64) -> Schedule {
+        Schedule {
+            backoff: self.clone(),
+            rng: fastrand::Rng::with_seed(seed),
+            failures: 0,
+            previous: self.base(),
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), InvalidPolicy> {
+        match self.kind {
+            Kind::Exponential {
+                base,
+                multiplier,
+                cap,
+            } => {
+                if base.is_zero() {
+                    return Err(InvalidPolicy::new(
+                        "backoff base",
+                        "must be greater than zero",
+                    ));
+                }
+                if cap < base {
+                    return Err(InvalidPolicy::new(
+                        "backoff cap",
+                        format!("({cap:?}) must not be less than the base ({base:?})"),
+                    ));
+                }
+                if !multiplier.is_finite() || multiplier < 1.0 {
+                    return Err(InvalidPolicy::new(
+                        "backoff multiplier",
+                        format!("must be finite and at least 1 (got {multiplier})"),
+                    ));
+                }
+            }
+            Kind::Fixed(delay) => {
+                if delay.is_zero() {
+                    return Err(InvalidPolicy::new(
+                        "fixed backoff delay",
+                        "must be greater than zero",
+                    ));
+                }
+            }
+        }
+        if let Jitter::Proportional(f) = self.jitter {
+            if !(0.0..=1.0).contains(&f) {
+                return Err(InvalidPolicy::new(
+                    "proportional jitter",
+                    format!("must be a finite fraction in [0, 1] (got {f})"),
+                ));
+            }
+        }
+        if self.max_attempts == Some(0) {
+            return Err(InvalidPolicy::new("max attempts", "must be at least 1"));
+        }
+        if self.max_elapsed == Some(Duration::ZERO) {
+            return Err(InvalidPolicy::new(
+                "max elapsed time",
+                "must be greater than zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::exponential(Duration::from_millis(100), 2.0, Duration::from_secs(30))
+            .jitter(Jitter::Full)
+    }
+}
+
+/// A walk along a [`Backoff`]: each [`next`](Iterator::next) is the delay
+/// after one more failed dial. It never ends; the client checks the limits.
+#[derive(Clone)]
+pub struct Schedule {
+    backoff: Backoff,
+    rng: fastrand::Rng,
+    failures: u32,
+    previous: Duration,
+}
+
+impl Schedule {
+    /// Starts the schedule again from the first delay, as after a connection
+    /// proved healthy.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+        self.previous = self.backoff.base();
+    }
+
+    /// How many delays have been taken since the last reset.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let cap = self.backoff.cap();
+        let raw = self.backoff.raw_delay(self.failures);
+        let delay = match self.backoff.jitter {
+            Jitter::None => raw,
+            Jitter::Full => raw.mul_f64(self.rng.f64()),
+            Jitter::Equal => raw / 2 + (raw / 2).mul_f64(self.rng.f64()),
+            Jitter::Proportional(f) => raw.mul_f64(1.0 - f + 2.0 * f * self.rng.f64()),
+            Jitter::Decorrelated => {
+                let low = self.backoff.base().as_secs_f64();
+                let high = (self.previous.as_secs_f64() * 3.0).max(low);
+                Duration::from_secs_f64(low + (high - low) * self.rng.f64())
+            }
+        };
+        let delay = delay.min(cap);
+        self.previous = delay;
+        delay
+    }
+}
+
+impl Iterator for Schedule {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(self.next_delay())
+    }
+}
+
+impl fmt::Debug for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Schedule")
+            .field("backoff", &self.backoff)
+            .field("failures", &self.failures)
+            .field("previous", &self.previous)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// The default preset doubles from 100 ms and stops at 30 s.
+    #[test]
+    fn default_raw_delays_double_up_to_the_cap() {
+        let b = Backoff::default();
+        let raw: Vec<_> = (1..=11).map(|n| b.raw_delay(n).as_millis()).collect();
+        assert_eq!(
+            raw,
+            [100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]
+        );
+        assert_eq!(b.raw_delay(u32::MAX), Duration::from_secs(30));
+    }
+
+    /// The same seed gives the same jittered delays; reset starts over.
+    #[test]
+    fn seeded_schedule_is_repeatable() {
+        let b = Backoff::default();
+        let a: Vec<_> = b.schedule(42).take(8).collect();
+        let mut s = b.schedule(42);
+        let again: Vec<_> = s.by_ref().take(8).collect();
+        assert_eq!(a, again);
+        s.reset();
+        assert_eq!(s.failures(), 0);
+        assert!(s.next().unwrap() <= b.raw_delay(1));
+        assert_eq!(s.failures(), 1);
+    }
+
+    /// Each invalid setting is refused by name, without a panic.
+    #[test]
+    fn invalid_settings_are_refused() {
+        let cases = [
+            (Backoff::exponential(ms(0), 2.0, ms(10)), "backoff base"),
+            (Backoff::exponential(ms(20), 2.0, ms(10)), "backoff cap"),
+            (
+                Backoff::exponential(ms(1), 0.5, ms(10)),
+                "backoff multiplier",
+            ),
+            (
+                Backoff::exponential(ms(1), f64::NAN, ms(10)),
+                "backoff multiplier",
+            ),
+            (
+                Backoff::exponential(ms(1), f64::INFINITY, ms(10)),
+                "backoff multiplier",
+            ),
+            (Backoff::fixed(ms(0)), "fixed backoff delay"),
+            (
+                Backoff::fixed(ms(1)).jitter(Jitter::Proportional(f64::NAN)),
+                "proportional jitter",
+            ),
+            (
+                Backoff::fixed(ms(1)).jitter(Jitter::Proportional(f64::INFINITY)),
+                "proportional jitter",
+            ),
+            (
+                Backoff::fixed(ms(1)).jitter(Jitter::Proportional(1.5)),
+                "proportional jitter",
+            ),
+            (Backoff::fixed(ms(1)).max_attempts(0), "max attempts"),
+            (Backoff::fixed(ms(1)).max_elapsed(ms(0)), "max elapsed time"),
+        ];
+        for (backoff, setting) in cases {
+            let err = backoff.validate().unwrap_err();
+            assert_eq!(err.setting(), setting, "{backoff:?}");
+        }
+        assert!(Backoff::default().validate().is_ok());
+    }
+}

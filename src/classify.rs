@@ -1,0 +1,199 @@
+//! Which errors mean "the connection is dead".
+//!
+//! Two kinds of error reach a [`Reconnect`](crate::Reconnect):
+//!
+//! - **An error from the connection's `poll_ready`** always means the
+//!   connection is dead: by tower's contract, a service whose `poll_ready`
+//!   failed cannot be used again. The connection is dropped and redialed.
+//! - **An error from a response** may be the server's answer ("no such key")
+//!   or a sign that the transport broke. A [`Classifier`] decides. When it
+//!   says "dead", the connection is dropped before the next request and
+//!   redialed; the error itself is still returned to the caller.
+//!
+//! The default classifier, [`is_transport_error`], walks the error's
+//! [`source()`](std::error::Error::source) chain and looks at types only,
+//! never at message text. Rust ignores `SIGPIPE`, so a write to a closed
+//! socket shows up here as [`BrokenPipe`](std::io::ErrorKind::BrokenPipe)
+//! instead of killing the process.
+//!
+//! # Example
+//!
+//! ```
+//! use std::io;
+//! use tower_redial::{Classifier, ReconnectPolicy};
+//!
+//! // Also treat a protocol desync, reported as `InvalidData`, as fatal.
+//! let classifier = Classifier::new(|error| {
+//!     tower_redial::classify::is_transport_error(error)
+//!         || tower_redial::classify::io_error_kind(error) == Some(io::ErrorKind::InvalidData)
+//! });
+//! let policy = ReconnectPolicy::builder().classifier(classifier).build()?;
+//! # Ok::<_, tower_redial::InvalidPolicy>(())
+//! ```
+
+use std::error::Error;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+use crate::error::{ConnectTimeout, NotSent};
+
+/// Decides whether a response error means the connection is dead.
+///
+/// # Default
+///
+/// [`is_transport_error`].
+#[derive(Clone)]
+pub struct Classifier {
+    is_dead: Arc<dyn Fn(&(dyn Error + 'static)) -> bool + Send + Sync>,
+}
+
+impl Classifier {
+    /// A classifier from a function that returns `true` for errors that mean
+    /// the connection is dead.
+    pub fn new<F>(is_dead: F) -> Self
+    where
+        F: Fn(&(dyn Error + 'static)) -> bool + Send + Sync + 'static,
+    {
+        Self {
+            is_dead: Arc::new(is_dead),
+        }
+    }
+
+    /// Whether `error` means the connection is dead.
+    pub fn is_dead(&self, error: &(dyn Error + 'static)) -> bool {
+        (self.is_dead)(error)
+    }
+}
+
+impl Default for Classifier {
+    fn default() -> Self {
+        Self::new(is_transport_error)
+    }
+}
+
+impl fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Classifier").finish_non_exhaustive()
+    }
+}
+
+/// The default classifier: `true` when any error in the `source()` chain is
+///
+/// - an [`io::Error`] of kind `ConnectionReset`, `ConnectionAborted`,
+///   `ConnectionRefused`, `BrokenPipe`, `NotConnected`, `UnexpectedEof`,
+///   `TimedOut`, `HostUnreachable` or `NetworkUnreachable`;
+/// - a [`NotSent`] (the connection could not take the request);
+/// - a [`ConnectTimeout`].
+///
+/// # Example
+///
+/// ```
+/// use std::io;
+/// use tower_redial::classify::is_transport_error;
+///
+/// let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+/// assert!(is_transport_error(&reset));
+///
+/// let answer = io::Error::new(io::ErrorKind::Other, "connection reset (but only in the text)");
+/// assert!(!is_transport_error(&answer));
+/// ```
+pub fn is_transport_error(error: &(dyn Error + 'static)) -> bool {
+    chain(error).any(|e| {
+        e.is::<NotSent>()
+            || e.is::<ConnectTimeout>()
+            || e.downcast_ref::<io::Error>()
+                .is_some_and(|io| is_transport_kind(io.kind()))
+    })
+}
+
+/// The kind of the first [`io::Error`] in the `source()` chain, if any.
+pub fn io_error_kind(error: &(dyn Error + 'static)) -> Option<io::ErrorKind> {
+    chain(error).find_map(|e| e.downcast_ref::<io::Error>().map(io::Error::kind))
+}
+
+fn is_transport_kind(kind: io::ErrorKind) -> bool {
+    use io::ErrorKind::*;
+    matches!(
+        kind,
+        ConnectionReset
+            | ConnectionAborted
+            | ConnectionRefused
+            | BrokenPipe
+            | NotConnected
+            | UnexpectedEof
+            | TimedOut
+            | HostUnreachable
+            | NetworkUnreachable
+    )
+}
+
+/// The error itself, then each `source()` in turn.
+pub(crate) fn chain<'a>(
+    error: &'a (dyn Error + 'static),
+) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
+    std::iter::successors(Some(error), |e: &&'a (dyn Error + 'static)| (*e).source())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Wrapper(io::Error);
+
+    impl fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("request failed")
+        }
+    }
+
+    impl Error for Wrapper {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    /// The default finds a transport error anywhere in the source chain.
+    #[test]
+    fn default_walks_the_source_chain() {
+        let c = Classifier::default();
+        for kind in [
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+            io::ErrorKind::ConnectionRefused,
+            io::ErrorKind::BrokenPipe,
+            io::ErrorKind::NotConnected,
+            io::ErrorKind::UnexpectedEof,
+            io::ErrorKind::TimedOut,
+            io::ErrorKind::HostUnreachable,
+            io::ErrorKind::NetworkUnreachable,
+        ] {
+            assert!(c.is_dead(&Wrapper(io::Error::from(kind))), "{kind:?}");
+        }
+        assert!(c.is_dead(&NotSent::new("closed")));
+        assert!(c.is_dead(&ConnectTimeout::new(std::time::Duration::from_secs(1))));
+    }
+
+    /// Application errors, and message text that merely mentions a reset,
+    /// do not kill the connection.
+    #[test]
+    fn default_ignores_application_errors_and_message_text() {
+        let c = Classifier::default();
+        assert!(!c.is_dead(&Wrapper(io::Error::new(
+            io::ErrorKind::Other,
+            "broken pipe: connection reset by peer"
+        ))));
+        assert!(!c.is_dead(&io::Error::from(io::ErrorKind::InvalidData)));
+        let boxed: crate::BoxError = "ERR no such key".into();
+        assert!(!c.is_dead(&*boxed));
+    }
+
+    /// A user classifier replaces the default.
+    #[test]
+    fn user_classifier_overrides_default() {
+        let c = Classifier::new(|e| io_error_kind(e) == Some(io::ErrorKind::InvalidData));
+        assert!(c.is_dead(&Wrapper(io::Error::from(io::ErrorKind::InvalidData))));
+        assert!(!c.is_dead(&io::Error::from(io::ErrorKind::ConnectionReset)));
+    }
+}

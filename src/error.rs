@@ -1,0 +1,296 @@
+//! Error types.
+//!
+//! Every error that [`Client`](crate::Client) and [`Reconnect`](crate::Reconnect)
+//! produce is a [`BoxError`]. Match on the kind with
+//! [`downcast_ref`](std::error::Error#method.downcast_ref):
+//!
+//! | error | when | `source()` |
+//! |---|---|---|
+//! | [`Unavailable`] | the connection has been down longer than the wait limit; the request failed fast | the last dial error |
+//! | [`Closed`] | the client gave up for good (attempt or time limit reached) or was shut down | the last dial error |
+//! | [`ConnectTimeout`] | one dial took longer than the connect timeout (seen as the `source()` of the two above) | — |
+//! | [`NotSent`] | the connection refused the request before writing any of it | the connection's error |
+//! | anything else | the connection's own error for a request that may have reached the peer | — |
+//!
+//! Errors are classified by type, never by message text: see
+//! [`classify`](crate::classify).
+
+use std::any::Any;
+use std::error::Error;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::BoxError;
+
+/// An error shared by many waiters, such as the last dial error.
+pub(crate) type SharedError = Arc<dyn Error + Send + Sync + 'static>;
+
+pub(crate) fn share(error: BoxError) -> SharedError {
+    Arc::from(error)
+}
+
+/// The connection has been unavailable for longer than the wait limit, so the
+/// request failed at once instead of waiting in the queue.
+///
+/// Redialing carries on in the background; requests flow again as soon as a
+/// connection is made. [`source()`](Error::source) is the last dial error.
+#[derive(Clone)]
+pub struct Unavailable {
+    down_for: Duration,
+    attempts: u32,
+    source: Option<SharedError>,
+}
+
+impl Unavailable {
+    pub(crate) fn new(down_for: Duration, attempts: u32, source: Option<SharedError>) -> Self {
+        Self {
+            down_for,
+            attempts,
+            source,
+        }
+    }
+
+    /// How long the connection had been unavailable when the request failed.
+    pub fn down_for(&self) -> Duration {
+        self.down_for
+    }
+
+    /// How many dials had failed in this outage when the request failed.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+}
+
+impl fmt::Debug for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Unavailable")
+            .field("down_for", &self.down_for)
+            .field("attempts", &self.attempts)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "connection unavailable for {:?} after {} dial attempts",
+            self.down_for, self.attempts
+        )
+    }
+}
+
+impl Error for Unavailable {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn Error + 'static))
+    }
+}
+
+/// The client gave up for good: its attempt or time limit was reached, or its
+/// connection factory failed.
+///
+/// This is the only error that `poll_ready` ever returns. Every later request
+/// fails with it too. [`source()`](Error::source) is the error that ended it.
+#[derive(Clone)]
+pub struct Closed {
+    attempts: u32,
+    source: Option<SharedError>,
+}
+
+impl Closed {
+    pub(crate) fn new(attempts: u32, source: Option<SharedError>) -> Self {
+        Self { attempts, source }
+    }
+
+    /// How many dials were made before giving up.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+}
+
+impl fmt::Debug for Closed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Closed")
+            .field("attempts", &self.attempts)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl fmt::Display for Closed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "reconnect gave up after {} dial attempts", self.attempts)
+    }
+}
+
+impl Error for Closed {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn Error + 'static))
+    }
+}
+
+/// A dial did not finish within the connect timeout.
+#[derive(Clone, Debug)]
+pub struct ConnectTimeout {
+    after: Duration,
+}
+
+impl ConnectTimeout {
+    pub(crate) fn new(after: Duration) -> Self {
+        Self { after }
+    }
+
+    /// The connect timeout that expired.
+    pub fn after(&self) -> Duration {
+        self.after
+    }
+}
+
+impl fmt::Display for ConnectTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "connect timed out after {:?}", self.after)
+    }
+}
+
+impl Error for ConnectTimeout {}
+
+/// Marks an error as "the request never reached the peer".
+///
+/// A connection service returns `NotSent` when it knows that none of the
+/// request was written, for example because its connection closed before the
+/// request left its queue. Such a request is safe to send again on a new
+/// connection, so the [`Client`](crate::Client) re-sends it by default.
+///
+/// To be re-sent, the request must come back: build the error with
+/// [`NotSent::with_request`] and return it as the connection's error (itself,
+/// or boxed into a [`BoxError`]), not wrapped inside another error type. A
+/// `NotSent` built with [`NotSent::new`] still marks the connection as dead,
+/// but the request is then re-sent only if it is idempotent (see
+/// [`ReconnectLayer::resend_if`](crate::ReconnectLayer::resend_if)).
+///
+/// # Example
+///
+/// ```
+/// use std::io;
+/// use tower_redial::NotSent;
+///
+/// let request = String::from("INCR hits");
+/// let cause = io::Error::from(io::ErrorKind::BrokenPipe);
+/// let mut error = NotSent::with_request(request, cause);
+/// assert_eq!(error.take_request::<String>().as_deref(), Some("INCR hits"));
+/// ```
+pub struct NotSent {
+    source: BoxError,
+    request: Option<Box<dyn Any + Send>>,
+}
+
+impl NotSent {
+    /// Marks `source` as an error that happened before the request was sent.
+    pub fn new(source: impl Into<BoxError>) -> Self {
+        Self {
+            source: source.into(),
+            request: None,
+        }
+    }
+
+    /// Like [`NotSent::new`], and hands the unsent `request` back so that it
+    /// can be sent again on the next connection.
+    pub fn with_request<R: Send + 'static>(request: R, source: impl Into<BoxError>) -> Self {
+        Self {
+            source: source.into(),
+            request: Some(Box::new(request)),
+        }
+    }
+
+    /// Takes the handed-back request out, if there is one of type `R`.
+    pub fn take_request<R: 'static>(&mut self) -> Option<R> {
+        match self.request.take()?.downcast::<R>() {
+            Ok(request) => Some(*request),
+            Err(other) => {
+                self.request = Some(other);
+                None
+            }
+        }
+    }
+
+    /// Whether `error`, or any error in its `source()` chain, is a `NotSent`.
+    pub fn is_in(error: &(dyn Error + 'static)) -> bool {
+        let mut next = Some(error);
+        while let Some(error) = next {
+            if error.is::<NotSent>() {
+                return true;
+            }
+            next = error.source();
+        }
+        false
+    }
+}
+
+impl fmt::Debug for NotSent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NotSent")
+            .field("source", &self.source)
+            .field("has_request", &self.request.is_some())
+            .finish()
+    }
+}
+
+impl fmt::Display for NotSent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("request was not sent")
+    }
+}
+
+impl Error for NotSent {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// A [`ReconnectPolicy`](crate::ReconnectPolicy) was refused at construction.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_redial::{Backoff, ReconnectPolicy};
+///
+/// let err = ReconnectPolicy::builder()
+///     .backoff(Backoff::exponential(Duration::ZERO, 2.0, Duration::from_secs(1)))
+///     .build()
+///     .unwrap_err();
+/// assert_eq!(err.setting(), "backoff base");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidPolicy {
+    setting: &'static str,
+    problem: String,
+}
+
+impl InvalidPolicy {
+    pub(crate) fn new(setting: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            setting,
+            problem: problem.into(),
+        }
+    }
+
+    /// The setting that was refused, such as `"queue capacity"`.
+    pub fn setting(&self) -> &'static str {
+        self.setting
+    }
+}
+
+impl fmt::Display for InvalidPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid reconnect policy: {} {}",
+            self.setting, self.problem
+        )
+    }
+}
+
+impl Error for InvalidPolicy {}

@@ -1,0 +1,245 @@
+//! Named response futures.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use pin_project_lite::pin_project;
+use tower::buffer::Buffer;
+
+use crate::error::Closed;
+use crate::reconnect::Health;
+use crate::retry::{RetryPolicy, Slot};
+use crate::BoxError;
+
+/// The boxed future that crosses the queue to the worker.
+pub(crate) type BoxResponse<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+
+pin_project! {
+    /// The response future of [`Reconnect`](crate::Reconnect).
+    ///
+    /// It reports back to the service: a success proves the connection
+    /// healthy, and an error the [`Classifier`](crate::Classifier) calls dead
+    /// has the connection dropped and redialed before the next request.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Called {
+            #[pin]
+            future: F,
+            health: Arc<Health>,
+        },
+        Failed {
+            error: Option<BoxError>,
+        },
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn new(future: F, health: Arc<Health>) -> Self {
+        Self {
+            kind: Kind::Called { future, health },
+        }
+    }
+
+    pub(crate) fn failed(error: BoxError) -> Self {
+        Self {
+            kind: Kind::Failed { error: Some(error) },
+        }
+    }
+}
+
+impl<F, T, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Called { future, health } => match ready!(future.poll(cx)) {
+                Ok(response) => {
+                    health.succeeded();
+                    Poll::Ready(Ok(response))
+                }
+                Err(error) => {
+                    let error = error.into();
+                    health.failed(&error);
+                    Poll::Ready(Err(error))
+                }
+            },
+            KindProj::Failed { error } => {
+                Poll::Ready(Err(error.take().expect("polled after completion")))
+            }
+        }
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+pub(crate) type RetryFuture<Req, Res> = tower::retry::future::ResponseFuture<
+    RetryPolicy<Req>,
+    Buffer<Slot<Req>, BoxResponse<Res>>,
+    Slot<Req>,
+>;
+
+pin_project! {
+    /// The response future of [`Client`](crate::Client).
+    pub struct ClientFuture<Req, Res>
+    where
+        Req: Send,
+        Req: 'static,
+        Res: Send,
+        Res: 'static,
+    {
+        #[pin]
+        inner: RetryFuture<Req, Res>,
+    }
+}
+
+impl<Req, Res> ClientFuture<Req, Res>
+where
+    Req: Send + 'static,
+    Res: Send + 'static,
+{
+    pub(crate) fn new(inner: RetryFuture<Req, Res>) -> Self {
+        Self { inner }
+    }
+}
+
+impl<Req, Res> Future for ClientFuture<Req, Res>
+where
+    Req: Send + 'static,
+    Res: Send + 'static,
+{
+    type Output = Result<Res, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx).map_err(from_buffer)
+    }
+}
+
+impl<Req, Res> fmt::Debug for ClientFuture<Req, Res>
+where
+    Req: Send + 'static,
+    Res: Send + 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientFuture").finish_non_exhaustive()
+    }
+}
+
+/// tower's `Buffer` wraps the worker's failure in its own error types; give
+/// callers our [`Closed`] instead, so there is one error to match on.
+pub(crate) fn from_buffer(error: BoxError) -> BoxError {
+    use tower::buffer::error::{Closed as BufferClosed, ServiceError};
+    if error.is::<ServiceError>() {
+        let closed = crate::classify::chain(&*error).find_map(|e| e.downcast_ref::<Closed>());
+        if let Some(closed) = closed {
+            return Box::new(closed.clone());
+        }
+    }
+    if error.is::<BufferClosed>() {
+        return Box::new(Closed::new(0, Some(crate::error::share(error))));
+    }
+    error
+}
+
+pin_project! {
+    /// The future of [`Handshake`](crate::Handshake): connect, then handshake.
+    pub struct HandshakeFuture<C, H, F> {
+        #[pin]
+        state: HandshakeState<C, F>,
+        handshake: H,
+    }
+}
+
+pin_project! {
+    #[project = HandshakeProj]
+    enum HandshakeState<C, F> {
+        Connecting { #[pin] future: C },
+        Handshaking { #[pin] future: F },
+    }
+}
+
+impl<C, H, F> HandshakeFuture<C, H, F> {
+    pub(crate) fn new(connecting: C, handshake: H) -> Self {
+        Self {
+            state: HandshakeState::Connecting { future: connecting },
+            handshake,
+        }
+    }
+}
+
+impl<C, H, F, IO, CE, S, E> Future for HandshakeFuture<C, H, F>
+where
+    C: Future<Output = Result<IO, CE>>,
+    CE: Into<BoxError>,
+    H: FnMut(IO) -> F,
+    F: Future<Output = Result<S, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<S, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                HandshakeProj::Connecting { future } => {
+                    let io = ready!(future.poll(cx)).map_err(Into::into)?;
+                    let future = (this.handshake)(io);
+                    this.state.set(HandshakeState::Handshaking { future });
+                }
+                HandshakeProj::Handshaking { future } => {
+                    return future.poll(cx).map_err(Into::into);
+                }
+            }
+        }
+    }
+}
+
+impl<C, H, F> fmt::Debug for HandshakeFuture<C, H, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandshakeFuture").finish_non_exhaustive()
+    }
+}
+
+/// The future of [`TcpConnector`](crate::connect::TcpConnector).
+pub struct TcpConnecting {
+    inner: Pin<Box<dyn Future<Output = std::io::Result<tokio::net::TcpStream>> + Send>>,
+}
+
+impl TcpConnecting {
+    pub(crate) fn new(
+        inner: Pin<Box<dyn Future<Output = std::io::Result<tokio::net::TcpStream>> + Send>>,
+    ) -> Self {
+        Self { inner }
+    }
+}
+
+impl Future for TcpConnecting {
+    type Output = std::io::Result<tokio::net::TcpStream>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for TcpConnecting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpConnecting").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,154 @@
+use std::fmt;
+
+use tower::{Layer, Service};
+
+use crate::client::Client;
+use crate::reconnect::Reconnect;
+use crate::retry::{AtMostOnce, ResendIf, ResendPolicy};
+use crate::{BoxError, ReconnectPolicy};
+
+/// Wraps a connection factory so that it makes reconnecting [`Client`]s.
+///
+/// The factory is a tower [`MakeService`](tower::MakeService): a
+/// `Service<Target>` whose response is a connection, itself a
+/// `Service<Request>`. A raw connector that yields IO becomes one through
+/// [`Handshake`](crate::Handshake).
+///
+/// The layer assembles, for each client, tower's [`Retry`](tower::retry::Retry)
+/// over tower's [`Buffer`](tower::buffer::Buffer) over a [`Reconnect`]; see
+/// the [crate docs](crate) for the whole contract.
+///
+/// # Example
+///
+/// ```
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+/// use tower_redial::{BoxError, ReconnectLayer, ReconnectPolicy};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), BoxError> {
+/// # let make_connection = service_fn(|_: &'static str| async {
+/// #     Ok::<_, BoxError>(service_fn(|req: String| async move { Ok::<_, BoxError>(req) }))
+/// # });
+/// let client = ServiceBuilder::new()
+///     .layer(
+///         ReconnectLayer::new(ReconnectPolicy::default())
+///             // Opt in: GETs may be re-sent even if they may have been sent.
+///             .resend_if(|req: &String| req.starts_with("GET ")),
+///     )
+///     .service(make_connection)
+///     .client("cache-1:6379");
+/// assert_eq!(client.oneshot("GET k".to_string()).await?, "GET k");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ReconnectLayer<R = AtMostOnce> {
+    policy: ReconnectPolicy,
+    resend: R,
+}
+
+impl ReconnectLayer {
+    /// A layer with this policy. Requests that may have reached the peer are
+    /// never sent again; see [`resend_if`](ReconnectLayer::resend_if).
+    pub fn new(policy: ReconnectPolicy) -> Self {
+        Self {
+            policy,
+            resend: AtMostOnce,
+        }
+    }
+}
+
+impl<R> ReconnectLayer<R> {
+    /// Opts in to re-sending requests that may already have reached the peer,
+    /// when `idempotent` returns `true` for them and their connection broke
+    /// with a transport error.
+    ///
+    /// Each such request is cloned before it is sent, so that a copy is left
+    /// to re-send. Re-sends are still bounded by the policy's attempts and
+    /// retry budget.
+    pub fn resend_if<F, Req>(self, idempotent: F) -> ReconnectLayer<ResendIf<F>>
+    where
+        F: Fn(&Req) -> bool + Clone + Send + Sync + 'static,
+        Req: Clone,
+    {
+        ReconnectLayer {
+            policy: self.policy,
+            resend: ResendIf(idempotent),
+        }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &ReconnectPolicy {
+        &self.policy
+    }
+}
+
+impl<M, R: Clone> Layer<M> for ReconnectLayer<R> {
+    type Service = MakeReconnect<M, R>;
+
+    fn layer(&self, make: M) -> Self::Service {
+        MakeReconnect {
+            make,
+            policy: self.policy.clone(),
+            resend: self.resend.clone(),
+        }
+    }
+}
+
+impl<R> fmt::Debug for ReconnectLayer<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReconnectLayer")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection factory wrapped by [`ReconnectLayer`]: binds clients to
+/// their targets.
+#[derive(Clone)]
+pub struct MakeReconnect<M, R = AtMostOnce> {
+    make: M,
+    policy: ReconnectPolicy,
+    resend: R,
+}
+
+impl<M, R> MakeReconnect<M, R> {
+    /// A client bound to `target`, connected lazily on its first request.
+    ///
+    /// The client gets its own clone of the factory, its own connection and a
+    /// worker task. Every dial calls the factory with a fresh clone of
+    /// `target`, so the target is resolved afresh each time.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a tokio runtime, as the worker task is spawned here.
+    pub fn client<T, Req>(&self, target: T) -> Client<Req, <M::Response as Service<Req>>::Response>
+    where
+        M: Service<T> + Clone + Send + 'static,
+        M::Future: Send + 'static,
+        M::Error: Into<BoxError>,
+        M::Response: Service<Req> + Send + 'static,
+        <M::Response as Service<Req>>::Future: Send + 'static,
+        <M::Response as Service<Req>>::Error: Into<BoxError>,
+        <M::Response as Service<Req>>::Response: Send + 'static,
+        T: Clone + fmt::Debug + Send + 'static,
+        Req: Send + 'static,
+        R: ResendPolicy<Req>,
+    {
+        let reconnect = Reconnect::new(self.make.clone(), target, self.policy.clone());
+        Client::new(reconnect, &self.policy, self.resend.clone())
+    }
+
+    /// The wrapped factory.
+    pub fn get_ref(&self) -> &M {
+        &self.make
+    }
+}
+
+impl<M, R> fmt::Debug for MakeReconnect<M, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MakeReconnect")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,117 @@
+//! Keep a tower client connected.
+//!
+//! `tower-redial` wraps a connection factory (a tower [`MakeService`]) and
+//! turns it into a [`Client`]: a cheap, `Clone`able service that
+//!
+//! - dials lazily, on the first request;
+//! - re-makes the connection when it breaks, following a backoff
+//!   [policy](ReconnectPolicy);
+//! - holds requests in a bounded queue (tower's [`Buffer`]) while it redials,
+//!   and fails them fast with [`Unavailable`] once the outage outlasts the
+//!   wait limit;
+//! - re-sends a request (through tower's [`Retry`]) only when that is safe:
+//!   by default, only when it provably never reached a connection.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_redial::{BoxError, ReconnectLayer, ReconnectPolicy};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! // A connection factory: given a target, make a connection service. Here a
+//! // toy one; in real use a TCP connector plus a handshake (see `Handshake`).
+//! let make_connection = service_fn(|target: &'static str| async move {
+//!     let connection = service_fn(move |name: String| async move {
+//!         Ok::<_, BoxError>(format!("hello {name} from {target}"))
+//!     });
+//!     Ok::<_, BoxError>(connection)
+//! });
+//!
+//! let maker = ServiceBuilder::new()
+//!     .layer(ReconnectLayer::new(ReconnectPolicy::default()))
+//!     .service(make_connection);
+//!
+//! // Bind a client to its target. Nothing is dialed until the first request.
+//! let client = maker.client("db-1");
+//!
+//! let reply = client.clone().oneshot("ada".to_string()).await?;
+//! assert_eq!(reply, "hello ada from db-1");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Binding a client to its target
+//!
+//! [`ReconnectLayer`] wraps the factory in a [`MakeReconnect`].
+//! [`MakeReconnect::client`] binds it to one target and returns a [`Client`].
+//! The target is kept and handed to the factory again on every dial, so the
+//! factory resolves it afresh each time: a DNS change is followed on the next
+//! dial. Each client has its own connection, queue and worker task; make one
+//! client per endpoint and clone it freely between tasks.
+//!
+//! # The contract
+//!
+//! - **Readiness.** [`Client::poll_ready`](tower::Service::poll_ready) waits
+//!   for room in the queue, never for the connection. Requests wait in the
+//!   queue while the connection is redialed. `poll_ready` fails only once the
+//!   client is [`Closed`] for good. The inner [`Reconnect`] service, as used
+//!   on its own (for example under `tower::balance`), is `Pending` while it
+//!   redials and never fakes readiness.
+//! - **Outages.** The first redial after a healthy connection drops is
+//!   immediate; later dials follow the backoff schedule. Every dial has a
+//!   connect timeout. Once the connection has been unavailable for longer
+//!   than the wait limit, queued and new requests fail fast with
+//!   [`Unavailable`] while redialing carries on.
+//! - **At most once.** A request is re-sent only when the connection handed
+//!   it back as [`NotSent`], unless you opt in with
+//!   [`ReconnectLayer::resend_if`]. Re-sends are bounded by an attempt limit
+//!   and tower's [`TpsBudget`](tower::retry::budget::TpsBudget).
+//! - **Errors.** See [`error`] for every error and when it happens, and
+//!   [`classify`] for which errors mean "the connection is dead".
+//! - **Shutdown.** Dropping every clone of a client ends its worker task and
+//!   closes its connection.
+//!
+//! The defaults are listed on [`ReconnectPolicy`].
+//!
+//! [`MakeService`]: tower::MakeService
+//! [`Buffer`]: tower::buffer::Buffer
+//! [`Retry`]: tower::retry::Retry
+
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod backoff;
+pub mod classify;
+mod client;
+pub mod connect;
+pub mod error;
+pub mod future;
+mod layer;
+mod policy;
+mod reconnect;
+mod redact;
+mod retry;
+pub mod state;
+
+pub use crate::backoff::{Backoff, Jitter};
+pub use crate::classify::Classifier;
+pub use crate::client::Client;
+pub use crate::connect::Handshake;
+pub use crate::error::{Closed, ConnectTimeout, InvalidPolicy, NotSent, Unavailable};
+pub use crate::layer::{MakeReconnect, ReconnectLayer};
+pub use crate::policy::{ReconnectPolicy, ReconnectPolicyBuilder};
+pub use crate::reconnect::Reconnect;
+pub use crate::retry::{AtMostOnce, ResendIf, ResendPolicy};
+pub use crate::state::{Phase, Snapshot, Stats};
+
+/// The boxed error type used at the crate's boundaries.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,272 @@
+//! When it is safe to send a request again.
+//!
+//! The [`Client`](crate::Client) re-sends through tower's
+//! [`Retry`](tower::retry::Retry), with a policy that keeps requests at most
+//! once by default:
+//!
+//! - A request whose connection handed it back as [`NotSent`] never reached
+//!   the peer, so it is re-sent, on the next connection. The request itself
+//!   comes back in the error, so requests need not be `Clone`.
+//! - A request that may have been sent is re-sent only if you opted in with
+//!   [`ReconnectLayer::resend_if`](crate::ReconnectLayer::resend_if), its
+//!   predicate says it is idempotent, and the error is a transport error (per
+//!   the [`Classifier`]).
+//! - A request that failed fast ([`Unavailable`](crate::Unavailable)) or on
+//!   a [`Closed`](crate::Closed) client is not re-sent: that is the answer.
+//!
+//! Every re-send needs an attempt left (three sends in all, by default) and a
+//! token from tower's [`TpsBudget`], so a dead server is not hit by a retry
+//! storm.
+
+use std::fmt;
+use std::future::{ready, Ready};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use tower::retry::budget::{Budget, TpsBudget};
+use tower::retry::Policy;
+use tower::Service;
+
+use crate::classify::Classifier;
+use crate::error::NotSent;
+use crate::future::BoxResponse;
+use crate::state::{Counter, Observer};
+use crate::BoxError;
+
+/// Decides which requests may be sent again after they may have reached the
+/// peer. Implemented by [`AtMostOnce`] (the default) and [`ResendIf`].
+pub trait ResendPolicy<Req>: Clone + Send + Sync + 'static {
+    /// A copy of `request` to send again if its connection breaks, or `None`
+    /// if re-sending it could run it twice with harm.
+    fn copy_if_idempotent(&self, request: &Req) -> Option<Req>;
+
+    /// Whether this policy ever returns a copy. `false` saves the per-request
+    /// call.
+    fn resends(&self) -> bool {
+        true
+    }
+}
+
+/// The default: a request that may have been sent is never sent again.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AtMostOnce;
+
+impl<Req> ResendPolicy<Req> for AtMostOnce {
+    fn copy_if_idempotent(&self, _: &Req) -> Option<Req> {
+        None
+    }
+
+    fn resends(&self) -> bool {
+        false
+    }
+}
+
+/// Re-sends requests for which the predicate returns `true`, by cloning them
+/// before each send. Made by
+/// [`ReconnectLayer::resend_if`](crate::ReconnectLayer::resend_if).
+#[derive(Clone, Copy)]
+pub struct ResendIf<F>(pub(crate) F);
+
+impl<F> fmt::Debug for ResendIf<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResendIf").finish_non_exhaustive()
+    }
+}
+
+impl<Req, F> ResendPolicy<Req> for ResendIf<F>
+where
+    Req: Clone,
+    F: Fn(&Req) -> bool + Clone + Send + Sync + 'static,
+{
+    fn copy_if_idempotent(&self, request: &Req) -> Option<Req> {
+        (self.0)(request).then(|| request.clone())
+    }
+}
+
+pub(crate) type Copier<Req> = Arc<dyn Fn(&Req) -> Option<Req> + Send + Sync>;
+
+pub(crate) fn copier<Req, R: ResendPolicy<Req>>(resend: R) -> Option<Copier<Req>> {
+    resend
+        .resends()
+        .then(|| Arc::new(move |r: &Req| resend.copy_if_idempotent(r)) as Copier<Req>)
+}
+
+/// A request in flight, shared between the caller's retry future and the
+/// worker. The worker takes the request out to send it; a connection that
+/// hands it back unsent puts it back, ready to be re-sent.
+pub(crate) struct Slot<Req>(Arc<Mutex<Contents<Req>>>);
+
+struct Contents<Req> {
+    request: Option<Req>,
+    /// A copy kept for an idempotent re-send.
+    spare: Option<Req>,
+}
+
+impl<Req> Clone for Slot<Req> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<Req> Slot<Req> {
+    pub(crate) fn new(request: Req, spare: Option<Req>) -> Self {
+        Self(Arc::new(Mutex::new(Contents {
+            request: Some(request),
+            spare,
+        })))
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Contents<Req>) -> R) -> R {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn take(&self) -> Option<Req> {
+        self.with(|c| c.request.take())
+    }
+
+    fn put_back(&self, request: Req) {
+        self.with(|c| c.request = Some(request));
+    }
+
+    fn has_request(&self) -> bool {
+        self.with(|c| c.request.is_some())
+    }
+
+    /// Moves the spare copy into place for a re-send, and makes a new spare.
+    fn use_spare(&self, copier: &Copier<Req>) -> bool {
+        self.with(|c| match c.spare.take() {
+            Some(spare) => {
+                c.spare = copier(&spare);
+                c.request = Some(spare);
+                true
+            }
+            None => false,
+        })
+    }
+}
+
+/// The retry policy: at most once by default, see the module docs.
+pub(crate) struct RetryPolicy<Req> {
+    sends_left: u32,
+    budget: Arc<TpsBudget>,
+    classifier: Classifier,
+    copier: Option<Copier<Req>>,
+    observer: Arc<Observer>,
+}
+
+impl<Req> RetryPolicy<Req> {
+    pub(crate) fn new(
+        attempts: u32,
+        budget: TpsBudget,
+        classifier: Classifier,
+        copier: Option<Copier<Req>>,
+        observer: Arc<Observer>,
+    ) -> Self {
+        Self {
+            sends_left: attempts.saturating_sub(1),
+            budget: Arc::new(budget),
+            classifier,
+            copier,
+            observer,
+        }
+    }
+}
+
+impl<Req> Clone for RetryPolicy<Req> {
+    fn clone(&self) -> Self {
+        Self {
+            sends_left: self.sends_left,
+            budget: self.budget.clone(),
+            classifier: self.classifier.clone(),
+            copier: self.copier.clone(),
+            observer: self.observer.clone(),
+        }
+    }
+}
+
+impl<Req, Res> Policy<Slot<Req>, Res, BoxError> for RetryPolicy<Req> {
+    type Future = Ready<()>;
+
+    fn retry(
+        &mut self,
+        slot: &mut Slot<Req>,
+        result: &mut Result<Res, BoxError>,
+    ) -> Option<Self::Future> {
+        let error = match result {
+            Ok(_) => {
+                self.budget.deposit();
+                return None;
+            }
+            Err(error) => &**error,
+        };
+        if self.sends_left == 0 {
+            return None;
+        }
+        let handed_back = slot.has_request() && NotSent::is_in(error);
+        let resend = !handed_back
+            && self
+                .copier
+                .as_ref()
+                .is_some_and(|copy| self.classifier.is_dead(error) && slot.use_spare(copy));
+        if !handed_back && !resend {
+            return None;
+        }
+        if !self.budget.withdraw() {
+            tracing::debug!("retry budget spent; not re-sending");
+            return None;
+        }
+        self.sends_left -= 1;
+        self.observer.count(Counter::Retries);
+        tracing::debug!(
+            reason = if handed_back {
+                "not sent"
+            } else {
+                "idempotent"
+            },
+            "re-sending request"
+        );
+        Some(ready(()))
+    }
+
+    fn clone_request(&mut self, slot: &Slot<Req>) -> Option<Slot<Req>> {
+        Some(slot.clone())
+    }
+}
+
+/// Runs on the worker: takes each request out of its [`Slot`], and puts it
+/// back if the connection hands it back unsent.
+pub(crate) struct Unslot<S>(pub(crate) S);
+
+impl<S, Req> Service<Slot<Req>> for Unslot<S>
+where
+    S: Service<Req, Error = BoxError>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    Req: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = BoxResponse<S::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, slot: Slot<Req>) -> Self::Future {
+        let Some(request) = slot.take() else {
+            return Box::pin(ready(Err("request slot was empty".into())));
+        };
+        let future = self.0.call(request);
+        Box::pin(async move {
+            let mut result = future.await;
+            if let Err(error) = &mut result {
+                if let Some(not_sent) = error.downcast_mut::<NotSent>() {
+                    if let Some(request) = not_sent.take_request::<Req>() {
+                        slot.put_back(request);
+                    }
+                }
+            }
+            result
+        })
+    }
+}

@@ -1,0 +1,217 @@
+//! The watchable state of a connection, and its counters.
+//!
+//! [`Client::state`](crate::Client::state) returns a
+//! [`watch::Receiver`](tokio::sync::watch::Receiver) of [`Snapshot`]s: the
+//! current [`Phase`], the dial attempt, the last dial error and when the phase
+//! was entered. [`Client::stats`](crate::Client::stats) returns [`Stats`], a
+//! copy of the counters.
+//!
+//! # Example
+//!
+//! ```
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_redial::{BoxError, Phase, ReconnectLayer, ReconnectPolicy};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let make = service_fn(|_: ()| async {
+//!     Ok::<_, BoxError>(service_fn(|n: u32| async move { Ok::<_, BoxError>(n + 1) }))
+//! });
+//! let client = ServiceBuilder::new()
+//!     .layer(ReconnectLayer::new(ReconnectPolicy::default()))
+//!     .service(make)
+//!     .client(());
+//!
+//! let mut state = client.state();
+//! assert_eq!(state.borrow().phase(), Phase::Idle);
+//!
+//! assert_eq!(client.clone().oneshot(41).await?, 42);
+//! state.wait_for(|s| s.phase() == Phase::Ready).await?;
+//! assert_eq!(client.stats().dials, 1);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::error::Error;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::error::SharedError;
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Not dialed yet: the first request dials.
+    Idle,
+    /// A dial is in progress; requests wait in the queue.
+    Connecting,
+    /// Waiting out a backoff delay before the next dial; requests wait.
+    Backoff,
+    /// Connected: requests go to the connection.
+    Ready,
+    /// Unavailable for longer than the wait limit: requests fail at once with
+    /// [`Unavailable`](crate::Unavailable) while redialing carries on.
+    FailFast,
+    /// Gave up for good, or shut down: requests fail with
+    /// [`Closed`](crate::Closed).
+    Closed,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Idle => "idle",
+            Phase::Connecting => "connecting",
+            Phase::Backoff => "backoff",
+            Phase::Ready => "ready",
+            Phase::FailFast => "fail-fast",
+            Phase::Closed => "closed",
+        })
+    }
+}
+
+/// A snapshot of a connection's state, as published on the state watch.
+#[derive(Clone)]
+pub struct Snapshot {
+    phase: Phase,
+    attempt: u32,
+    last_error: Option<SharedError>,
+    since: Instant,
+}
+
+impl Snapshot {
+    pub(crate) fn new(phase: Phase, attempt: u32, last_error: Option<SharedError>) -> Self {
+        Self {
+            phase,
+            attempt,
+            last_error,
+            since: Instant::now(),
+        }
+    }
+
+    /// The phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The dial attempt in the current outage (1 for the first dial), or 0
+    /// when no dial has been needed since the connection proved healthy.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The last dial error, if a dial has failed since the connection was
+    /// last healthy.
+    pub fn last_error(&self) -> Option<&(dyn Error + Send + Sync + 'static)> {
+        self.last_error.as_deref()
+    }
+
+    /// When this phase was entered (tokio's clock, so paused time applies).
+    pub fn since(&self) -> Instant {
+        self.since
+    }
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("phase", &self.phase)
+            .field("attempt", &self.attempt)
+            .field(
+                "last_error",
+                &self.last_error.as_ref().map(|e| e.to_string()),
+            )
+            .field("since", &self.since)
+            .finish()
+    }
+}
+
+/// A copy of a client's counters, taken by
+/// [`Client::stats`](crate::Client::stats).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Dials started.
+    pub dials: u64,
+    /// Dials that failed or timed out.
+    pub dial_failures: u64,
+    /// Established connections that were found dead and dropped.
+    pub drops: u64,
+    /// Requests that failed fast with [`Unavailable`](crate::Unavailable).
+    pub fail_fast: u64,
+    /// Requests re-sent by the retry policy.
+    pub retries: u64,
+}
+
+/// The shared, lock-free counters and the state watch of one connection.
+#[derive(Debug)]
+pub(crate) struct Observer {
+    dials: AtomicU64,
+    dial_failures: AtomicU64,
+    drops: AtomicU64,
+    fail_fast: AtomicU64,
+    retries: AtomicU64,
+    state: watch::Sender<Snapshot>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Counter {
+    Dials,
+    DialFailures,
+    Drops,
+    FailFast,
+    Retries,
+}
+
+impl Observer {
+    pub(crate) fn new() -> Self {
+        let (state, _) = watch::channel(Snapshot::new(Phase::Idle, 0, None));
+        Self {
+            dials: AtomicU64::new(0),
+            dial_failures: AtomicU64::new(0),
+            drops: AtomicU64::new(0),
+            fail_fast: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            state,
+        }
+    }
+
+    pub(crate) fn count(&self, counter: Counter) {
+        let c = match counter {
+            Counter::Dials => &self.dials,
+            Counter::DialFailures => &self.dial_failures,
+            Counter::Drops => &self.drops,
+            Counter::FailFast => &self.fail_fast,
+            Counter::Retries => &self.retries,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        Stats {
+            dials: self.dials.load(Ordering::Relaxed),
+            dial_failures: self.dial_failures.load(Ordering::Relaxed),
+            drops: self.drops.load(Ordering::Relaxed),
+            fail_fast: self.fail_fast.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn publish(&self, phase: Phase, attempt: u32, last_error: Option<&SharedError>) {
+        self.state.send_if_modified(|s| {
+            if s.phase == phase && s.attempt == attempt {
+                return false;
+            }
+            *s = Snapshot::new(phase, attempt, last_error.cloned());
+            true
+        });
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.state.subscribe()
+    }
+}
