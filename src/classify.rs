@@ -45,8 +45,10 @@ use crate::error::{ConnectTimeout, NotSent};
 /// [`is_transport_error`].
 #[derive(Clone)]
 pub struct Classifier {
-    is_dead: Arc<dyn Fn(&(dyn Error + 'static)) -> bool + Send + Sync>,
+    is_dead: Arc<IsDead>,
 }
+
+type IsDead = dyn Fn(&(dyn Error + 'static)) -> bool + Send + Sync;
 
 impl Classifier {
     /// A classifier from a function that returns `true` for errors that mean
@@ -95,7 +97,7 @@ impl fmt::Debug for Classifier {
 /// let reset = io::Error::from(io::ErrorKind::ConnectionReset);
 /// assert!(is_transport_error(&reset));
 ///
-/// let answer = io::Error::new(io::ErrorKind::Other, "connection reset (but only in the text)");
+/// let answer = io::Error::other("connection reset (but only in the text)");
 /// assert!(!is_transport_error(&answer));
 /// ```
 pub fn is_transport_error(error: &(dyn Error + 'static)) -> bool {
@@ -180,8 +182,7 @@ mod tests {
     #[test]
     fn default_ignores_application_errors_and_message_text() {
         let c = Classifier::default();
-        assert!(!c.is_dead(&Wrapper(io::Error::new(
-            io::ErrorKind::Other,
+        assert!(!c.is_dead(&Wrapper(io::Error::other(
             "broken pipe: connection reset by peer"
         ))));
         assert!(!c.is_dead(&io::Error::from(io::ErrorKind::InvalidData)));

@@ -18,7 +18,7 @@
 use std::any::Any;
 use std::error::Error;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::BoxError;
@@ -183,7 +183,9 @@ impl Error for ConnectTimeout {}
 /// ```
 pub struct NotSent {
     source: BoxError,
-    request: Option<Box<dyn Any + Send>>,
+    // A `Mutex` only so that `NotSent` is `Sync`, as `BoxError` requires;
+    // it is reached through `&mut self`, never locked.
+    request: Mutex<Option<Box<dyn Any + Send>>>,
 }
 
 impl NotSent {
@@ -191,7 +193,7 @@ impl NotSent {
     pub fn new(source: impl Into<BoxError>) -> Self {
         Self {
             source: source.into(),
-            request: None,
+            request: Mutex::new(None),
         }
     }
 
@@ -200,16 +202,20 @@ impl NotSent {
     pub fn with_request<R: Send + 'static>(request: R, source: impl Into<BoxError>) -> Self {
         Self {
             source: source.into(),
-            request: Some(Box::new(request)),
+            request: Mutex::new(Some(Box::new(request))),
         }
     }
 
     /// Takes the handed-back request out, if there is one of type `R`.
     pub fn take_request<R: 'static>(&mut self) -> Option<R> {
-        match self.request.take()?.downcast::<R>() {
+        let slot = self
+            .request
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        match slot.take()?.downcast::<R>() {
             Ok(request) => Some(*request),
             Err(other) => {
-                self.request = Some(other);
+                *slot = Some(other);
                 None
             }
         }
@@ -232,7 +238,10 @@ impl fmt::Debug for NotSent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NotSent")
             .field("source", &self.source)
-            .field("has_request", &self.request.is_some())
+            .field(
+                "has_request",
+                &self.request.lock().is_ok_and(|request| request.is_some()),
+            )
             .finish()
     }
 }

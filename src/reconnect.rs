@@ -123,9 +123,13 @@ impl Health {
         self.proven.store(true, Ordering::Relaxed);
     }
 
+    /// An error the classifier does not call dead is the peer's answer: a
+    /// full round trip, which proves the connection as well as a success.
     pub(crate) fn failed(&self, error: &BoxError) {
         if self.classifier.is_dead(&**error) {
             self.dead.store(true, Ordering::Relaxed);
+        } else {
+            self.proven.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -329,7 +333,8 @@ where
         };
         if healthy {
             // A healthy connection broke: a new outage, and redial at once.
-            self.outage = None;
+            // (It may have proved healthy by time alone, unnoticed till now.)
+            self.proved_healthy(now);
             self.begin_outage(now, cause);
             self.state = State::Dial;
             self.publish();

@@ -1,0 +1,406 @@
+//! The assembled `Client` (Retry + Buffer + Reconnect): the queue, fail-fast,
+//! safe re-sends, shutdown and logs, with a scripted factory and paused time.
+
+mod scripted;
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use scripted::{refused, Dialer, Outcome};
+use tokio::time::{sleep_until, Instant};
+use tokio_test::assert_pending;
+use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+use tower_redial::{
+    Backoff, BoxError, Client, Closed, NotSent, Phase, ReconnectLayer, ReconnectPolicy, Unavailable,
+};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn policy() -> tower_redial::ReconnectPolicyBuilder {
+    ReconnectPolicy::builder()
+        .backoff(Backoff::exponential(ms(100), 2.0, ms(1000)))
+        .wait_limit(Duration::from_secs(1))
+}
+
+fn client(dialer: &Dialer, policy: ReconnectPolicy) -> Client<String, String> {
+    ServiceBuilder::new()
+        .layer(ReconnectLayer::new(policy))
+        .service(dialer.clone())
+        .client("db")
+}
+
+/// Sends one request.
+async fn send(client: Client<String, String>, request: &str) -> Result<String, BoxError> {
+    client.oneshot(request.to_string()).await
+}
+
+fn root_io_kind(error: &BoxError) -> Option<io::ErrorKind> {
+    tower_redial::classify::io_error_kind(&**error)
+}
+
+/// The client handle is cheap to share: `Clone + Send + Sync`.
+#[test]
+fn client_is_clone_send_sync() {
+    fn assert<T: Clone + Send + Sync + 'static>() {}
+    assert::<Client<String, String>>();
+    assert::<Client<&'static str, Vec<u8>>>();
+}
+
+/// (f) Requests queue while the connection is down, all fail fast with
+/// `Unavailable` at the wait limit (source: the last dial error), new ones
+/// fail at once, and requests flow again once a dial succeeds.
+#[tokio::test(start_paused = true)]
+async fn wait_limit_fails_fast_then_recovers() {
+    let dialer = Dialer::new([]);
+    let client = client(&dialer, policy().build().unwrap());
+    let start = Instant::now();
+
+    let queued: Vec<_> = (0..3)
+        .map(|_| {
+            let c = client.clone();
+            tokio::spawn(async move { (send(c, "GET").await, Instant::now()) })
+        })
+        .collect();
+    for task in queued {
+        let (result, at) = task.await.unwrap();
+        assert_eq!(at - start, ms(1000), "failed exactly at the wait limit");
+        let error = result.unwrap_err();
+        let unavailable = error.downcast_ref::<Unavailable>().expect("Unavailable");
+        assert_eq!(unavailable.down_for(), ms(1000));
+        let source = std::error::Error::source(unavailable).unwrap();
+        assert_eq!(
+            source.downcast_ref::<io::Error>().unwrap().kind(),
+            io::ErrorKind::ConnectionRefused
+        );
+    }
+    assert_eq!(client.state().borrow().phase(), Phase::FailFast);
+
+    // A new request fails at once.
+    let before = Instant::now();
+    let error = send(client.clone(), "GET").await.unwrap_err();
+    assert!(error.is::<Unavailable>());
+    assert_eq!(Instant::now(), before);
+    assert_eq!(client.stats().fail_fast, 4);
+
+    // The server comes back: the next dial is due at 1.5 s.
+    dialer.push([Outcome::Connect]);
+    sleep_until(start + ms(1500)).await;
+    let request = tokio::spawn(send(client.clone(), "GET"));
+    let mut conn = dialer.conn(0).await;
+    let (_, reply) = conn.next_request().await.unwrap();
+    reply.send_response("VALUE 1".to_string());
+    assert_eq!(request.await.unwrap().unwrap(), "VALUE 1");
+    assert_eq!(client.state().borrow().phase(), Phase::Ready);
+    assert_eq!(dialer.dials(), 5);
+}
+
+/// Requests issued during a short outage wait and then succeed; none fails.
+#[tokio::test(start_paused = true)]
+async fn short_outage_is_ridden_through() {
+    let dialer = Dialer::new([Outcome::Refuse, Outcome::Refuse, Outcome::Connect]);
+    let client = client(&dialer, policy().build().unwrap());
+    let start = Instant::now();
+
+    let requests: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(send(client.clone(), "GET")))
+        .collect();
+    let mut conn = dialer.conn(0).await;
+    assert_eq!(Instant::now() - start, ms(300), "dials at 0, 100, 300 ms");
+    for _ in 0..5 {
+        let (_, reply) = conn.next_request().await.unwrap();
+        reply.send_response("OK".to_string());
+    }
+    for request in requests {
+        assert_eq!(request.await.unwrap().unwrap(), "OK");
+    }
+    assert_eq!(client.stats().fail_fast, 0);
+}
+
+/// The queue is bounded: once full, `poll_ready` waits for room.
+#[tokio::test(start_paused = true)]
+async fn full_queue_applies_backpressure() {
+    let dialer = Dialer::new([Outcome::Hang]);
+    let client = client(&dialer, policy().queue_capacity(2).build().unwrap());
+
+    let _queued: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(send(client.clone(), "GET")))
+        .collect();
+    tokio::task::yield_now().await;
+    let mut next = tokio_test::task::spawn(client.clone().ready_oneshot());
+    assert_pending!(next.poll());
+}
+
+/// (g) Past the attempt limit, requests and `poll_ready` fail with our
+/// `Closed`, not tower's buffer errors.
+#[tokio::test(start_paused = true)]
+async fn attempt_limit_closes_the_client() {
+    let dialer = Dialer::new([]);
+    let policy = policy()
+        .backoff(Backoff::fixed(ms(100)).max_attempts(2))
+        .build()
+        .unwrap();
+    let client = client(&dialer, policy);
+
+    let error = send(client.clone(), "GET").await.unwrap_err();
+    let closed = error.downcast_ref::<Closed>().expect("Closed");
+    assert_eq!(closed.attempts(), 2);
+    let error = client.clone().ready().await.unwrap_err();
+    assert!(error.is::<Closed>(), "{error}");
+    assert_eq!(dialer.dials(), 2);
+    assert_eq!(client.state().borrow().phase(), Phase::Closed);
+}
+
+/// Promise 7: a request the connection hands back unsent is re-sent on the
+/// next connection, exactly once, without being `Clone`.
+#[tokio::test(start_paused = true)]
+async fn not_sent_requests_are_resent_on_the_next_connection() {
+    let dialer = Dialer::new([Outcome::Connect, Outcome::Connect]);
+    let client = client(&dialer, policy().build().unwrap());
+
+    let request = tokio::spawn(send(client.clone(), "INCR hits"));
+    let mut first = dialer.conn(0).await;
+    let (req, reply) = first.next_request().await.unwrap();
+    reply.send_error(NotSent::with_request(
+        req,
+        io::Error::from(io::ErrorKind::BrokenPipe),
+    ));
+
+    let mut second = dialer.conn(1).await;
+    let (req, reply) = second.next_request().await.unwrap();
+    assert_eq!(req, "INCR hits");
+    reply.send_response("INT 1".to_string());
+    assert_eq!(request.await.unwrap().unwrap(), "INT 1");
+    assert_eq!(client.stats().retries, 1);
+    drop(first);
+}
+
+/// Promise 7: a request that may have reached the peer is not re-sent by
+/// default; the caller gets the transport error.
+#[tokio::test(start_paused = true)]
+async fn possibly_sent_requests_are_not_resent_by_default() {
+    let dialer = Dialer::new([Outcome::Connect, Outcome::Connect]);
+    let client = client(&dialer, policy().build().unwrap());
+
+    let request = tokio::spawn(send(client.clone(), "INCR hits"));
+    let mut first = dialer.conn(0).await;
+    let (_, reply) = first.next_request().await.unwrap();
+    reply.send_error(io::Error::from(io::ErrorKind::ConnectionReset));
+    let error = request.await.unwrap().unwrap_err();
+    assert_eq!(root_io_kind(&error), Some(io::ErrorKind::ConnectionReset));
+    assert_eq!(client.stats().retries, 0);
+
+    // The next request goes to a new connection, and it is not the INCR.
+    let request = tokio::spawn(send(client.clone(), "GET hits"));
+    let mut second = dialer.conn(1).await;
+    let (req, reply) = second.next_request().await.unwrap();
+    assert_eq!(req, "GET hits");
+    reply.send_response("VALUE 1".to_string());
+    assert_eq!(request.await.unwrap().unwrap(), "VALUE 1");
+}
+
+/// Promise 7: with `resend_if`, idempotent requests are re-sent after a
+/// transport error; others still are not.
+#[tokio::test(start_paused = true)]
+async fn idempotent_requests_are_resent_when_opted_in() {
+    let dialer = Dialer::new([Outcome::Connect; 3]);
+    let client: Client<String, String> = ServiceBuilder::new()
+        .layer(
+            ReconnectLayer::new(policy().build().unwrap())
+                .resend_if(|req: &String| req.starts_with("GET")),
+        )
+        .service(dialer.clone())
+        .client("db");
+
+    let request = tokio::spawn(send(client.clone(), "GET hits"));
+    let mut first = dialer.conn(0).await;
+    let (_, reply) = first.next_request().await.unwrap();
+    reply.send_error(io::Error::from(io::ErrorKind::ConnectionReset));
+    let mut second = dialer.conn(1).await;
+    let (req, reply) = second.next_request().await.unwrap();
+    assert_eq!(req, "GET hits");
+    reply.send_response("VALUE 7".to_string());
+    assert_eq!(request.await.unwrap().unwrap(), "VALUE 7");
+    assert_eq!(client.stats().retries, 1);
+
+    let request = tokio::spawn(send(client.clone(), "INCR hits"));
+    let (_, reply) = second.next_request().await.unwrap();
+    reply.send_error(io::Error::from(io::ErrorKind::ConnectionReset));
+    assert!(request.await.unwrap().is_err());
+    assert_eq!(client.stats().retries, 1, "INCR was not re-sent");
+}
+
+/// Promise 7: re-sends stop after the attempt limit (3 sends in all).
+#[tokio::test(start_paused = true)]
+async fn resends_are_bounded_by_attempts() {
+    let dialer = Dialer::new([Outcome::Connect; 5]);
+    let client = client(&dialer, policy().build().unwrap());
+
+    let request = tokio::spawn(send(client.clone(), "INCR hits"));
+    for id in 0..3 {
+        let mut conn = dialer.conn(id).await;
+        let (req, reply) = conn.next_request().await.unwrap();
+        reply.send_error(NotSent::with_request(
+            req,
+            io::Error::from(io::ErrorKind::BrokenPipe),
+        ));
+    }
+    let error = request.await.unwrap().unwrap_err();
+    assert!(error.is::<NotSent>());
+    assert_eq!(client.stats().retries, 2);
+}
+
+/// Promise 7: re-sends stop when the retry budget is spent.
+#[tokio::test(start_paused = true)]
+async fn resends_are_bounded_by_the_budget() {
+    let dialer = Dialer::new([Outcome::Connect; 2]);
+    let policy = policy()
+        .retry_budget(Duration::from_secs(1), 0, 0.0)
+        .build()
+        .unwrap();
+    let client = client(&dialer, policy);
+
+    let request = tokio::spawn(send(client.clone(), "INCR hits"));
+    let mut conn = dialer.conn(0).await;
+    let (req, reply) = conn.next_request().await.unwrap();
+    reply.send_error(NotSent::with_request(
+        req,
+        io::Error::from(io::ErrorKind::BrokenPipe),
+    ));
+    assert!(request.await.unwrap().unwrap_err().is::<NotSent>());
+    assert_eq!(client.stats().retries, 0);
+}
+
+/// (j) Dropping every handle ends the worker task and closes the connection.
+#[tokio::test(start_paused = true)]
+async fn dropping_every_handle_ends_tasks_and_closes_the_connection() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let baseline = metrics.num_alive_tasks();
+    let dialer = Dialer::new([Outcome::Connect]);
+    let client = client(&dialer, policy().build().unwrap());
+    assert_eq!(metrics.num_alive_tasks(), baseline + 1, "one worker task");
+
+    let request = tokio::spawn(send(client.clone(), "PING"));
+    let mut conn = dialer.conn(0).await;
+    let (_, reply) = conn.next_request().await.unwrap();
+    reply.send_response("PONG".to_string());
+    request.await.unwrap().unwrap();
+
+    let mut state = client.state();
+    let other = client.clone();
+    drop(client);
+    drop(other);
+    assert!(conn.next_request().await.is_none(), "connection closed");
+    while state.changed().await.is_ok() {}
+    assert_eq!(state.borrow().phase(), Phase::Closed);
+    while metrics.num_alive_tasks() > baseline {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// (j) The same holds mid-outage, with a request whose caller gave up still
+/// in the worker's hands: everything ends within one backoff delay.
+#[tokio::test(start_paused = true)]
+async fn dropping_handles_mid_outage_ends_tasks() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let baseline = metrics.num_alive_tasks();
+    let dialer = Dialer::new([]);
+    let client = client(&dialer, policy().build().unwrap());
+    let mut state = client.state();
+
+    let caller = tokio::spawn(send(client.clone(), "GET"));
+    state
+        .wait_for(|s| s.phase() == Phase::Backoff)
+        .await
+        .unwrap();
+    caller.abort();
+    drop(client);
+    let start = Instant::now();
+    while state.changed().await.is_ok() {}
+    assert!(Instant::now() - start <= ms(100));
+    while metrics.num_alive_tasks() > baseline {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(dialer.dials(), 1);
+}
+
+/// A `MakeWriter` that keeps everything logged.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+/// Promise 10: a target with a password is never printed, dial errors that
+/// repeat it are masked too, and an outage logs one warning and one
+/// recovery line however many dials it takes.
+#[tokio::test(start_paused = true)]
+async fn logs_mask_credentials_and_do_not_flood() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dialer = Dialer::new([Outcome::Refuse; 6]);
+    dialer.push([Outcome::Connect]);
+    let d = dialer.clone();
+    // A connector whose errors repeat the target, as many do.
+    let make = service_fn(move |target: &'static str| {
+        let dial = d.clone().call(target);
+        async move {
+            dial.await
+                .map_err(|e| BoxError::from(format!("dial {target}: {e}")))
+        }
+    });
+    let client: Client<String, String> = ServiceBuilder::new()
+        .layer(ReconnectLayer::new(
+            policy()
+                .wait_limit(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        ))
+        .service(make)
+        .client("redis://app:hunter2@127.0.0.1:6379/0");
+
+    let request = tokio::spawn(send(client.clone(), "PING"));
+    let mut conn = dialer.conn(0).await;
+    let (_, reply) = conn.next_request().await.unwrap();
+    reply.send_response("PONG".to_string());
+    request.await.unwrap().unwrap();
+    // The recovery is noticed on the next request.
+    let request = tokio::spawn(send(client.clone(), "PING"));
+    let (_, reply) = conn.next_request().await.unwrap();
+    reply.send_response("PONG".to_string());
+    request.await.unwrap().unwrap();
+
+    let text = logs.text();
+    assert!(!text.contains("hunter2"), "password printed:\n{text}");
+    assert!(text.contains("redis://app:***@127.0.0.1:6379/0"), "{text}");
+    let count = |needle: &str| text.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(count(": dialing "), 7, "{text}");
+    assert_eq!(count(" WARN "), 1, "one warning per outage:\n{text}");
+    assert_eq!(count("connection recovered"), 1, "{text}");
+    assert!(text.contains("attempts=7"), "{text}");
+    assert_eq!(client.stats().dial_failures, 6);
+    let _ = refused();
+}
