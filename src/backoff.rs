@@ -36,6 +36,7 @@ use crate::error::InvalidPolicy;
 /// See AWS's "Exponential Backoff and Jitter" for the trade-offs; full jitter
 /// spends the least total work.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Jitter {
     /// No jitter: wait exactly the raw delay.
     None,

@@ -1,7 +1,7 @@
 //! The watchable state of a connection, and its counters.
 //!
 //! [`Client::state`](crate::Client::state) returns a
-//! [`watch::Receiver`](tokio::sync::watch::Receiver) of [`Snapshot`]s: the
+//! [`watch::Receiver`] of [`Snapshot`]s: the
 //! current [`Phase`], the dial attempt, the last dial error and when the phase
 //! was entered. [`Client::stats`](crate::Client::stats) returns [`Stats`], a
 //! copy of the counters.
