@@ -336,6 +336,7 @@ where
             // (It may have proved healthy by time alone, unnoticed till now.)
             self.proved_healthy(now);
             self.begin_outage(now, cause);
+            self.last_error = error.map(share);
             self.state = State::Dial;
             self.publish();
         } else {

@@ -104,8 +104,8 @@ impl Snapshot {
         self.attempt
     }
 
-    /// The last dial error, if a dial has failed since the connection was
-    /// last healthy.
+    /// Why the connection is not ready: the last dial error, or the error
+    /// that killed the last connection. `None` while healthy.
     pub fn last_error(&self) -> Option<&(dyn Error + Send + Sync + 'static)> {
         self.last_error.as_deref()
     }
