@@ -1,4 +1,5 @@
 use std::fmt;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::sync::watch;
@@ -46,7 +47,7 @@ use crate::{BoxError, ReconnectPolicy};
 pub struct Client<Req, Res> {
     inner: Retry<RetryPolicy<Req>, Buffer<Slot<Req>, BoxResponse<Res>>>,
     copier: Option<Copier<Req>>,
-    observer: std::sync::Arc<Observer>,
+    observer: Arc<Observer>,
 }
 
 impl<Req, Res> Client<Req, Res>
@@ -55,11 +56,7 @@ where
     Res: Send + 'static,
 {
     /// Puts `reconnect` on a spawned worker task behind a queue.
-    pub(crate) fn new<M, T, R>(
-        reconnect: Reconnect<M, T>,
-        policy: &ReconnectPolicy,
-        resend: R,
-    ) -> Self
+    pub(crate) fn new<M, T, R>(reconnect: Reconnect<M, T>, policy: &ReconnectPolicy, resend: R) -> Self
     where
         Reconnect<M, T>: Service<Req, Response = Res, Error = BoxError> + Send + 'static,
         <Reconnect<M, T> as Service<Req>>::Future: Send + 'static,
@@ -67,7 +64,22 @@ where
         R: ResendPolicy<Req>,
     {
         let observer = reconnect.observer();
-        let (buffer, worker) = Buffer::pair(Unslot(reconnect), policy.queue_capacity);
+        Self::spawn(reconnect, observer, policy, resend)
+    }
+
+    /// Puts any worker service on a spawned task behind a queue and retry.
+    pub(crate) fn spawn<S, R>(
+        worker: S,
+        observer: Arc<Observer>,
+        policy: &ReconnectPolicy,
+        resend: R,
+    ) -> Self
+    where
+        S: Service<Req, Response = Res, Error = BoxError> + Send + 'static,
+        S::Future: Send + 'static,
+        R: ResendPolicy<Req>,
+    {
+        let (buffer, worker) = Buffer::pair(Unslot(worker), policy.queue_capacity);
         tokio::spawn(worker);
         let copier = copier(resend);
         let retry = RetryPolicy::new(

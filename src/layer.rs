@@ -107,9 +107,9 @@ impl<R> fmt::Debug for ReconnectLayer<R> {
 /// their targets.
 #[derive(Clone)]
 pub struct MakeReconnect<M, R = AtMostOnce> {
-    make: M,
-    policy: ReconnectPolicy,
-    resend: R,
+    pub(crate) make: M,
+    pub(crate) policy: ReconnectPolicy,
+    pub(crate) resend: R,
 }
 
 impl<M, R> MakeReconnect<M, R> {

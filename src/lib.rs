@@ -90,10 +90,15 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backoff;
+#[cfg(feature = "balance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "balance")))]
+pub mod balance;
 pub mod classify;
 mod client;
 pub mod connect;
 pub mod error;
+#[cfg(feature = "balance")]
+mod failfast;
 pub mod future;
 mod layer;
 mod policy;
@@ -101,6 +106,7 @@ mod reconnect;
 mod redact;
 mod retry;
 pub mod state;
+mod timer;
 
 pub use crate::backoff::{Backoff, Jitter};
 pub use crate::classify::Classifier;

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tower::Service;
 
 use crate::backoff::Schedule;
@@ -19,6 +19,7 @@ use crate::future::ResponseFuture;
 use crate::policy::ReconnectPolicy;
 use crate::redact::{redact, redacted};
 use crate::state::{Counter, Observer, Phase, Snapshot, Stats};
+use crate::timer::Timer;
 use crate::BoxError;
 
 /// A service that owns at most one connection and re-makes it when it breaks.
@@ -79,6 +80,8 @@ where
     /// Set while not Ready; requests fail fast once it is older than the wait limit.
     down_since: Option<Instant>,
     failing_fast: bool,
+    /// Off for a balancer's endpoints: the balanced client fails fast as a whole.
+    fail_fast: bool,
     /// Set from the first failure until a new connection proves healthy.
     outage: Option<Instant>,
     last_error: Option<SharedError>,
@@ -134,26 +137,6 @@ impl Health {
     }
 }
 
-/// A lazily created, reusable timer: `Sleep` needs a runtime, `new` does not.
-#[derive(Default)]
-struct Timer(Option<Pin<Box<Sleep>>>);
-
-impl Timer {
-    fn arm(&mut self, deadline: Instant) {
-        match &mut self.0 {
-            Some(sleep) => sleep.as_mut().reset(deadline),
-            None => self.0 = Some(Box::pin(tokio::time::sleep_until(deadline))),
-        }
-    }
-
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        match &mut self.0 {
-            Some(sleep) => sleep.as_mut().poll(cx).is_ready(),
-            None => true,
-        }
-    }
-}
-
 impl<M, T> Reconnect<M, T>
 where
     M: Service<T>,
@@ -179,10 +162,24 @@ where
             attempt: 0,
             down_since: None,
             failing_fast: false,
+            fail_fast: true,
             outage: None,
             last_error: None,
             observer: Arc::new(Observer::new()),
         }
+    }
+
+    /// An endpoint for a balancer: it never fails fast on its own, so it
+    /// stays `Pending` for as long as it redials, and the balancer routes
+    /// around it. Its counters also count in `parent`.
+    pub(crate) fn endpoint(make: M, target: T, policy: ReconnectPolicy, parent: Option<Arc<Observer>>) -> Self
+    where
+        T: fmt::Debug,
+    {
+        let mut endpoint = Self::new(make, target, policy);
+        endpoint.fail_fast = false;
+        endpoint.observer = Arc::new(Observer::with_parent(parent));
+        endpoint
     }
 
     /// A watch of this connection's state.
@@ -356,6 +353,9 @@ where
 
     /// Once not ready: `Ready(Ok)` to fail fast past the wait limit, else `Pending`.
     fn poll_wait_limit(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if !self.fail_fast {
+            return Poll::Pending;
+        }
         if !self.failing_fast {
             if !self.wait_timer.poll_expired(cx) {
                 return Poll::Pending;

@@ -35,6 +35,7 @@
 use std::error::Error;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -156,6 +157,8 @@ pub(crate) struct Observer {
     fail_fast: AtomicU64,
     retries: AtomicU64,
     state: watch::Sender<Snapshot>,
+    /// Also counts here: a balanced client's endpoints count in the client.
+    parent: Option<Arc<Observer>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -169,6 +172,10 @@ pub(crate) enum Counter {
 
 impl Observer {
     pub(crate) fn new() -> Self {
+        Self::with_parent(None)
+    }
+
+    pub(crate) fn with_parent(parent: Option<Arc<Observer>>) -> Self {
         let (state, _) = watch::channel(Snapshot::new(Phase::Idle, 0, None));
         Self {
             dials: AtomicU64::new(0),
@@ -177,6 +184,7 @@ impl Observer {
             fail_fast: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             state,
+            parent,
         }
     }
 
@@ -189,6 +197,9 @@ impl Observer {
             Counter::Retries => &self.retries,
         };
         c.fetch_add(1, Ordering::Relaxed);
+        if let Some(parent) = &self.parent {
+            parent.count(counter);
+        }
     }
 
     pub(crate) fn stats(&self) -> Stats {
