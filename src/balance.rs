@@ -141,7 +141,11 @@ impl<M: Clone, R: Clone> MakeReconnect<M, R> {
         self.spawn_balanced(endpoints, observer)
     }
 
-    fn spawn_balanced<D, Req>(&self, discover: D, observer: Arc<Observer>) -> Client<Req, <D::Service as Service<Req>>::Response>
+    fn spawn_balanced<D, Req>(
+        &self,
+        discover: D,
+        observer: Arc<Observer>,
+    ) -> Client<Req, <D::Service as Service<Req>>::Response>
     where
         D: Discover + Unpin + Send + 'static,
         D::Key: Hash + Clone + Send,
@@ -163,16 +167,18 @@ impl<M: Clone, R: Clone> MakeReconnect<M, R> {
 /// The response type of the connections `M` makes for `T`.
 pub type Res<M, T, Req> = <<M as Service<T>>::Response as Service<Req>>::Response;
 
-fn endpoint<M: Clone, T: fmt::Debug>(
+fn endpoint<M, T>(
     make: &M,
     policy: &ReconnectPolicy,
     observer: &Arc<Observer>,
     target: T,
 ) -> Endpoint<M, T>
 where
-    M: Service<T>,
+    M: Service<T> + Clone,
+    T: fmt::Debug,
 {
-    let reconnect = Reconnect::endpoint(make.clone(), target, policy.clone(), Some(observer.clone()));
+    let reconnect =
+        Reconnect::endpoint(make.clone(), target, policy.clone(), Some(observer.clone()));
     PendingRequests::new(reconnect, CompleteOnResponse::default())
 }
 

@@ -56,7 +56,11 @@ where
     Res: Send + 'static,
 {
     /// Puts `reconnect` on a spawned worker task behind a queue.
-    pub(crate) fn new<M, T, R>(reconnect: Reconnect<M, T>, policy: &ReconnectPolicy, resend: R) -> Self
+    pub(crate) fn new<M, T, R>(
+        reconnect: Reconnect<M, T>,
+        policy: &ReconnectPolicy,
+        resend: R,
+    ) -> Self
     where
         Reconnect<M, T>: Service<Req, Response = Res, Error = BoxError> + Send + 'static,
         <Reconnect<M, T> as Service<Req>>::Future: Send + 'static,

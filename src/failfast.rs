@@ -107,7 +107,10 @@ where
                 future: self.inner.call(request),
             };
         }
-        assert!(self.failing, "FailFast::call called before poll_ready returned Ready(Ok)");
+        assert!(
+            self.failing,
+            "FailFast::call called before poll_ready returned Ready(Ok)"
+        );
         self.observer.count(Counter::FailFast);
         let down_for = self.unready_since.map_or(Duration::ZERO, |t| t.elapsed());
         GateFuture::Failed {

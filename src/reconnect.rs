@@ -77,7 +77,10 @@ where
     wait_timer: Timer,
     /// Dials since the connection was last healthy.
     attempt: u32,
-    /// Set while not Ready; requests fail fast once it is older than the wait limit.
+    /// Set from the first dial or drop until a connection proves healthy;
+    /// requests fail fast once it is older than the wait limit and no
+    /// connection is up. A server that accepts and at once closes does not
+    /// restart this clock.
     down_since: Option<Instant>,
     failing_fast: bool,
     /// Off for a balancer's endpoints: the balanced client fails fast as a whole.
@@ -172,7 +175,13 @@ where
     /// An endpoint for a balancer: it never fails fast on its own, so it
     /// stays `Pending` for as long as it redials, and the balancer routes
     /// around it. Its counters also count in `parent`.
-    pub(crate) fn endpoint(make: M, target: T, policy: ReconnectPolicy, parent: Option<Arc<Observer>>) -> Self
+    #[cfg(feature = "balance")]
+    pub(crate) fn endpoint(
+        make: M,
+        target: T,
+        policy: ReconnectPolicy,
+        parent: Option<Arc<Observer>>,
+    ) -> Self
     where
         T: fmt::Debug,
     {
@@ -299,7 +308,6 @@ where
             health: Arc::new(Health::new(self.policy.classifier.clone())),
             healthy: false,
         });
-        self.down_since = None;
         self.failing_fast = false;
         self.publish();
     }
@@ -307,6 +315,7 @@ where
     /// The connection proved healthy: the outage is over, the backoff resets.
     fn proved_healthy(&mut self, now: Instant) {
         self.schedule.reset();
+        self.down_since = None;
         let attempts = std::mem::take(&mut self.attempt);
         self.last_error = None;
         if let Some(since) = self.outage.take() {

@@ -129,6 +129,30 @@ async fn accept_then_close_keeps_backing_off() {
     assert_eq!(svc.get_ref().state().borrow().phase(), Phase::Backoff);
 }
 
+/// A server that accepts and at once closes does not restart the wait-limit
+/// clock: past the wait limit, requests fail fast instead of waiting forever.
+#[tokio::test(start_paused = true)]
+async fn accept_then_close_still_fails_fast_at_the_wait_limit() {
+    let dialer = Dialer::new([Outcome::ConnectClosed; 64]);
+    let policy = ReconnectPolicy::builder()
+        .backoff(Backoff::fixed(ms(100)))
+        .wait_limit(ms(1000))
+        .build()
+        .unwrap();
+    let mut svc = reconnect(&dialer, policy);
+
+    assert_pending!(poll_ready(&mut svc));
+    for _ in 0..9 {
+        expect_dial_after(&mut svc, &dialer, ms(100)).await;
+    }
+    advance(ms(100)).await;
+    assert_ready_ok!(poll_ready(&mut svc));
+    assert_eq!(svc.get_ref().state().borrow().phase(), Phase::FailFast);
+    let error = svc.call("GET".to_string()).await.unwrap_err();
+    let unavailable = error.downcast_ref::<tower_redial::Unavailable>().unwrap();
+    assert_eq!(unavailable.down_for(), ms(1000));
+}
+
 /// A connection that stays up for `healthy_after` counts as healthy even
 /// without a response, so its drop is redialed at once.
 #[tokio::test(start_paused = true)]
