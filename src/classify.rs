@@ -86,7 +86,10 @@ impl fmt::Debug for Classifier {
 ///   `ConnectionRefused`, `BrokenPipe`, `NotConnected`, `UnexpectedEof`,
 ///   `TimedOut`, `HostUnreachable` or `NetworkUnreachable`;
 /// - a [`NotSent`] (the connection could not take the request);
-/// - a [`ConnectTimeout`].
+/// - a [`ConnectTimeout`];
+/// - with the `hyper` feature, a `hyper::Error` that is closed, canceled,
+///   an incomplete message or a timeout (see
+///   `tower_redial::hyper::is_hyper_transport_error`).
 ///
 /// # Example
 ///
@@ -101,6 +104,10 @@ impl fmt::Debug for Classifier {
 /// assert!(!is_transport_error(&answer));
 /// ```
 pub fn is_transport_error(error: &(dyn Error + 'static)) -> bool {
+    #[cfg(feature = "hyper")]
+    if crate::hyper::is_hyper_transport_error(error) {
+        return true;
+    }
     chain(error).any(|e| {
         e.is::<NotSent>()
             || e.is::<ConnectTimeout>()

@@ -55,6 +55,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tower::make::MakeConnection;
@@ -119,20 +120,163 @@ where
     }
 }
 
-/// A plain TCP connector: resolves the target afresh and connects, with
-/// `TCP_NODELAY` set.
+/// A plain TCP connector: resolves the target afresh and connects, then sets
+/// the socket options it was built with.
 ///
 /// The target is anything tokio can resolve: a `SocketAddr`, a
-/// `"host:port"` string, an `(IpAddr, u16)` pair.
-#[derive(Clone, Copy, Debug, Default)]
+/// `"host:port"` string, an `(IpAddr, u16)` pair. Resolution and connecting
+/// are tokio's [`TcpStream::connect`]: when a name resolves to several
+/// addresses they are tried one after another, in order, until one connects
+/// (no Happy Eyeballs racing; hyper-util's `HttpConnector` does that).
+///
+/// Options are set on the connected socket, before it is handed out. If one
+/// cannot be set, the dial fails with that error.
+///
+/// # Presets
+///
+/// | constructor | `TCP_NODELAY` | keepalive | `TCP_USER_TIMEOUT` |
+/// |---|---|---|---|
+/// | [`new`](TcpConnector::new) (also `Default`) | on | the system's (off) | the system's (off) |
+/// | [`detect_dead_peers`](TcpConnector::detect_dead_peers) | on | idle 10 s, then every 5 s, 3 probes | 30 s |
+///
+/// Each setting can then be changed with [`nodelay`](TcpConnector::nodelay),
+/// [`keepalive`](TcpConnector::keepalive) and
+/// [`user_timeout`](TcpConnector::user_timeout).
+///
+/// # Detecting dead peers
+///
+/// A peer that closes or restarts sends FIN or RST, and the connection fails
+/// at once. A peer that vanishes (host crash, pulled cable, a NAT or firewall
+/// that forgot the flow) sends nothing, and by default Linux takes a long
+/// time to notice:
+///
+/// | what is lost | Linux default | [`detect_dead_peers`](TcpConnector::detect_dead_peers) |
+/// |---|---|---|
+/// | an idle connection | never: keepalive is off per socket; with `SO_KEEPALIVE` alone, after 2 h idle and 9 probes 75 s apart (≈ 2 h 11 min) | ≈ 30 s: probes from 10 s idle, every 5 s; Linux drops the connection once probes go unanswered past the 30 s user timeout |
+/// | a connection with data sent but not acknowledged | ≈ 15 min (`tcp_retries2 = 15` retransmissions) | 30 s (`TCP_USER_TIMEOUT`) |
+/// | a connection whose peer closed or restarted | at once (FIN/RST) | at once |
+///
+/// Once the kernel drops the connection, the next read or write on it fails,
+/// and [`Reconnect`](crate::Reconnect) redials. Keepalive probes also keep
+/// idle NAT and load-balancer mappings alive.
+///
+/// `TCP_USER_TIMEOUT` exists on Linux and Android only; elsewhere
+/// [`user_timeout`](TcpConnector::user_timeout) is accepted and ignored.
+/// Likewise, keepalive's interval and probe count are set only where the
+/// system has them (Linux, Android, the BSDs, macOS and iOS, illumos;
+/// Windows has the interval but not the count), and are otherwise ignored.
+///
+/// # hyper-util's `HttpConnector`
+///
+/// hyper-util's `HttpConnector` has the same settings, so the preset needs no
+/// wrapper there:
+///
+/// ```
+/// use std::time::Duration;
+/// use hyper_util::client::legacy::connect::HttpConnector;
+///
+/// // The `detect_dead_peers` preset, on hyper-util's connector.
+/// let mut http = HttpConnector::new();
+/// http.set_nodelay(true);
+/// http.set_keepalive(Some(Duration::from_secs(10)));
+/// http.set_keepalive_interval(Some(Duration::from_secs(5)));
+/// http.set_keepalive_retries(Some(3));
+/// #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+/// http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
+/// ```
+///
+/// Leave its `set_connect_timeout` unset when it is wrapped in a
+/// [`Dial`](crate::dial::Dial): the dial's policy times each attempt.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower::ServiceExt;
+/// use tower_redial::connect::{Keepalive, TcpConnector};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?;
+/// let connector = TcpConnector::new()
+///     .keepalive(Keepalive::new(Duration::from_secs(60)).interval(Duration::from_secs(10)))
+///     .user_timeout(Duration::from_secs(45));
+/// let stream = connector.oneshot(addr).await?;
+/// assert!(stream.nodelay()?);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpConnector {
-    _priv: (),
+    nodelay: bool,
+    keepalive: Option<Keepalive>,
+    user_timeout: Option<Duration>,
 }
 
 impl TcpConnector {
-    /// A connector with `TCP_NODELAY` set on each connection.
-    pub fn new() -> Self {
-        Self { _priv: () }
+    /// A connector with `TCP_NODELAY` set on each connection, and the
+    /// system's keepalive and user timeout.
+    pub const fn new() -> Self {
+        Self {
+            nodelay: true,
+            keepalive: None,
+            user_timeout: None,
+        }
+    }
+
+    /// A connector that notices a vanished peer within about 30 s: keepalive
+    /// probes after 10 s idle, every 5 s, 3 of them; a 30 s
+    /// `TCP_USER_TIMEOUT`; and `TCP_NODELAY`. See
+    /// [Detecting dead peers](TcpConnector#detecting-dead-peers).
+    pub const fn detect_dead_peers() -> Self {
+        Self {
+            nodelay: true,
+            keepalive: Some(Keepalive::DETECT_DEAD_PEERS),
+            user_timeout: Some(Duration::from_secs(30)),
+        }
+    }
+
+    /// Sets whether `TCP_NODELAY` is set (Nagle's algorithm off). On by
+    /// default.
+    pub const fn nodelay(mut self, nodelay: bool) -> Self {
+        self.nodelay = nodelay;
+        self
+    }
+
+    /// Turns TCP keepalive on with these settings, or leaves it to the system
+    /// with `None`.
+    pub fn keepalive(mut self, keepalive: impl Into<Option<Keepalive>>) -> Self {
+        self.keepalive = keepalive.into();
+        self
+    }
+
+    /// Sets `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged
+    /// before the kernel drops the connection. `None` leaves it to the
+    /// system. Linux and Android only; ignored elsewhere.
+    pub fn user_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.user_timeout = timeout.into();
+        self
+    }
+
+    fn configure(&self, stream: &TcpStream) -> io::Result<()> {
+        stream.set_nodelay(self.nodelay)?;
+        let socket = socket2::SockRef::from(stream);
+        if let Some(keepalive) = &self.keepalive {
+            socket.set_tcp_keepalive(&keepalive.to_socket2())?;
+        }
+        #[cfg(any(target_os = "android", target_os = "linux"))]
+        if let Some(timeout) = self.user_timeout {
+            socket.set_tcp_user_timeout(Some(timeout))?;
+        }
+        Ok(())
+    }
+}
+
+impl Default for TcpConnector {
+    /// The same as [`TcpConnector::new`].
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -149,10 +293,109 @@ where
     }
 
     fn call(&mut self, target: T) -> Self::Future {
+        let options = *self;
         TcpConnecting::new(Box::pin(async move {
             let stream = TcpStream::connect(target).await?;
-            stream.set_nodelay(true)?;
+            options.configure(&stream)?;
             Ok(stream)
         }))
+    }
+}
+
+/// TCP keepalive settings for [`TcpConnector::keepalive`].
+///
+/// After the connection has been idle for `idle`, the kernel sends a probe,
+/// then another every `interval`; after `retries` unanswered probes it drops
+/// the connection. Unset values are the system's (Linux: 75 s interval, 9
+/// probes). Some systems count in whole seconds.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_redial::connect::Keepalive;
+///
+/// let keepalive = Keepalive::new(Duration::from_secs(10))
+///     .interval(Duration::from_secs(5))
+///     .retries(3);
+/// assert_eq!(keepalive, Keepalive::DETECT_DEAD_PEERS);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    idle: Duration,
+    interval: Option<Duration>,
+    retries: Option<u32>,
+}
+
+impl Keepalive {
+    /// The keepalive of [`TcpConnector::detect_dead_peers`]: probes after
+    /// 10 s idle, every 5 s, 3 of them.
+    pub const DETECT_DEAD_PEERS: Self = Self::new(Duration::from_secs(10))
+        .interval(Duration::from_secs(5))
+        .retries(3);
+
+    /// Probes after the connection has been idle for `idle`
+    /// (`TCP_KEEPIDLE`), with the system's interval and count.
+    pub const fn new(idle: Duration) -> Self {
+        Self {
+            idle,
+            interval: None,
+            retries: None,
+        }
+    }
+
+    /// Sets the time between probes (`TCP_KEEPINTVL`). Ignored where the
+    /// system has no such setting.
+    pub const fn interval(mut self, interval: Duration) -> Self {
+        self.interval = Some(interval);
+        self
+    }
+
+    /// Sets how many unanswered probes drop the connection (`TCP_KEEPCNT`).
+    /// Ignored where the system has no such setting (Windows among them).
+    pub const fn retries(mut self, retries: u32) -> Self {
+        self.retries = Some(retries);
+        self
+    }
+
+    fn to_socket2(self) -> socket2::TcpKeepalive {
+        let keepalive = socket2::TcpKeepalive::new().with_time(self.idle);
+        // The systems where socket2 has each setting; see its `TcpKeepalive`.
+        #[cfg(any(
+            target_os = "android",
+            target_os = "dragonfly",
+            target_os = "freebsd",
+            target_os = "fuchsia",
+            target_os = "illumos",
+            target_os = "ios",
+            target_os = "linux",
+            target_os = "macos",
+            target_os = "netbsd",
+            target_os = "tvos",
+            target_os = "watchos",
+            target_os = "windows",
+        ))]
+        let keepalive = match self.interval {
+            Some(interval) => keepalive.with_interval(interval),
+            None => keepalive,
+        };
+        #[cfg(any(
+            target_os = "android",
+            target_os = "dragonfly",
+            target_os = "freebsd",
+            target_os = "fuchsia",
+            target_os = "illumos",
+            target_os = "ios",
+            target_os = "linux",
+            target_os = "macos",
+            target_os = "netbsd",
+            target_os = "tvos",
+            target_os = "watchos",
+        ))]
+        let keepalive = match self.retries {
+            Some(retries) => keepalive.with_retries(retries),
+            None => keepalive,
+        };
+        keepalive
     }
 }

@@ -96,14 +96,24 @@ pub mod balance;
 pub mod classify;
 mod client;
 pub mod connect;
+pub mod dial;
 pub mod error;
 #[cfg(feature = "balance")]
 mod failfast;
 pub mod future;
+#[cfg(feature = "hyper")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
+pub mod hyper;
 mod layer;
 mod policy;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
 mod reconnect;
 mod redact;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 mod retry;
 pub mod state;
 mod timer;
@@ -112,6 +122,8 @@ pub use crate::backoff::{Backoff, Jitter};
 pub use crate::classify::Classifier;
 pub use crate::client::Client;
 pub use crate::connect::Handshake;
+pub use crate::dial::{Dial, DialLayer};
+pub use crate::error::DialError;
 pub use crate::error::{Closed, ConnectTimeout, InvalidPolicy, NotSent, Unavailable};
 pub use crate::layer::{MakeReconnect, ReconnectLayer};
 pub use crate::policy::{ReconnectPolicy, ReconnectPolicyBuilder};

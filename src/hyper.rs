@@ -1,0 +1,503 @@
+//! HTTP/1 and HTTP/2 connections over hyper's `client::conn`.
+//!
+//! *Needs the `hyper` feature.*
+//!
+//! [`http1`] and [`http2`] are handshake functions for
+//! [`Handshake`](crate::Handshake): each takes a freshly connected IO, runs
+//! hyper's client handshake, spawns the connection's driver task, and returns
+//! a connection service, [`Http1Connection`] or [`Http2Connection`]. Paired
+//! with a connector and wrapped in [`ReconnectLayer`](crate::ReconnectLayer),
+//! that gives an HTTP client that stays connected to one server: it dials
+//! lazily, redials with backoff when the connection breaks, and holds
+//! requests in its queue meanwhile.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{header, Request};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_redial::connect::TcpConnector;
+//! use tower_redial::{BoxError, Handshake, ReconnectLayer, ReconnectPolicy};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! # let addr = listener.local_addr()?;
+//! # tokio::spawn(async move {
+//! #     loop {
+//! #         let (io, _) = listener.accept().await.unwrap();
+//! #         let hello = hyper::service::service_fn(|_| async {
+//! #             Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from("hello"))))
+//! #         });
+//! #         tokio::spawn(
+//! #             hyper::server::conn::http1::Builder::new()
+//! #                 .serve_connection(hyper_util::rt::TokioIo::new(io), hello),
+//! #         );
+//! #     }
+//! # });
+//! let policy = ReconnectPolicy::builder()
+//!     // Also treat hyper's "connection closed" errors as a dead connection.
+//!     .classifier(tower_redial::hyper::classifier())
+//!     .build()?;
+//! let client = ServiceBuilder::new()
+//!     .layer(ReconnectLayer::new(policy))
+//!     .service(Handshake::new(
+//!         TcpConnector::new(),
+//!         tower_redial::hyper::http1::<Full<Bytes>>,
+//!     ))
+//!     .client(addr); // Nothing is dialed until the first request.
+//!
+//! let request = Request::get("/")
+//!     .header(header::HOST, addr.to_string())
+//!     .body(Full::new(Bytes::new()))?;
+//! let response = client.oneshot(request).await?;
+//! let body = response.into_body().collect().await?.to_bytes();
+//! assert_eq!(body, "hello");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! For HTTP/2, hand [`http2`] to the [`Handshake`](crate::Handshake)
+//! instead, and give requests an absolute URI (`http://host:port/path`):
+//! HTTP/2 sends the scheme and authority in every request.
+//!
+//! # HTTP/1 or HTTP/2
+//!
+//! - **HTTP/1** carries one request at a time. [`Http1Connection`]'s
+//!   `poll_ready` waits until the previous response has arrived, so the
+//!   other requests wait in the client's queue, and a connection that dies
+//!   takes at most one request down with it. For more than one request in
+//!   flight to the same server, make several clients.
+//! - **HTTP/2** multiplexes: [`Http2Connection`] is ready as long as its
+//!   connection is open, and every request goes straight to hyper. When the
+//!   connection dies, requests still in hyper's queue come back unsent (see
+//!   below); those hyper had already passed to HTTP/2 fail, as they may have
+//!   been sent.
+//!
+//! # What is sent again
+//!
+//! hyper knows when a request it was given never left: its
+//! [`try_send_request`](::hyper::client::conn::http1::SendRequest::try_send_request)
+//! hands such a request back in a [`TrySendError`]. The connections here
+//! turn that into a [`NotSent`] that carries the request, so the client
+//! sends it again on the next connection, by default, with no `Clone`
+//! needed. This happens when the server closes an idle keep-alive
+//! connection just as a request is sent on it, and to the requests still
+//! queued in an HTTP/2 connection that dies.
+//!
+//! | what happened | the error | sent again? |
+//! |---|---|---|
+//! | the connection closed before hyper wrote the request | [`NotSent`] with the request; its `source()` is hyper's `canceled` error | yes, by default (within the policy's attempts and budget) |
+//! | the connection broke after the request may have been written | the [`hyper::Error`] itself (an incomplete message, a reset...) | only if you opted in with [`resend_if`](crate::ReconnectLayer::resend_if) and the [`classifier`] calls it dead |
+//! | the server answered, whatever the status | `Ok(response)`: a `503` is an answer, not an error | no |
+//!
+//! # Re-sending idempotent requests
+//!
+//! A request that may have reached the server is never sent again by
+//! default: a `POST` could then run twice. To opt in for requests that are
+//! safe to repeat, use [`ReconnectLayer::resend_if`](crate::ReconnectLayer::resend_if)
+//! with a predicate, and this module's [`classifier`], so that hyper's
+//! "connection closed before message completed" counts as a broken
+//! connection:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{Method, Request};
+//! use http_body_util::Full;
+//! use tower::ServiceBuilder;
+//! use tower_redial::connect::TcpConnector;
+//! use tower_redial::{Handshake, ReconnectLayer, ReconnectPolicy};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_redial::BoxError> {
+//! let policy = ReconnectPolicy::builder()
+//!     .classifier(tower_redial::hyper::classifier())
+//!     .build()?;
+//! let layer = ReconnectLayer::new(policy).resend_if(|request: &Request<Full<Bytes>>| {
+//!     matches!(*request.method(), Method::GET | Method::HEAD | Method::PUT | Method::DELETE)
+//! });
+//! let client = ServiceBuilder::new()
+//!     .layer(layer)
+//!     .service(Handshake::new(TcpConnector::new(), tower_redial::hyper::http1))
+//!     .client("127.0.0.1:8080");
+//! # drop(client);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Opting in needs requests that are `Clone`, as a copy is kept to send
+//! again: `http::Request<B>` is `Clone` when its body is, as
+//! [`Full`](https://docs.rs/http-body-util/latest/http_body_util/struct.Full.html)
+//! and `Empty` are. A streaming body is not, and such requests keep the
+//! default: they are sent again only when hyper hands them back unsent.
+//!
+//! # Classifying hyper's errors
+//!
+//! hyper reports some dead connections without an IO error in the
+//! `source()` chain: "connection closed before message completed", "channel
+//! closed", "operation was canceled". [`is_hyper_transport_error`]
+//! recognises those, by type. With this feature on, the default classifier,
+//! [`is_transport_error`], includes it, so an opted-in request that failed
+//! with one of those errors is sent again. [`classifier`] is the same
+//! classifier, named for clarity when you combine it with your own rules.
+//!
+//! # Your own hyper settings
+//!
+//! [`http1`] and [`http2`] use hyper's defaults. For other settings, write the
+//! handshake function yourself with hyper's builder, spawn the connection,
+//! and wrap the sender with [`Http1Connection::new`] or
+//! [`Http2Connection::new`]:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use hyper::client::conn::http1;
+//! use hyper_util::rt::TokioIo;
+//! use tokio::net::TcpStream;
+//! use tower_redial::hyper::Http1Connection;
+//!
+//! async fn handshake(io: TcpStream) -> Result<Http1Connection<Full<Bytes>>, hyper::Error> {
+//!     let (sender, connection) = http1::Builder::new()
+//!         .title_case_headers(true)
+//!         .handshake(TokioIo::new(io))
+//!         .await?;
+//!     tokio::spawn(connection);
+//!     Ok(Http1Connection::new(sender))
+//! }
+//! # let _ = tower_redial::Handshake::new(tower_redial::connect::TcpConnector::new(), handshake);
+//! ```
+//!
+//! # With tonic
+//!
+//! A generated tonic client takes any service from `http::Request` to
+//! `http::Response` as its transport. An HTTP/2 client from this module is
+//! one, so tonic gets this crate's reconnect, queue and fail-fast in place
+//! of its own `Channel`, and no codegen or extra feature is needed:
+//!
+//! ```
+//! use tonic_health::pb::health_client::HealthClient;
+//! use tower::ServiceBuilder;
+//! use tower_redial::connect::TcpConnector;
+//! use tower_redial::{Handshake, ReconnectLayer, ReconnectPolicy};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_redial::BoxError> {
+//! let addr = "127.0.0.1:50051";
+//! let client = ServiceBuilder::new()
+//!     .layer(ReconnectLayer::new(ReconnectPolicy::grpc()))
+//!     .service(Handshake::new(
+//!         TcpConnector::new(),
+//!         tower_redial::hyper::http2::<tonic::body::Body>,
+//!     ))
+//!     .client(addr);
+//! // HTTP/2 requests carry the scheme and authority: give tonic the origin.
+//! let health = HealthClient::with_origin(client, format!("http://{addr}").parse()?);
+//! # drop(health);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Why not tonic's `Channel`, or `Endpoint::connect_with_connector`? Both
+//! leave the reconnect to the `Channel`, which, when connected lazily,
+//! reports ready after a failed dial and fails the next request instead
+//! (tonic #2839). Here the client stays `Pending` while it redials, and
+//! requests wait in its queue, up to the wait limit. gRPC requests have a
+//! streaming body and are not `Clone`: a call that hyper hands back unsent
+//! is sent again, but one that may have reached the server comes back as a
+//! `Status`, and the application decides whether to call again. The
+//! `tonic` example shows a server crash ridden through.
+//!
+//! # Tasks
+//!
+//! Each connection's driver runs on a task spawned with `tokio::spawn`. It
+//! ends when the connection closes, or once the connection service (with
+//! all its clones) and every response body it returned are dropped.
+
+use std::error::Error;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use ::hyper::body::{Body, Incoming};
+use ::hyper::client::conn::{http1 as h1, http2 as h2, TrySendError};
+use http::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tower::Service;
+
+use crate::classify::{chain, is_transport_error};
+use crate::{BoxError, Classifier, NotSent};
+
+/// Makes an HTTP/1 connection over `io`: hyper's client handshake, with the
+/// connection's driver spawned on the tokio runtime.
+///
+/// A handshake function for [`Handshake`](crate::Handshake); name the
+/// request body type, as in `tower_redial::hyper::http1::<Full<Bytes>>`.
+/// See the [module docs](self) for an example.
+///
+/// # Errors
+///
+/// hyper's error if the handshake fails.
+///
+/// # Panics
+///
+/// If called outside a tokio runtime.
+pub async fn http1<B>(
+    io: impl AsyncRead + AsyncWrite + Send + Unpin + 'static,
+) -> Result<Http1Connection<B>, ::hyper::Error>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let (sender, connection) = h1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "HTTP/1 connection closed with an error");
+        }
+    });
+    Ok(Http1Connection::new(sender))
+}
+
+/// Makes an HTTP/2 connection over `io` (with prior knowledge, no TLS or
+/// upgrade): hyper's client handshake, with the connection's driver spawned
+/// on the tokio runtime.
+///
+/// A handshake function for [`Handshake`](crate::Handshake); name the
+/// request body type, as in `tower_redial::hyper::http2::<Full<Bytes>>`.
+/// Requests need an absolute URI. See the [module docs](self).
+///
+/// # Errors
+///
+/// hyper's error if the handshake fails.
+///
+/// # Panics
+///
+/// If called outside a tokio runtime.
+pub async fn http2<B>(
+    io: impl AsyncRead + AsyncWrite + Send + Unpin + 'static,
+) -> Result<Http2Connection<B>, ::hyper::Error>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let (sender, connection) = h2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "HTTP/2 connection closed with an error");
+        }
+    });
+    Ok(Http2Connection::new(sender))
+}
+
+/// An HTTP/1 connection as a service, made by [`http1`].
+///
+/// # Errors
+///
+/// `poll_ready` fails once the connection has closed: the connection is
+/// dead, and the [`Reconnect`](crate::Reconnect) around it redials. A
+/// response fails with a [`NotSent`] carrying the request when hyper hands
+/// the request back unwritten, or else with hyper's own error; see the
+/// [module docs](self#what-is-sent-again).
+///
+/// # Backpressure
+///
+/// `poll_ready` is `Pending` while a request is in flight: HTTP/1 carries
+/// one at a time.
+pub struct Http1Connection<B> {
+    sender: h1::SendRequest<B>,
+}
+
+impl<B> Http1Connection<B> {
+    /// Wraps the sender of a connection made with hyper's own
+    /// [`http1::Builder`](::hyper::client::conn::http1::Builder). Spawn
+    /// the connection's driver yourself.
+    pub fn new(sender: h1::SendRequest<B>) -> Self {
+        Self { sender }
+    }
+
+    /// Whether the connection has closed.
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+}
+
+impl<B> fmt::Debug for Http1Connection<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Http1Connection")
+            .field("closed", &self.sender.is_closed())
+            .finish()
+    }
+}
+
+impl<B> Service<Request<B>> for Http1Connection<B>
+where
+    B: Body + Send + 'static,
+{
+    type Response = Response<Incoming>;
+    type Error = BoxError;
+    type Future = ResponseFuture<B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.sender.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        ResponseFuture::new(self.sender.try_send_request(request))
+    }
+}
+
+/// An HTTP/2 connection as a service, made by [`http2`].
+///
+/// # Errors
+///
+/// As for [`Http1Connection`]: `poll_ready` fails once the connection has
+/// closed, and a request hyper hands back unwritten fails with a
+/// [`NotSent`] carrying it.
+///
+/// # Clone
+///
+/// Clones share the connection: HTTP/2 multiplexes requests over it.
+pub struct Http2Connection<B> {
+    sender: h2::SendRequest<B>,
+}
+
+impl<B> Http2Connection<B> {
+    /// Wraps the sender of a connection made with hyper's own
+    /// [`http2::Builder`](::hyper::client::conn::http2::Builder). Spawn
+    /// the connection's driver yourself.
+    pub fn new(sender: h2::SendRequest<B>) -> Self {
+        Self { sender }
+    }
+
+    /// Whether the connection has closed.
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+}
+
+impl<B> Clone for Http2Connection<B> {
+    fn clone(&self) -> Self {
+        Self {
+            sender: self.sender.clone(),
+        }
+    }
+}
+
+impl<B> fmt::Debug for Http2Connection<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Http2Connection")
+            .field("closed", &self.sender.is_closed())
+            .finish()
+    }
+}
+
+impl<B> Service<Request<B>> for Http2Connection<B>
+where
+    B: Body + Send + 'static,
+{
+    type Response = Response<Incoming>;
+    type Error = BoxError;
+    type Future = ResponseFuture<B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.sender.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        ResponseFuture::new(self.sender.try_send_request(request))
+    }
+}
+
+type Sending<B> =
+    Pin<Box<dyn Future<Output = Result<Response<Incoming>, TrySendError<Request<B>>>> + Send>>;
+
+/// The response future of [`Http1Connection`] and [`Http2Connection`].
+///
+/// A request that hyper hands back unwritten comes out as a [`NotSent`]
+/// carrying it; any other failure as hyper's error.
+pub struct ResponseFuture<B> {
+    // hyper's sending future is an unnameable `impl Future`, so it is boxed.
+    inner: Sending<B>,
+}
+
+impl<B> ResponseFuture<B> {
+    fn new<F>(sending: F) -> Self
+    where
+        F: Future<Output = Result<Response<Incoming>, TrySendError<Request<B>>>> + Send + 'static,
+    {
+        Self {
+            inner: Box::pin(sending),
+        }
+    }
+}
+
+impl<B> Future for ResponseFuture<B>
+where
+    B: Send + 'static,
+{
+    type Output = Result<Response<Incoming>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx).map_err(hand_back)
+    }
+}
+
+impl<B> fmt::Debug for ResponseFuture<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// A request hyper gave back unwritten becomes a [`NotSent`] that carries it.
+fn hand_back<B: Send + 'static>(mut error: TrySendError<Request<B>>) -> BoxError {
+    match error.take_message() {
+        Some(request) => Box::new(NotSent::with_request(request, error.into_error())),
+        None => Box::new(error.into_error()),
+    }
+}
+
+/// Whether any error in the `source()` chain is a [`hyper::Error`]
+/// that means the connection is gone: the connection closed before a message
+/// completed, its channel closed, a request was canceled because of it, or a
+/// timeout (such as an HTTP/2 keep-alive ping) expired.
+///
+/// Errors are told apart by type and hyper's own predicates, never by
+/// message text. hyper's IO errors are left to
+/// [`is_transport_error`]; combine the
+/// two with [`classifier`].
+///
+/// # Example
+///
+/// ```
+/// use tower_redial::classify::is_transport_error;
+/// use tower_redial::hyper::is_hyper_transport_error;
+/// use tower_redial::Classifier;
+///
+/// let classifier = Classifier::new(|e| is_transport_error(e) || is_hyper_transport_error(e));
+/// # let _ = classifier;
+/// let answer = std::io::Error::other("not found");
+/// assert!(!is_hyper_transport_error(&answer));
+/// ```
+pub fn is_hyper_transport_error(error: &(dyn Error + 'static)) -> bool {
+    chain(error).any(|e| {
+        e.downcast_ref::<::hyper::Error>().is_some_and(|e| {
+            e.is_incomplete_message() || e.is_closed() || e.is_canceled() || e.is_timeout()
+        })
+    })
+}
+
+/// [`is_transport_error`] or [`is_hyper_transport_error`]: with the `hyper`
+/// feature on, the same as the default classifier. Handy as the base of
+/// your own rules.
+///
+/// Set it on the policy with
+/// [`ReconnectPolicyBuilder::classifier`](crate::ReconnectPolicyBuilder::classifier);
+/// see the [module docs](self#classifying-hypers-errors).
+pub fn classifier() -> Classifier {
+    Classifier::new(|error| is_transport_error(error) || is_hyper_transport_error(error))
+}
