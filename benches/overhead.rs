@@ -1,0 +1,291 @@
+//! Per-request overhead on an in-process echo connection (issue 6, item 1).
+//!
+//! Five stacks, each answering `u64 -> u64` with the same echo connection:
+//!
+//! - `a_bare`: the echo service called directly;
+//! - `b_buffer`: tower's `Buffer` over it;
+//! - `c_tower_reconnect`: tower's `Buffer` over tower's `reconnect::Reconnect`;
+//! - `d_resilience`: tower-resilience's `ReconnectLayer` (its service is
+//!   `Clone` and shares the connection itself, so it has no `Buffer`);
+//! - `e_redial`: this crate's `ReconnectLayer` client (`Retry` over `Buffer`
+//!   over `Reconnect` on a worker task).
+//!
+//! Every request is `ready().await` then `call().await` on a clone held by
+//! the caller (clones are made outside the timed loop). Connections are
+//! established before anything is timed.
+//!
+//! - `overhead_1_caller`: one caller on a current-thread runtime.
+//! - `overhead_64_callers`: 64 caller tasks, each with its own clone, on a
+//!   multi-thread runtime with 2 workers; criterion's per-iteration time is
+//!   for 64 requests (`Throughput::Elements(64)`).
+//!
+//! `scripts/bench` runs this and writes the tables in `docs/BENCHMARKS.md`.
+//!
+//! Profiling: `OVERHEAD_PROFILE=<a|b|c|d|e> OVERHEAD_N=<requests>` runs that
+//! stack's one-caller loop `N` times without criterion, for
+//! `valgrind --tool=callgrind`.
+
+use std::convert::Infallible;
+use std::fmt::Debug;
+use std::future::{ready, Ready};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkGroup, Criterion, Throughput};
+use tokio::runtime::{Builder, Runtime};
+use tower::buffer::Buffer;
+use tower::util::ServiceFn;
+use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
+use tower_redial::{ReconnectLayer, ReconnectPolicy};
+
+/// Concurrent callers in the second group.
+const CALLERS: u64 = 64;
+/// Queue size for the `Buffer`s; the same as `ReconnectPolicy::default()`'s.
+const QUEUE: usize = 1024;
+
+type Echo = ServiceFn<fn(u64) -> Ready<Result<u64, Infallible>>>;
+
+fn echo_fn(request: u64) -> Ready<Result<u64, Infallible>> {
+    ready(Ok(request))
+}
+
+/// The connection: answers with the request.
+fn echo() -> Echo {
+    service_fn(echo_fn as fn(u64) -> Ready<Result<u64, Infallible>>)
+}
+
+/// The connection factory: a new echo connection, at once. Its future is
+/// `Ready`, which is `Unpin` as tower's `Reconnect` needs.
+fn make_echo(_target: ()) -> Ready<Result<Echo, Infallible>> {
+    ready(Ok(echo()))
+}
+
+type MakeEcho = ServiceFn<fn(()) -> Ready<Result<Echo, Infallible>>>;
+
+fn make() -> MakeEcho {
+    service_fn(make_echo as fn(()) -> Ready<Result<Echo, Infallible>>)
+}
+
+/// One request: wait for readiness, then call.
+async fn request<S>(service: &mut S, x: u64) -> u64
+where
+    S: Service<u64, Response = u64>,
+    S::Error: Debug,
+{
+    let response = service
+        .ready()
+        .await
+        .expect("ready")
+        .call(x)
+        .await
+        .expect("call");
+    debug_assert_eq!(response, x);
+    response
+}
+
+/// The five stacks, built inside `rt` (their worker tasks live there), and
+/// warmed up with one request each so that the connection is up.
+fn with_stacks(rt: &Runtime, mut each: impl FnMut(&'static str, Stack)) {
+    let _guard = rt.enter();
+    let stacks: Vec<(&'static str, Stack)> = vec![
+        ("a_bare", Stack::A(echo())),
+        ("b_buffer", Stack::B(Buffer::new(echo(), QUEUE))),
+        (
+            "c_tower_reconnect",
+            Stack::C(Buffer::new(
+                tower::reconnect::Reconnect::new(make(), ()),
+                QUEUE,
+            )),
+        ),
+        (
+            "d_resilience",
+            Stack::D(
+                tower_resilience::reconnect::ReconnectLayer::new(
+                    tower_resilience::reconnect::ReconnectConfig::default(),
+                )
+                .layer(make()),
+            ),
+        ),
+        (
+            "e_redial",
+            Stack::E(
+                ServiceBuilder::new()
+                    .layer(ReconnectLayer::new(ReconnectPolicy::default()))
+                    .service(make())
+                    .client(()),
+            ),
+        ),
+    ];
+    for (name, mut stack) in stacks {
+        rt.block_on(stack.warm_up());
+        each(name, stack);
+    }
+}
+
+type BufferB = Buffer<u64, Ready<Result<u64, Infallible>>>;
+type BufferC = Buffer<u64, <tower::reconnect::Reconnect<MakeEcho, ()> as Service<u64>>::Future>;
+type ResilienceD = tower_resilience::reconnect::ReconnectService<MakeEcho, ()>;
+type RedialE = tower_redial::Client<u64, u64>;
+
+enum Stack {
+    A(Echo),
+    B(BufferB),
+    C(BufferC),
+    D(ResilienceD),
+    E(RedialE),
+}
+
+/// Calls `$f` with the concrete service inside `$stack`.
+macro_rules! dispatch {
+    ($stack:expr, |$s:ident| $body:expr) => {
+        match $stack {
+            Stack::A($s) => $body,
+            Stack::B($s) => $body,
+            Stack::C($s) => $body,
+            Stack::D($s) => $body,
+            Stack::E($s) => $body,
+        }
+    };
+}
+
+impl Stack {
+    async fn warm_up(&mut self) {
+        for x in 0..16 {
+            dispatch!(self, |s| request(s, x).await);
+        }
+    }
+}
+
+fn one_caller<S>(
+    group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &Runtime,
+    name: &str,
+    service: S,
+) where
+    S: Service<u64, Response = u64> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Debug,
+{
+    group.bench_function(name, |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let mut service = service.clone();
+            async move {
+                let start = Instant::now();
+                for x in 0..iters {
+                    black_box(request(&mut service, x).await);
+                }
+                start.elapsed()
+            }
+        })
+    });
+}
+
+fn many_callers<S>(
+    group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &Runtime,
+    name: &str,
+    service: S,
+) where
+    S: Service<u64, Response = u64> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Debug,
+{
+    group.bench_function(name, |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let clones: Vec<S> = (0..CALLERS).map(|_| service.clone()).collect();
+            async move {
+                let start = Instant::now();
+                let callers: Vec<_> = clones
+                    .into_iter()
+                    .map(|mut service| {
+                        tokio::spawn(async move {
+                            for x in 0..iters {
+                                black_box(request(&mut service, x).await);
+                            }
+                        })
+                    })
+                    .collect();
+                for caller in callers {
+                    caller.await.expect("caller task");
+                }
+                start.elapsed()
+            }
+        })
+    });
+}
+
+fn current_thread() -> Runtime {
+    Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn multi_thread() -> Runtime {
+    Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = current_thread();
+    let mut group = c.benchmark_group("overhead_1_caller");
+    group.throughput(Throughput::Elements(1));
+    with_stacks(&rt, |name, stack| {
+        dispatch!(stack, |s| one_caller(&mut group, &rt, name, s))
+    });
+    group.finish();
+
+    let rt = multi_thread();
+    let mut group = c.benchmark_group("overhead_64_callers");
+    group.throughput(Throughput::Elements(CALLERS));
+    with_stacks(&rt, |name, stack| {
+        dispatch!(stack, |s| many_callers(&mut group, &rt, name, s))
+    });
+    group.finish();
+}
+
+/// `OVERHEAD_PROFILE=e OVERHEAD_N=100000`: one stack's one-caller loop, for
+/// callgrind.
+fn profile(which: &str) {
+    let n: u64 = std::env::var("OVERHEAD_N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000);
+    let rt = current_thread();
+    let mut found = false;
+    with_stacks(&rt, |name, mut stack| {
+        if !name.starts_with(which) {
+            return;
+        }
+        found = true;
+        let start = Instant::now();
+        rt.block_on(async {
+            for x in 0..n {
+                dispatch!(&mut stack, |s| black_box(request(s, x).await));
+            }
+        });
+        let elapsed = start.elapsed();
+        println!(
+            "{name}: {n} requests in {elapsed:?}, {:?} each",
+            elapsed / n.max(1) as u32
+        );
+    });
+    assert!(found, "OVERHEAD_PROFILE must be one of a, b, c, d, e");
+}
+
+fn main() {
+    if let Ok(which) = std::env::var("OVERHEAD_PROFILE") {
+        profile(&which);
+        return;
+    }
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(50)
+        .configure_from_args();
+    bench(&mut c);
+    c.final_summary();
+}
