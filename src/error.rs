@@ -12,6 +12,10 @@
 //! | [`NotSent`] | the connection refused the request before writing any of it | the connection's error |
 //! | anything else | the connection's own error for a request that may have reached the peer | — |
 //!
+//! [`Dial`](crate::Dial), the connector form, has one error of its own:
+//! [`DialError`], once it gives up on a dial (`source()`: the last
+//! attempt's error). [`InvalidPolicy`] is returned by the policy builder.
+//!
 //! Errors are classified by type, never by message text: see
 //! [`classify`](crate::classify).
 

@@ -76,6 +76,26 @@
 //!
 //! The defaults are listed on [`ReconnectPolicy`].
 //!
+//! # Beyond one connection
+//!
+//! - [`dial`]: [`DialLayer`] adds dial backoff, a connect timeout and an
+//!   attempt or time limit to a raw connector, for clients that keep their
+//!   own pool, such as hyper-util's legacy `Client`.
+//! - [`connect`]: [`Handshake`] turns a connector plus a handshake into a
+//!   connection factory; [`TcpConnector`](connect::TcpConnector) sets
+//!   `TCP_NODELAY`, keepalive and `TCP_USER_TIMEOUT`.
+//!
+//! # Cargo features
+//!
+//! | feature | adds |
+//! |---|---|
+//! | `balance` | `balance`: one client over several reconnecting endpoints, with tower's p2c balancer |
+//! | `hyper` | `hyper`: HTTP/1 and HTTP/2 connections over hyper's `client::conn` (and, through them, tonic) |
+//! | `redis` | `redis`: the `redis` crate's multiplexed connection as a connection service |
+//! | `postgres` | `postgres`: a `tokio-postgres` client as a connection service |
+//!
+//! None is on by default.
+//!
 //! [`MakeService`]: tower::MakeService
 //! [`Buffer`]: tower::buffer::Buffer
 //! [`Retry`]: tower::retry::Retry
