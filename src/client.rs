@@ -7,6 +7,7 @@ use tower::buffer::Buffer;
 use tower::retry::Retry;
 use tower::Service;
 
+use crate::error::Overloaded;
 use crate::future::{from_buffer, BoxResponse, ClientFuture};
 use crate::reconnect::Reconnect;
 use crate::retry::{copier, Copier, ResendPolicy, RetryPolicy, Slot, Unslot};
@@ -28,6 +29,10 @@ use crate::{BoxError, ReconnectPolicy};
 /// does not wait for the connection: requests wait in the queue while it is
 /// redialed, for up to the wait limit.
 ///
+/// With [`load_shed`](crate::ReconnectPolicyBuilder::load_shed), a full
+/// queue makes `poll_ready` return ready at once and the request fail with
+/// [`Overloaded`](crate::error::Overloaded) instead.
+///
 /// # Errors
 ///
 /// Responses fail with [`Unavailable`](crate::Unavailable) when the
@@ -48,6 +53,9 @@ pub struct Client<Req, Res> {
     inner: Retry<RetryPolicy<Req>, Buffer<Slot<Req>, BoxResponse<Res>>>,
     copier: Option<Copier<Req>>,
     observer: Arc<Observer>,
+    load_shed: bool,
+    /// Set when `poll_ready` found the queue full and sheds load.
+    shedding: bool,
 }
 
 impl<Req, Res> Client<Req, Res>
@@ -97,6 +105,8 @@ where
             inner: Retry::new(retry, buffer),
             copier,
             observer,
+            load_shed: policy.load_shed,
+            shedding: false,
         }
     }
 }
@@ -123,10 +133,23 @@ where
     type Future = ClientFuture<Req, Res>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(from_buffer)
+        match self.inner.poll_ready(cx) {
+            Poll::Pending if self.load_shed => {
+                self.shedding = true;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => Poll::Pending,
+            ready => {
+                self.shedding = false;
+                ready.map_err(from_buffer)
+            }
+        }
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
+        if std::mem::take(&mut self.shedding) {
+            return ClientFuture::shed(Overloaded::new().into());
+        }
         let spare = self.copier.as_ref().and_then(|copy| copy(&request));
         let slot = Slot::new(request, spare);
         ClientFuture::new(self.inner.call(slot))
@@ -143,6 +166,8 @@ where
             inner: self.inner.clone(),
             copier: self.copier.clone(),
             observer: self.observer.clone(),
+            load_shed: self.load_shed,
+            shedding: false,
         }
     }
 }

@@ -10,6 +10,7 @@
 //! | [`Closed`] | the client gave up for good (attempt or time limit reached) or was shut down | the last dial error |
 //! | [`ConnectTimeout`] | one dial took longer than the connect timeout (seen as the `source()` of the two above) | — |
 //! | [`NotSent`] | the connection refused the request before writing any of it | the connection's error |
+//! | [`Overloaded`] | the queue was full and the policy sheds load instead of waiting | — |
 //! | anything else | the connection's own error for a request that may have reached the peer | — |
 //!
 //! [`Dial`](crate::Dial), the connector form, has one error of its own:
@@ -369,3 +370,27 @@ impl Error for DialError {
         Some(&*self.source)
     }
 }
+
+/// The queue was full, and the policy sheds load: the request was refused
+/// at once instead of waiting for room. It never reached the connection.
+///
+/// Only returned with
+/// [`ReconnectPolicyBuilder::load_shed`](crate::ReconnectPolicyBuilder::load_shed).
+#[derive(Clone, Debug, Default)]
+pub struct Overloaded {
+    _priv: (),
+}
+
+impl Overloaded {
+    pub(crate) fn new() -> Self {
+        Self { _priv: () }
+    }
+}
+
+impl fmt::Display for Overloaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("request queue is full")
+    }
+}
+
+impl Error for Overloaded {}

@@ -106,7 +106,21 @@ pin_project! {
         Res: 'static,
     {
         #[pin]
-        inner: RetryFuture<Req, Res>,
+        kind: ClientKind<Req, Res>,
+    }
+}
+
+pin_project! {
+    #[project = ClientKindProj]
+    enum ClientKind<Req, Res>
+    where
+        Req: Send,
+        Req: 'static,
+        Res: Send,
+        Res: 'static,
+    {
+        Sent { #[pin] inner: RetryFuture<Req, Res> },
+        Shed { error: Option<BoxError> },
     }
 }
 
@@ -116,7 +130,15 @@ where
     Res: Send + 'static,
 {
     pub(crate) fn new(inner: RetryFuture<Req, Res>) -> Self {
-        Self { inner }
+        Self {
+            kind: ClientKind::Sent { inner },
+        }
+    }
+
+    pub(crate) fn shed(error: BoxError) -> Self {
+        Self {
+            kind: ClientKind::Shed { error: Some(error) },
+        }
     }
 }
 
@@ -128,7 +150,12 @@ where
     type Output = Result<Res, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx).map_err(from_buffer)
+        match self.project().kind.project() {
+            ClientKindProj::Sent { inner } => inner.poll(cx).map_err(from_buffer),
+            ClientKindProj::Shed { error } => {
+                Poll::Ready(Err(error.take().expect("polled after completion")))
+            }
+        }
     }
 }
 

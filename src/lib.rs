@@ -129,6 +129,7 @@ mod policy;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
+pub mod probe;
 mod reconnect;
 mod redact;
 #[cfg(feature = "redis")]
@@ -144,9 +145,10 @@ pub use crate::client::Client;
 pub use crate::connect::Handshake;
 pub use crate::dial::{Dial, DialLayer};
 pub use crate::error::DialError;
-pub use crate::error::{Closed, ConnectTimeout, InvalidPolicy, NotSent, Unavailable};
+pub use crate::error::{Closed, ConnectTimeout, InvalidPolicy, NotSent, Overloaded, Unavailable};
 pub use crate::layer::{MakeReconnect, ReconnectLayer};
 pub use crate::policy::{ReconnectPolicy, ReconnectPolicyBuilder};
+pub use crate::probe::{IdleProbe, IdleProbeLayer};
 pub use crate::reconnect::Reconnect;
 pub use crate::retry::{AtMostOnce, ResendIf, ResendPolicy};
 pub use crate::state::{Phase, Snapshot, Stats};

@@ -20,6 +20,7 @@ use crate::error::InvalidPolicy;
 /// | connect timeout | 10 s per dial | a blackholed address is not left to the kernel's ~127 s SYN timeout |
 /// | wait limit | 5 s, then fail fast with [`Unavailable`](crate::Unavailable) | rides through a restart; bounded |
 /// | queue capacity | 1024 requests | tonic's channel default |
+/// | when the queue is full | `poll_ready` waits (backpressure); [`load_shed`](ReconnectPolicyBuilder::load_shed) refuses with `Overloaded` instead | callers choose |
 /// | healthy after | 2 s Ready, or one successful response | a server that accepts and at once closes must not reset the backoff |
 /// | retry attempts | 3 in all (the first send and two re-sends) | gRPC A6 |
 /// | retry budget | tower's `TpsBudget::default()`: 10 s window, 10 re-sends/s floor, 20 % of requests | Finagle's requeue budget |
@@ -51,6 +52,7 @@ pub struct ReconnectPolicy {
     pub(crate) connect_timeout: Duration,
     pub(crate) wait_limit: Duration,
     pub(crate) queue_capacity: usize,
+    pub(crate) load_shed: bool,
     pub(crate) healthy_after: Duration,
     pub(crate) retry_attempts: u32,
     pub(crate) budget: Budget,
@@ -148,6 +150,7 @@ impl Default for ReconnectPolicy {
             connect_timeout: Duration::from_secs(10),
             wait_limit: Duration::from_secs(5),
             queue_capacity: 1024,
+            load_shed: false,
             healthy_after: Duration::from_secs(2),
             retry_attempts: 3,
             budget: Budget {
@@ -168,6 +171,7 @@ impl fmt::Debug for ReconnectPolicy {
             .field("connect_timeout", &self.connect_timeout)
             .field("wait_limit", &self.wait_limit)
             .field("queue_capacity", &self.queue_capacity)
+            .field("load_shed", &self.load_shed)
             .field("healthy_after", &self.healthy_after)
             .field("retry_attempts", &self.retry_attempts)
             .field("budget", &self.budget)
@@ -212,6 +216,14 @@ impl ReconnectPolicyBuilder {
     /// within the wait limit.
     pub fn queue_capacity(mut self, capacity: usize) -> Self {
         self.policy.queue_capacity = capacity;
+        self
+    }
+
+    /// Refuses requests at once with [`Overloaded`](crate::error::Overloaded)
+    /// when the queue is full, instead of making `poll_ready` wait for room.
+    /// Off by default: a full queue applies backpressure.
+    pub fn load_shed(mut self, shed: bool) -> Self {
+        self.policy.load_shed = shed;
         self
     }
 

@@ -132,6 +132,36 @@ async fn full_queue_applies_backpressure() {
     assert_pending!(next.poll());
 }
 
+/// With load shedding on, a full queue refuses the request at once with the
+/// typed `Overloaded` error instead of waiting; it never reaches a connection.
+#[tokio::test(start_paused = true)]
+async fn full_queue_sheds_load_when_asked() {
+    let dialer = Dialer::new([Outcome::Hang]);
+    let client = client(
+        &dialer,
+        policy().queue_capacity(2).load_shed(true).build().unwrap(),
+    );
+
+    // One request for the worker to hold while it dials...
+    let first = tokio::spawn(send(client.clone(), "GET"));
+    while dialer.dials() == 0 {
+        tokio::task::yield_now().await;
+    }
+    // ...and two to fill the queue.
+    let queued: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(send(client.clone(), "GET")))
+        .collect();
+    for _ in 0..8 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!first.is_finished() && queued.iter().all(|q| !q.is_finished()));
+    let before = Instant::now();
+    let error = send(client.clone(), "GET").await.unwrap_err();
+    assert!(error.is::<tower_redial::Overloaded>(), "{error}");
+    assert_eq!(Instant::now(), before, "refused at once");
+    assert_eq!(dialer.dials(), 1);
+}
+
 /// (g) Past the attempt limit, requests and `poll_ready` fail with our
 /// `Closed`, not tower's buffer errors.
 #[tokio::test(start_paused = true)]

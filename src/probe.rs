@@ -1,0 +1,493 @@
+//! An idle probe: find a silent dead connection before a request is sent on it.
+//!
+//! A connection whose peer vanished without a word (a blackholed network, a
+//! pulled cable, a crashed host behind a NAT) gives no kernel error for a
+//! long time: requests sent on it just hang. [`IdleProbe`] wraps a
+//! connection and, once it has been idle for a while, sends a cheap request
+//! of your choosing (a Redis `PING`, a `SELECT 1`, a health check). If the
+//! probe fails, or gets no reply within its timeout, the connection is
+//! marked dead: its `poll_ready` fails with [`ProbeFailed`], so
+//! [`Reconnect`](crate::Reconnect) drops it and redials before the next
+//! request is sent, instead of sending that request into the void.
+//!
+//! [`IdleProbeLayer`] applies the probe to every connection a factory makes;
+//! put it under the [`ReconnectLayer`](crate::ReconnectLayer).
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_redial::{BoxError, IdleProbeLayer, ReconnectLayer, ReconnectPolicy};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! // A toy factory whose connections are cheap to clone (multiplexed), as
+//! // the probe requires.
+//! let make_connection = service_fn(|_target: &'static str| async move {
+//!     let connection = service_fn(|command: String| async move {
+//!         Ok::<_, BoxError>(if command == "PING" { "PONG".to_string() } else { command })
+//!     });
+//!     Ok::<_, BoxError>(connection)
+//! });
+//!
+//! let maker = ServiceBuilder::new()
+//!     .layer(ReconnectLayer::new(ReconnectPolicy::default()))
+//!     // After 30 s without traffic, send `PING`; no reply within 2 s means dead.
+//!     .layer(IdleProbeLayer::new(
+//!         "PING".to_string(),
+//!         Duration::from_secs(30),
+//!         Duration::from_secs(2),
+//!     ))
+//!     .service(make_connection);
+//!
+//! let client = maker.client("db-1");
+//! assert_eq!(client.oneshot("hello".to_string()).await?, "hello");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # When a dead connection is noticed
+//!
+//! The probe marks the connection dead in the background, but the client
+//! drops it only when it next looks at its connection, that is, at the next
+//! request. That request then goes to a new connection rather than to the
+//! dead one. A [`Reconnect`](crate::Reconnect) used on its own (for example
+//! under a balancer) that is waiting on the connection's readiness is woken
+//! when the probe fails.
+//!
+//! # Clone
+//!
+//! The probe runs on a task of its own, which holds a clone of the
+//! connection, so the connection must be `Clone` and usable from clones at
+//! once: a multiplexed connection (the `redis` crate's, an HTTP/2
+//! `SendRequest`, a `tokio-postgres` client) or one behind
+//! [`tower::buffer::Buffer`]. The task ends when the wrapper and all its
+//! clones are dropped, or when the probe fails.
+
+use std::error::Error;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::task::{ready, Context, Poll, Waker};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::error::{share, SharedError};
+use crate::BoxError;
+
+/// Applies an [`IdleProbe`] to every connection a factory makes.
+///
+/// See the [module docs](crate::probe) for an example.
+#[derive(Clone, Debug)]
+pub struct IdleProbeLayer<Req> {
+    config: Config<Req>,
+}
+
+#[derive(Clone, Debug)]
+struct Config<Req> {
+    probe: Req,
+    idle: Duration,
+    timeout: Duration,
+}
+
+impl<Req> IdleProbeLayer<Req> {
+    /// Probes each connection with a clone of `probe` once it has been idle
+    /// for `idle`; a probe that fails or gets no reply within `timeout`
+    /// marks the connection dead.
+    pub const fn new(probe: Req, idle: Duration, timeout: Duration) -> Self {
+        Self {
+            config: Config {
+                probe,
+                idle,
+                timeout,
+            },
+        }
+    }
+}
+
+impl<M, Req: Clone> Layer<M> for IdleProbeLayer<Req> {
+    type Service = MakeIdleProbe<M, Req>;
+
+    fn layer(&self, make: M) -> Self::Service {
+        MakeIdleProbe {
+            make,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// A connection factory whose connections are wrapped in an [`IdleProbe`];
+/// made by [`IdleProbeLayer`].
+#[derive(Clone, Debug)]
+pub struct MakeIdleProbe<M, Req> {
+    make: M,
+    config: Config<Req>,
+}
+
+impl<M, T, Req> Service<T> for MakeIdleProbe<M, Req>
+where
+    M: Service<T>,
+    M::Response: Service<Req> + Clone + Send + 'static,
+    <M::Response as Service<Req>>::Error: Into<BoxError>,
+    <M::Response as Service<Req>>::Future: Send,
+    Req: Clone + Send + 'static,
+{
+    type Response = IdleProbe<M::Response>;
+    type Error = M::Error;
+    type Future = MakeIdleProbeFuture<M::Future, Req>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.make.poll_ready(cx)
+    }
+
+    fn call(&mut self, target: T) -> Self::Future {
+        MakeIdleProbeFuture {
+            future: self.make.call(target),
+            config: Some(self.config.clone()),
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`MakeIdleProbe`]: makes the connection, then starts
+    /// its probe.
+    pub struct MakeIdleProbeFuture<F, Req> {
+        #[pin]
+        future: F,
+        config: Option<Config<Req>>,
+    }
+}
+
+impl<F, S, E, Req> Future for MakeIdleProbeFuture<F, Req>
+where
+    F: Future<Output = Result<S, E>>,
+    S: Service<Req> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    Req: Clone + Send + 'static,
+{
+    type Output = Result<IdleProbe<S>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let connection = ready!(this.future.poll(cx))?;
+        let config = this.config.take().expect("polled after completion");
+        Poll::Ready(Ok(IdleProbe::new(
+            connection,
+            config.probe,
+            config.idle,
+            config.timeout,
+        )))
+    }
+}
+
+impl<F, Req> fmt::Debug for MakeIdleProbeFuture<F, Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MakeIdleProbeFuture")
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection that probes itself after being idle, and reports itself
+/// dead from `poll_ready` once a probe fails.
+///
+/// Every call through the wrapper, and every successful response, counts as
+/// activity. Once there has been none for `idle`, a background task sends a
+/// clone of the probe request on a clone of the connection. Any `Ok` reply
+/// counts as alive and starts the idle period over. An error, or no reply
+/// within `timeout` (the wait for the connection's readiness included),
+/// marks the connection dead for good.
+///
+/// See the [module docs](crate::probe) for when a dead connection is
+/// noticed, and why the connection must be `Clone`.
+///
+/// # Errors
+///
+/// Once dead, `poll_ready` fails with [`ProbeFailed`]. Otherwise errors are
+/// the connection's own, unchanged.
+///
+/// # Clone
+///
+/// Clones share the probe, its idle clock and its verdict; the probe task
+/// runs until the last clone is dropped.
+pub struct IdleProbe<S> {
+    inner: S,
+    owner: Arc<Owner>,
+}
+
+/// What the wrapper and the probe task share.
+struct Shared {
+    base: Instant,
+    /// Milliseconds from `base` to the last activity.
+    last_activity: AtomicU64,
+    dead: OnceLock<ProbeFailed>,
+    /// Woken when the probe fails.
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Shared {
+    fn touch(&self) {
+        let millis = Instant::now().duration_since(self.base).as_millis();
+        self.last_activity
+            .fetch_max(u64::try_from(millis).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn idle_until(&self, idle: Duration) -> Instant {
+        self.base + Duration::from_millis(self.last_activity.load(Ordering::Relaxed)) + idle
+    }
+
+    fn die(&self, error: ProbeFailed) {
+        let _ = self.dead.set(error);
+        let waker = self
+            .waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// Held by every clone of the wrapper; ends the probe task when the last
+/// one goes.
+struct Owner(Arc<Shared>, AbortHandle);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.1.abort();
+    }
+}
+
+impl<S> IdleProbe<S> {
+    /// Wraps `connection` and spawns the task that probes it with clones of
+    /// `probe` after `idle` without activity, waiting `timeout` for a reply.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a tokio runtime, since it spawns a task.
+    pub fn new<Req>(connection: S, probe: Req, idle: Duration, timeout: Duration) -> Self
+    where
+        S: Service<Req> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send,
+        Req: Clone + Send + 'static,
+    {
+        let shared = Arc::new(Shared {
+            base: Instant::now(),
+            last_activity: AtomicU64::new(0),
+            dead: OnceLock::new(),
+            waker: Mutex::new(None),
+        });
+        let task = tokio::spawn(run(
+            connection.clone(),
+            probe,
+            idle,
+            timeout,
+            shared.clone(),
+        ));
+        Self {
+            inner: connection,
+            owner: Arc::new(Owner(shared, task.abort_handle())),
+        }
+    }
+
+    /// Whether a probe has failed: the connection is dead and `poll_ready`
+    /// fails.
+    pub fn is_dead(&self) -> bool {
+        self.owner.0.dead.get().is_some()
+    }
+
+    /// The wrapped connection.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+/// The probe task: sleeps until the connection has been idle long enough,
+/// probes, and repeats until the probe fails. Aborted when the last wrapper
+/// is dropped, which drops its clone of the connection.
+async fn run<S, Req: Clone>(
+    mut connection: S,
+    probe: Req,
+    idle: Duration,
+    timeout: Duration,
+    shared: Arc<Shared>,
+) where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    loop {
+        let due = shared.idle_until(idle);
+        if Instant::now() < due {
+            tokio::time::sleep_until(due).await;
+            continue;
+        }
+        tracing::trace!("connection idle; sending probe");
+        let sent = async {
+            let ready = connection.ready().await.map_err(Into::into)?;
+            ready.call(probe.clone()).await.map_err(Into::into)
+        };
+        let error = match tokio::time::timeout(timeout, sent).await {
+            Ok(Ok(_)) => {
+                shared.touch();
+                continue;
+            }
+            Ok(Err(error)) => ProbeFailed::errored(error),
+            Err(_) => ProbeFailed::timed_out(timeout),
+        };
+        tracing::debug!(error = %error, "idle probe failed; connection marked dead");
+        shared.die(error);
+        return;
+    }
+}
+
+impl<S: Clone> Clone for IdleProbe<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            owner: self.owner.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for IdleProbe<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdleProbe")
+            .field("inner", &self.inner)
+            .field("dead", &self.is_dead())
+            .finish()
+    }
+}
+
+impl<S, Req> Service<Req> for IdleProbe<S>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ProbedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        let shared = &self.owner.0;
+        if let Some(error) = shared.dead.get() {
+            return Poll::Ready(Err(Box::new(error.clone())));
+        }
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(result) => Poll::Ready(result.map_err(Into::into)),
+            Poll::Pending => {
+                *shared.waker.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(cx.waker().clone());
+                // The probe may have failed before the waker was in place.
+                match shared.dead.get() {
+                    Some(error) => Poll::Ready(Err(Box::new(error.clone()))),
+                    None => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        self.owner.0.touch();
+        ProbedFuture {
+            future: self.inner.call(request),
+            shared: self.owner.0.clone(),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`IdleProbe`]: the connection's own, which
+    /// counts a successful response as activity.
+    pub struct ProbedFuture<F> {
+        #[pin]
+        future: F,
+        shared: Arc<Shared>,
+    }
+}
+
+impl<F, T, E> Future for ProbedFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.future.poll(cx)).map_err(Into::into)?;
+        this.shared.touch();
+        Poll::Ready(Ok(response))
+    }
+}
+
+impl<F> fmt::Debug for ProbedFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProbedFuture").finish_non_exhaustive()
+    }
+}
+
+/// An idle probe failed or timed out: the connection is dead.
+///
+/// [`IdleProbe`]'s `poll_ready` returns it once the probe has failed, which
+/// makes [`Reconnect`](crate::Reconnect) drop the connection and redial.
+/// [`source()`](Error::source) is the probe's error; a timeout has none.
+#[derive(Clone)]
+pub struct ProbeFailed {
+    timeout: Option<Duration>,
+    source: Option<SharedError>,
+}
+
+impl ProbeFailed {
+    fn errored(error: BoxError) -> Self {
+        Self {
+            timeout: None,
+            source: Some(share(error)),
+        }
+    }
+
+    fn timed_out(after: Duration) -> Self {
+        Self {
+            timeout: Some(after),
+            source: None,
+        }
+    }
+
+    /// Whether the probe got no reply within its timeout (rather than an
+    /// error).
+    pub fn is_timeout(&self) -> bool {
+        self.timeout.is_some()
+    }
+}
+
+impl fmt::Debug for ProbeFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProbeFailed")
+            .field("timeout", &self.timeout)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl fmt::Display for ProbeFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.timeout {
+            Some(after) => write!(f, "idle probe got no reply within {after:?}"),
+            None => f.write_str("idle probe failed"),
+        }
+    }
+}
+
+impl Error for ProbeFailed {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn Error + 'static))
+    }
+}
