@@ -1,0 +1,82 @@
+//! Abuse: a server that never answers cannot make the client hold an
+//! unbounded number of requests. The queue is bounded; past it, callers wait
+//! (backpressure) or, with load shedding, are refused with `Overloaded`.
+
+#![cfg(feature = "hyper")]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use http_body_util::Empty;
+use tokio::net::TcpListener;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_redial::connect::TcpConnector;
+use tower_redial::{Handshake, Overloaded, ReconnectLayer, ReconnectPolicy};
+
+const QUEUE: usize = 64;
+const SENT: usize = 2_000;
+
+/// A server that accepts and then never reads nor writes: requests sent to
+/// it never end. With load shedding, at most the queue plus the one request
+/// the worker and the HTTP/1 connection hold are outstanding; every other
+/// request is refused at once with `Overloaded`.
+#[tokio::test]
+async fn never_answering_server_holds_at_most_the_queue() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (io, _) = listener.accept().await.unwrap();
+            held.push(io);
+        }
+    });
+
+    let policy = ReconnectPolicy::builder()
+        .queue_capacity(QUEUE)
+        .load_shed(true)
+        .wait_limit(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let mut client = ServiceBuilder::new()
+        .layer(ReconnectLayer::new(policy))
+        .service(Handshake::new(
+            TcpConnector::new(),
+            tower_redial::hyper::http1::<Empty<Bytes>>,
+        ))
+        .client(addr);
+
+    let mut outstanding = Vec::new();
+    let mut overloaded = 0;
+    for _ in 0..SENT {
+        let mut response = client.ready().await.unwrap().call(request(addr));
+        match (&mut response).now_or_never() {
+            Some(Err(error)) if error.is::<Overloaded>() => overloaded += 1,
+            Some(other) => panic!("a request to a silent server ended: {other:?}"),
+            None => outstanding.push(response),
+        }
+        // Give the worker a chance to drain the queue, as it would in use.
+        tokio::task::yield_now().await;
+    }
+
+    println!(
+        "sent {SENT}: {} outstanding, {overloaded} refused with Overloaded",
+        outstanding.len()
+    );
+    assert!(
+        outstanding.len() <= QUEUE + 2,
+        "{} requests outstanding, more than the queue of {QUEUE} plus the one \
+         in the worker and the one on the connection",
+        outstanding.len()
+    );
+    assert_eq!(outstanding.len() + overloaded, SENT);
+    server.abort();
+}
+
+fn request(addr: std::net::SocketAddr) -> http::Request<Empty<Bytes>> {
+    http::Request::get("/")
+        .header(http::header::HOST, addr.to_string())
+        .body(Empty::new())
+        .unwrap()
+}
