@@ -80,3 +80,61 @@ fn request(addr: std::net::SocketAddr) -> http::Request<Empty<Bytes>> {
         .body(Empty::new())
         .unwrap()
 }
+
+/// A server that answers with an endless flood of bytes: hyper's bounded read
+/// buffer turns it into an error, the connection is dropped and redialed, and
+/// the process's peak memory grows by far less than the flood.
+#[tokio::test]
+async fn flooding_server_cannot_grow_memory_without_bound() {
+    use tokio::io::AsyncWriteExt;
+
+    const FLOOD_PER_CONNECTION: usize = 64 << 20;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut io, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let chunk = vec![b'x'; 64 << 10];
+                let mut sent = 0;
+                while sent < FLOOD_PER_CONNECTION && io.write_all(&chunk).await.is_ok() {
+                    sent += chunk.len();
+                }
+            });
+        }
+    });
+
+    let before = peak_rss_kib();
+    let client = ServiceBuilder::new()
+        .layer(ReconnectLayer::new(ReconnectPolicy::default()))
+        .service(Handshake::new(
+            TcpConnector::new(),
+            tower_redial::hyper::http1::<Empty<Bytes>>,
+        ))
+        .client(addr);
+    for _ in 0..3 {
+        let error = client.clone().oneshot(request(addr)).await.unwrap_err();
+        assert!(
+            error
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_parse),
+            "{error}"
+        );
+    }
+    let grown = peak_rss_kib().saturating_sub(before);
+    println!("peak RSS grew by {grown} KiB over 3 flooded connections");
+    assert!(grown < 32 << 10, "peak RSS grew by {grown} KiB");
+    assert!(client.stats().dials >= 3, "{:?}", client.stats());
+    server.abort();
+}
+
+/// The process's peak resident set (`VmHWM`), in KiB.
+fn peak_rss_kib() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
