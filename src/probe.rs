@@ -3,11 +3,11 @@
 //! A connection whose peer vanished without a word (a blackholed network, a
 //! pulled cable, a crashed host behind a NAT) gives no kernel error for a
 //! long time: requests sent on it just hang. [`IdleProbe`] wraps a
-//! connection and, once it has been idle for a while, sends a cheap request
-//! of your choosing (a Redis `PING`, a `SELECT 1`, a health check). If the
-//! probe fails, or gets no reply within its timeout, the connection is
-//! marked dead: its `poll_ready` fails with [`ProbeFailed`], so
-//! [`Reconnect`](crate::Reconnect) drops it and redials before the next
+//! connection and, once nothing has come back on it for a while, sends a
+//! cheap request of your choosing (a Redis `PING`, a `SELECT 1`, a health
+//! check). If the probe fails, or gets no reply within its timeout, the
+//! connection is marked dead: its `poll_ready` fails with [`ProbeFailed`],
+//! so [`Reconnect`](crate::Reconnect) drops it and redials before the next
 //! request is sent, instead of sending that request into the void.
 //!
 //! [`IdleProbeLayer`] applies the probe to every connection a factory makes;
@@ -98,9 +98,9 @@ struct Config<Req> {
 }
 
 impl<Req> IdleProbeLayer<Req> {
-    /// Probes each connection with a clone of `probe` once it has been idle
-    /// for `idle`; a probe that fails or gets no reply within `timeout`
-    /// marks the connection dead.
+    /// Probes each connection with a clone of `probe` once no response has
+    /// come back on it for `idle`; a probe that fails or gets no reply within
+    /// `timeout` marks the connection dead. See [`IdleProbe`] for the details.
     pub const fn new(probe: Req, idle: Duration, timeout: Duration) -> Self {
         Self {
             config: Config {
@@ -198,12 +198,20 @@ impl<F, Req> fmt::Debug for MakeIdleProbeFuture<F, Req> {
 /// A connection that probes itself after being idle, and reports itself
 /// dead from `poll_ready` once a probe fails.
 ///
-/// Every call through the wrapper, and every successful response, counts as
-/// activity. Once there has been none for `idle`, a background task sends a
-/// clone of the probe request on a clone of the connection. Any `Ok` reply
-/// counts as alive and starts the idle period over. An error, or no reply
-/// within `timeout` (the wait for the connection's readiness included),
-/// marks the connection dead for good.
+/// A successful response through the wrapper is a sign of life; so is the
+/// connection's creation. Once there has been none for `idle`, a background
+/// task sends a clone of the probe request on a clone of the connection.
+/// Any `Ok` reply counts as alive and starts the idle period over. An error
+/// marks the connection dead for good, and so does silence: `timeout`
+/// without any successful response (the probe's or another request's) after
+/// the probe was sent, the wait for the connection's readiness included.
+///
+/// Requests sent count for nothing: a request sent into a dead connection
+/// proves nothing, so a connection whose requests get no answers is probed
+/// even under traffic. On a pipelined connection the probe waits behind the
+/// requests before it; a single request slower than `idle + timeout`, with no
+/// other response meanwhile (a blocking `BLPOP`, say), looks like silence.
+/// Pick `idle + timeout` longer than your slowest request.
 ///
 /// See the [module docs](crate::probe) for when a dead connection is
 /// noticed, and why the connection must be `Clone`.
@@ -225,22 +233,23 @@ pub struct IdleProbe<S> {
 /// What the wrapper and the probe task share.
 struct Shared {
     base: Instant,
-    /// Milliseconds from `base` to the last activity.
-    last_activity: AtomicU64,
+    /// Nanoseconds from `base` to the last successful response.
+    last_response: AtomicU64,
     dead: OnceLock<ProbeFailed>,
     /// Woken when the probe fails.
     waker: Mutex<Option<Waker>>,
 }
 
 impl Shared {
-    fn touch(&self) {
-        let millis = Instant::now().duration_since(self.base).as_millis();
-        self.last_activity
-            .fetch_max(u64::try_from(millis).unwrap_or(u64::MAX), Ordering::Relaxed);
+    /// Records a sign of life: a successful response.
+    fn alive(&self) {
+        let nanos = Instant::now().duration_since(self.base).as_nanos();
+        self.last_response
+            .fetch_max(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
-    fn idle_until(&self, idle: Duration) -> Instant {
-        self.base + Duration::from_millis(self.last_activity.load(Ordering::Relaxed)) + idle
+    fn last_response(&self) -> Instant {
+        self.base + Duration::from_nanos(self.last_response.load(Ordering::Relaxed))
     }
 
     fn die(&self, error: ProbeFailed) {
@@ -268,7 +277,8 @@ impl Drop for Owner {
 
 impl<S> IdleProbe<S> {
     /// Wraps `connection` and spawns the task that probes it with clones of
-    /// `probe` after `idle` without activity, waiting `timeout` for a reply.
+    /// `probe` after `idle` without a successful response, and marks it dead
+    /// after `timeout` of silence once a probe is sent.
     ///
     /// # Panics
     ///
@@ -282,7 +292,7 @@ impl<S> IdleProbe<S> {
     {
         let shared = Arc::new(Shared {
             base: Instant::now(),
-            last_activity: AtomicU64::new(0),
+            last_response: AtomicU64::new(0),
             dead: OnceLock::new(),
             waker: Mutex::new(None),
         });
@@ -325,23 +335,38 @@ async fn run<S, Req: Clone>(
     S::Error: Into<BoxError>,
 {
     loop {
-        let due = shared.idle_until(idle);
+        let due = shared.last_response() + idle;
         if Instant::now() < due {
             tokio::time::sleep_until(due).await;
             continue;
         }
         tracing::trace!("connection idle; sending probe");
-        let sent = async {
+        let request = probe.clone();
+        let connection = &mut connection;
+        let sent = async move {
             let ready = connection.ready().await.map_err(Into::into)?;
-            ready.call(probe.clone()).await.map_err(Into::into)
+            ready.call(request).await.map_err(Into::into)
         };
-        let error = match tokio::time::timeout(timeout, sent).await {
-            Ok(Ok(_)) => {
-                shared.touch();
+        let mut sent = std::pin::pin!(sent);
+        let sent_at = Instant::now();
+        let outcome = loop {
+            // Any response meanwhile, such as one the probe waits behind on a
+            // pipelined connection, proves the connection and moves the
+            // deadline on.
+            let deadline = shared.last_response().max(sent_at) + timeout;
+            match tokio::time::timeout_at(deadline, sent.as_mut()).await {
+                Ok(outcome) => break Some(outcome),
+                Err(_) if shared.last_response() + timeout > Instant::now() => continue,
+                Err(_) => break None,
+            }
+        };
+        let error = match outcome {
+            Some(Ok(_)) => {
+                shared.alive();
                 continue;
             }
-            Ok(Err(error)) => ProbeFailed::errored(error),
-            Err(_) => ProbeFailed::timed_out(timeout),
+            Some(Err(error)) => ProbeFailed::errored(error),
+            None => ProbeFailed::timed_out(timeout),
         };
         tracing::debug!(error = %error, "idle probe failed; connection marked dead");
         shared.die(error);
@@ -396,7 +421,6 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        self.owner.0.touch();
         ProbedFuture {
             future: self.inner.call(request),
             shared: self.owner.0.clone(),
@@ -406,7 +430,7 @@ where
 
 pin_project! {
     /// The response future of [`IdleProbe`]: the connection's own, which
-    /// counts a successful response as activity.
+    /// counts a successful response as a sign of life.
     pub struct ProbedFuture<F> {
         #[pin]
         future: F,
@@ -424,7 +448,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = ready!(this.future.poll(cx)).map_err(Into::into)?;
-        this.shared.touch();
+        this.shared.alive();
         Poll::Ready(Ok(response))
     }
 }
