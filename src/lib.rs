@@ -81,6 +81,9 @@
 //! - [`dial`]: [`DialLayer`] adds dial backoff, a connect timeout and an
 //!   attempt or time limit to a raw connector, for clients that keep their
 //!   own pool, such as hyper-util's legacy `Client`.
+//! - [`probe`]: [`IdleProbe`] sends a cheap request after an idle period
+//!   and marks the connection dead if it goes unanswered, for peers that
+//!   vanish without a kernel error (a blackhole).
 //! - [`connect`]: [`Handshake`] turns a connector plus a handshake into a
 //!   connection factory; [`TcpConnector`](connect::TcpConnector) sets
 //!   `TCP_NODELAY`, keepalive and `TCP_USER_TIMEOUT`.
