@@ -379,3 +379,19 @@ fn store_executes_and_counts() {
         }
     );
 }
+
+/// A line cut off by the end of the stream is an error, never a request to
+/// run or a reply to trust.
+#[test]
+fn strict_lines_refuse_a_cut_off_last_line() {
+    use tokio_util::codec::Decoder;
+
+    let mut codec = StrictLines::default();
+    let mut buf = bytes::BytesMut::from("INT 4\nIN");
+    assert_eq!(
+        codec.decode_eof(&mut buf).unwrap().as_deref(),
+        Some("INT 4")
+    );
+    assert!(codec.decode_eof(&mut buf).is_err());
+    assert_eq!(codec.decode_eof(&mut buf).unwrap(), None);
+}

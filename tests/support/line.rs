@@ -65,7 +65,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_util::codec::{Framed, FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::codec::{Decoder, Encoder, Framed, FramedRead, LinesCodec, LinesCodecError};
 use tower::Service;
 use tower_redial::NotSent;
 
@@ -613,7 +613,7 @@ async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let mut stalled = shared.stalled.subscribe();
     let mut hold = shared.hold_replies.subscribe();
-    let mut framed = Framed::new(stream, LinesCodec::new());
+    let mut framed = Framed::new(stream, StrictLines::default());
 
     let how = loop {
         let request = tokio::select! {
@@ -650,7 +650,7 @@ async fn serve_connection(
 
 /// The next request line, once the server is not stalled.
 async fn next_request(
-    framed: &mut Framed<TcpStream, LinesCodec>,
+    framed: &mut Framed<TcpStream, StrictLines>,
     stalled: &mut watch::Receiver<bool>,
 ) -> Option<Result<String, LinesCodecError>> {
     // The sender lives as long as the server; if it is gone, just carry on.
@@ -660,7 +660,7 @@ async fn next_request(
 
 /// Sends `reply`, once replies are not held.
 async fn send_reply(
-    framed: &mut Framed<TcpStream, LinesCodec>,
+    framed: &mut Framed<TcpStream, StrictLines>,
     hold: &mut watch::Receiver<bool>,
     reply: String,
 ) -> Result<(), LinesCodecError> {
@@ -850,7 +850,7 @@ fn not_sent(line: String) -> BoxError {
 /// way out fails every request it still holds with the right error.
 async fn drive(stream: TcpStream, mut queue: mpsc::UnboundedReceiver<Job>) {
     let (read, mut write) = stream.into_split();
-    let mut replies = FramedRead::new(read, LinesCodec::new());
+    let mut replies = FramedRead::new(read, StrictLines::default());
     let mut in_flight: VecDeque<oneshot::Sender<Reply>> = VecDeque::new();
     let mut writing: Option<Writing> = None;
     let mut open = true;
@@ -934,5 +934,44 @@ async fn drive(stream: TcpStream, mut queue: mpsc::UnboundedReceiver<Job>) {
     }
     while let Ok(job) = queue.try_recv() {
         let _ = job.reply.send(Err(not_sent(job.line)));
+    }
+}
+
+/// `LinesCodec`, except that a last line cut off by the end of the stream is
+/// an error, not a line: a half-received request must not run, and a
+/// half-received reply must not pass for an answer.
+#[derive(Debug, Default)]
+pub struct StrictLines(LinesCodec);
+
+impl Decoder for StrictLines {
+    type Item = String;
+    type Error = LinesCodecError;
+
+    fn decode(&mut self, buf: &mut bytes::BytesMut) -> Result<Option<String>, LinesCodecError> {
+        self.0.decode(buf)
+    }
+
+    fn decode_eof(&mut self, buf: &mut bytes::BytesMut) -> Result<Option<String>, LinesCodecError> {
+        match self.0.decode(buf)? {
+            Some(line) => Ok(Some(line)),
+            None if buf.is_empty() => Ok(None),
+            None => {
+                // Drop the fragment, and the codec's note of how far it read.
+                buf.clear();
+                self.0 = LinesCodec::new();
+                Err(LinesCodecError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "line cut off by the end of the stream",
+                )))
+            }
+        }
+    }
+}
+
+impl Encoder<String> for StrictLines {
+    type Error = LinesCodecError;
+
+    fn encode(&mut self, line: String, buf: &mut bytes::BytesMut) -> Result<(), LinesCodecError> {
+        self.0.encode(line, buf)
     }
 }
