@@ -15,10 +15,12 @@
 //! Because the clock is virtual and every jitter source is seeded, the
 //! numbers are the same on every run and on every machine.
 
+mod common;
+
 use std::fmt::Write as _;
 use std::future::{ready, Ready};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -36,8 +38,6 @@ const BUCKET: Duration = Duration::from_millis(100);
 const TICK: Duration = Duration::from_millis(50);
 /// Buckets in the outage window `[t0, t1)`.
 const OUTAGE_BUCKETS: usize = (OUTAGE.as_millis() / BUCKET.as_millis()) as usize;
-const START: &str = "<!-- herd:start -->";
-const END: &str = "<!-- herd:end -->";
 
 /// The server's schedule and the log of every dial.
 struct World {
@@ -234,28 +234,6 @@ fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let rustc =
-        std::process::Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
-            .arg("--version")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|| "rustc (unknown version)".into());
-    format!("{cpus} CPUs ({model}), {rustc}")
-}
-
 fn markdown(runs: &[Run]) -> String {
     let mut md = String::new();
     let w = &mut md;
@@ -337,7 +315,7 @@ fn markdown(runs: &[Run]) -> String {
          The simulation runs in virtual time (tokio's paused clock) with seeded jitter, so \
          these numbers are deterministic and machine-independent; generated on {} with \
          `cargo bench --bench herd -- --write docs/BENCHMARKS.md`.",
-        machine()
+        common::machine()
     );
     md
 }
@@ -475,44 +453,8 @@ fn svg(runs: &[Run]) -> String {
     o
 }
 
-/// Puts `section` between the markers in `path`, appending them if missing.
-fn write_section(path: &Path, section: &str) -> io::Result<()> {
-    let block = format!("{START}\n{}\n{END}", section.trim_end());
-    let old = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e),
-    };
-    let new = match (old.find(START), old.find(END)) {
-        (Some(s), Some(e)) if s < e => {
-            format!("{}{block}{}", &old[..s], &old[e + END.len()..])
-        }
-        _ if old.is_empty() => format!("{block}\n"),
-        _ => {
-            let sep = if old.ends_with("\n\n") {
-                ""
-            } else if old.ends_with('\n') {
-                "\n"
-            } else {
-                "\n\n"
-            };
-            format!("{old}{sep}{block}\n")
-        }
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(path, new)
-}
-
 fn main() -> io::Result<()> {
-    // `cargo bench` passes `--bench`; only `--write PATH` matters here.
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let write = args.iter().position(|a| a == "--write").map(|i| {
-        args.get(i + 1)
-            .map(PathBuf::from)
-            .expect("--write needs a path")
-    });
+    let write = common::write_arg();
 
     let kinds: [(&str, &str, Jitter); 4] = [
         ("none", "#d62728", Jitter::None),
@@ -540,7 +482,7 @@ fn main() -> io::Result<()> {
     std::fs::write(&svg_path, svg(&runs))?;
     eprintln!("wrote {}", svg_path.display());
     if let Some(path) = write {
-        write_section(&path, &section)?;
+        common::write_section(&path, "herd", &section)?;
         eprintln!("wrote the herd section of {}", path.display());
     }
     Ok(())

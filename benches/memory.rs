@@ -10,11 +10,12 @@
 //! `-- --write PATH` it also puts the section between `<!-- memory:start -->`
 //! and `<!-- memory:end -->` in `PATH`.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt::Write as _;
 use std::future::{pending, ready, Ready};
 use std::io;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -22,9 +23,6 @@ use std::time::{Duration, Instant};
 
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tower_redial::{BoxError, Client, ReconnectLayer, ReconnectPolicy};
-
-const START: &str = "<!-- memory:start -->";
-const END: &str = "<!-- memory:end -->";
 
 const CLONES: usize = 10_000;
 const CLIENTS: usize = 1_000;
@@ -294,28 +292,6 @@ fn kib(b: f64) -> String {
     format!("{:.1} KiB", b / 1024.0)
 }
 
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let rustc =
-        std::process::Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
-            .arg("--version")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|| "rustc (unknown version)".into());
-    format!("{cpus} CPUs ({model}), {rustc}")
-}
-
 fn markdown(r: &Results) -> String {
     let mut md = String::new();
     let w = &mut md;
@@ -406,49 +382,13 @@ fn markdown(r: &Results) -> String {
     let _ = writeln!(
         w,
         "Generated on {} with `cargo bench --bench memory -- --write docs/BENCHMARKS.md`.",
-        machine()
+        common::machine()
     );
     md
 }
 
-/// Puts `section` between the markers in `path`, appending them if missing.
-fn write_section(path: &Path, section: &str) -> io::Result<()> {
-    let block = format!("{START}\n{}\n{END}", section.trim_end());
-    let old = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e),
-    };
-    let new = match (old.find(START), old.find(END)) {
-        (Some(s), Some(e)) if s < e => {
-            format!("{}{block}{}", &old[..s], &old[e + END.len()..])
-        }
-        _ if old.is_empty() => format!("{block}\n"),
-        _ => {
-            let sep = if old.ends_with("\n\n") {
-                ""
-            } else if old.ends_with('\n') {
-                "\n"
-            } else {
-                "\n\n"
-            };
-            format!("{old}{sep}{block}\n")
-        }
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(path, new)
-}
-
 fn main() -> io::Result<()> {
-    // `cargo bench` passes `--bench`; only `--write PATH` matters here.
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let write = args.iter().position(|a| a == "--write").map(|i| {
-        args.get(i + 1)
-            .map(PathBuf::from)
-            .expect("--write needs a path")
-    });
+    let write = common::write_arg();
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -475,7 +415,7 @@ fn main() -> io::Result<()> {
     let section = markdown(&r);
     println!("{section}");
     if let Some(path) = write {
-        write_section(&path, &section)?;
+        common::write_section(&path, "memory", &section)?;
         eprintln!("wrote the memory section of {}", path.display());
     }
     Ok(())

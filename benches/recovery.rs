@@ -17,11 +17,12 @@ mod line;
 #[path = "../tests/support/redis_server.rs"]
 mod redis_server;
 
+mod common;
+
 use std::fmt::Write as _;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,9 +34,6 @@ use tower::util::BoxCloneService;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tower_redial::connect::TcpConnector;
 use tower_redial::{Backoff, BoxError, Handshake, ReconnectLayer, ReconnectPolicy};
-
-const START: &str = "<!-- recovery:start -->";
-const END: &str = "<!-- recovery:end -->";
 
 /// How long the listener stays down.
 const OUTAGE: Duration = Duration::from_millis(300);
@@ -443,28 +441,6 @@ async fn redis_rows(trials: usize) -> io::Result<Vec<Row>> {
 // Report
 // ---------------------------------------------------------------------------
 
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let rustc =
-        std::process::Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
-            .arg("--version")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|| "rustc (unknown version)".into());
-    format!("{cpus} CPUs ({model}), {rustc}")
-}
-
 fn verdict(ok: bool) -> &'static str {
     if ok {
         "met"
@@ -504,43 +480,9 @@ fn goal_zero(w: &mut String, what: &str, row: &Row, why_missed: &str) {
     );
 }
 
-fn write_section(path: &Path, section: &str) -> io::Result<()> {
-    let block = format!("{START}\n{}\n{END}", section.trim_end());
-    let old = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e),
-    };
-    let new = match (old.find(START), old.find(END)) {
-        (Some(s), Some(e)) if s < e => {
-            format!("{}{block}{}", &old[..s], &old[e + END.len()..])
-        }
-        _ if old.is_empty() => format!("{block}\n"),
-        _ => {
-            let sep = if old.ends_with("\n\n") {
-                ""
-            } else if old.ends_with('\n') {
-                "\n"
-            } else {
-                "\n\n"
-            };
-            format!("{old}{sep}{block}\n")
-        }
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(path, new)
-}
-
 #[tokio::main]
 async fn main() -> io::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let write = args.iter().position(|a| a == "--write").map(|i| {
-        args.get(i + 1)
-            .map(PathBuf::from)
-            .expect("--write needs a path")
-    });
+    let write = common::write_arg();
     let trials: usize = std::env::var("RECOVERY_TRIALS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -660,12 +602,12 @@ async fn main() -> io::Result<()> {
         w,
         "Wall-clock numbers on a shared machine: {}. Regenerate with `cargo bench --bench \
          recovery --all-features -- --write docs/BENCHMARKS.md`.",
-        machine()
+        common::machine()
     );
 
     println!("{md}");
     if let Some(path) = write {
-        write_section(&path, &md)?;
+        common::write_section(&path, "recovery", &md)?;
         eprintln!("wrote the recovery section of {}", path.display());
     }
     Ok(())
