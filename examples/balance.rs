@@ -28,25 +28,14 @@
 //! It takes about 5 seconds and needs nothing but free ports on
 //! `127.0.0.1`.
 
-#[cfg(not(feature = "balance"))]
-fn main() {
-    eprintln!(
-        "this example needs the `balance` feature:\n\n    \
-         cargo run --example balance --features balance"
-    );
-}
-
-#[cfg(feature = "balance")]
 #[path = "../tests/support/line.rs"]
 mod line;
 
-#[cfg(feature = "balance")]
 fn main() -> Result<(), tower_redial::BoxError> {
     example::main()
 }
 
-/// The example itself; it needs the `balance` feature.
-#[cfg(feature = "balance")]
+/// The example itself.
 mod example {
     use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
     use std::sync::Arc;

@@ -228,14 +228,7 @@ impl NotSent {
 
     /// Whether `error`, or any error in its `source()` chain, is a `NotSent`.
     pub fn is_in(error: &(dyn Error + 'static)) -> bool {
-        let mut next = Some(error);
-        while let Some(error) = next {
-            if error.is::<NotSent>() {
-                return true;
-            }
-            next = error.source();
-        }
-        false
+        crate::classify::chain(error).any(|e| e.is::<NotSent>())
     }
 }
 

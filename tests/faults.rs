@@ -14,7 +14,6 @@ mod support;
 #[path = "support/fault_proxy.rs"]
 mod fault_proxy;
 
-use std::error::Error;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,15 +22,15 @@ use std::time::Duration;
 
 use fault_proxy::{Direction, Fault, FaultProxy};
 use support::line::*;
+use support::outcome::{is_elapsed, outcome, Outcome};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tower::timeout::error::Elapsed;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_redial::classify::is_transport_error;
 use tower_redial::connect::TcpConnector;
 use tower_redial::{
-    Backoff, BoxError, Classifier, Client, Closed, Handshake, Jitter, NotSent, Phase,
-    ReconnectLayer, ReconnectPolicy, ReconnectPolicyBuilder, Unavailable,
+    Backoff, BoxError, Classifier, Client, Handshake, Jitter, Phase, ReconnectLayer,
+    ReconnectPolicy, ReconnectPolicyBuilder,
 };
 
 type LineClient = Client<String, String>;
@@ -70,10 +69,6 @@ fn client_for(addr: SocketAddr) -> LineClient {
 }
 
 /// Whether any error in the chain is a request timeout.
-fn is_elapsed(error: &(dyn Error + 'static)) -> bool {
-    find_error::<Elapsed>(error).is_some()
-}
-
 /// A client whose connections time each request out after
 /// [`REQUEST_TIMEOUT`], and whose classifier treats a timeout as a dead
 /// connection: the only way to find a silent (blackholed) connection dead.
@@ -110,49 +105,6 @@ fn spawn_send(
 // ---------------------------------------------------------------------------
 // Outcomes
 // ---------------------------------------------------------------------------
-
-/// How one request ended, as seen by its caller.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Outcome {
-    Ok,
-    /// A transport error (reset, EOF, ...) for a request that may have run.
-    Ambiguous,
-    /// The per-request timeout: the request may have run.
-    TimedOut,
-    /// Never reached the server.
-    NotSent,
-    Unavailable,
-    Closed,
-    Unexpected,
-}
-
-fn outcome(result: &Result<String, BoxError>) -> Outcome {
-    let error = match result {
-        Ok(_) => return Outcome::Ok,
-        Err(error) => &**error,
-    };
-    if find_error::<Unavailable>(error).is_some() {
-        Outcome::Unavailable
-    } else if find_error::<Closed>(error).is_some() {
-        Outcome::Closed
-    } else if find_error::<NotSent>(error).is_some() {
-        Outcome::NotSent
-    } else if is_elapsed(error) {
-        Outcome::TimedOut
-    } else if matches!(
-        io_kind(error),
-        Some(
-            io::ErrorKind::UnexpectedEof
-                | io::ErrorKind::ConnectionReset
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::BrokenPipe
-        )
-    ) {
-        Outcome::Ambiguous
-    } else {
-        Outcome::Unexpected
-    }
-}
 
 /// Counts of outcomes; every recorded request is counted exactly once.
 #[derive(Clone, Debug, Default)]

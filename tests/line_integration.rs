@@ -18,14 +18,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::line::*;
+use support::outcome::{outcome, Outcome};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_redial::connect::TcpConnector;
 use tower_redial::{
-    Backoff, BoxError, Client, Closed, Handshake, Jitter, NotSent, Phase, ReconnectLayer,
-    ReconnectPolicy, ReconnectPolicyBuilder, Unavailable,
+    Backoff, BoxError, Client, Handshake, Jitter, Phase, ReconnectLayer, ReconnectPolicy,
+    ReconnectPolicyBuilder, Unavailable,
 };
 
 type LineClient = Client<String, String>;
@@ -88,46 +89,6 @@ fn spawn_send(
 // Outcomes
 // ---------------------------------------------------------------------------
 
-/// How one request ended, as seen by its caller.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Outcome {
-    Ok,
-    /// A transport error for a request that may have reached the server.
-    Ambiguous,
-    /// Never reached the server (re-sends exhausted, or the budget spent).
-    NotSent,
-    Unavailable,
-    Closed,
-    /// Anything else: never expected here.
-    Unexpected,
-}
-
-fn outcome(result: &Result<String, BoxError>) -> Outcome {
-    let error = match result {
-        Ok(_) => return Outcome::Ok,
-        Err(error) => &**error,
-    };
-    if find_error::<Unavailable>(error).is_some() {
-        Outcome::Unavailable
-    } else if find_error::<Closed>(error).is_some() {
-        Outcome::Closed
-    } else if find_error::<NotSent>(error).is_some() {
-        Outcome::NotSent
-    } else if matches!(
-        io_kind(error),
-        Some(
-            io::ErrorKind::UnexpectedEof
-                | io::ErrorKind::ConnectionReset
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::BrokenPipe
-        )
-    ) {
-        Outcome::Ambiguous
-    } else {
-        Outcome::Unexpected
-    }
-}
-
 /// Counts of outcomes. Every issued request is counted exactly once.
 #[derive(Clone, Debug, Default)]
 struct Tally {
@@ -152,7 +113,8 @@ impl Tally {
             Outcome::NotSent => self.not_sent += 1,
             Outcome::Unavailable => self.unavailable += 1,
             Outcome::Closed => self.closed += 1,
-            Outcome::Unexpected => self.unexpected += 1,
+            // These clients have no per-request timeout: a timeout is unexpected.
+            Outcome::Unexpected | Outcome::TimedOut => self.unexpected += 1,
         }
         if matches!(
             outcome,

@@ -24,9 +24,7 @@ mod support;
 #[path = "support/fault_proxy.rs"]
 mod fault_proxy;
 
-use std::error::Error;
 use std::fmt::Write as _;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,15 +32,15 @@ use std::time::Duration;
 
 use fault_proxy::{Direction, Fault, FaultProxy};
 use support::line::*;
+use support::outcome::{is_elapsed, outcome, Outcome};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tower::timeout::error::Elapsed;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_redial::classify::is_transport_error;
 use tower_redial::connect::TcpConnector;
 use tower_redial::{
-    Backoff, BoxError, Classifier, Client, Closed, Handshake, Jitter, NotSent, ReconnectLayer,
-    ReconnectPolicy, Stats, Unavailable,
+    Backoff, BoxError, Classifier, Client, Handshake, Jitter, ReconnectLayer, ReconnectPolicy,
+    Stats,
 };
 
 type LineClient = Client<String, String>;
@@ -76,10 +74,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
             .unwrap_or_else(|e| panic!("{name}={v:?} is not a number: {e}")),
         Err(_) => default,
     }
-}
-
-fn is_elapsed(error: &(dyn Error + 'static)) -> bool {
-    find_error::<Elapsed>(error).is_some()
 }
 
 /// A client whose connections time each request out after
@@ -116,52 +110,6 @@ async fn send(client: &LineClient, line: String) -> Result<String, BoxError> {
 // Outcomes
 // ---------------------------------------------------------------------------
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Outcome {
-    Ok,
-    /// A transport error for a request that may have run.
-    Ambiguous,
-    /// The per-request timeout: the request may have run.
-    TimedOut,
-    Unavailable,
-    /// Handed back unsent (never reached the server).
-    NotSent,
-    Closed,
-    Other,
-    /// A reply line cut short by a connection close, delivered as if whole
-    /// (the line codec hands back a partial last line at EOF). The request
-    /// may have run.
-    Truncated,
-}
-
-fn outcome(result: &Result<String, BoxError>) -> Outcome {
-    let error = match result {
-        Ok(_) => return Outcome::Ok,
-        Err(error) => &**error,
-    };
-    if find_error::<Unavailable>(error).is_some() {
-        Outcome::Unavailable
-    } else if find_error::<Closed>(error).is_some() {
-        Outcome::Closed
-    } else if find_error::<NotSent>(error).is_some() {
-        Outcome::NotSent
-    } else if is_elapsed(error) {
-        Outcome::TimedOut
-    } else if matches!(
-        io_kind(error),
-        Some(
-            io::ErrorKind::UnexpectedEof
-                | io::ErrorKind::ConnectionReset
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::BrokenPipe
-        )
-    ) {
-        Outcome::Ambiguous
-    } else {
-        Outcome::Other
-    }
-}
-
 /// Counts of outcomes; every recorded request is counted exactly once.
 #[derive(Clone, Debug, Default)]
 struct Tally {
@@ -181,7 +129,7 @@ impl Tally {
     /// Records `result`; `incr` tells which reply is well-formed.
     fn record(&mut self, result: &Result<String, BoxError>, incr: bool) -> Outcome {
         self.issued += 1;
-        let mut outcome = outcome(result);
+        let outcome = outcome(result);
         if let Ok(reply) = result {
             let good = if incr {
                 reply.starts_with("INT ")
@@ -189,7 +137,10 @@ impl Tally {
                 reply.starts_with("VALUE ") || reply == "NIL" || reply == "PONG"
             };
             if !good {
-                outcome = Outcome::Truncated;
+                // A reply that is not the shape its request expects: cut
+                // short, so the request may have run.
+                self.truncated += 1;
+                return Outcome::Ambiguous;
             }
         }
         match outcome {
@@ -199,10 +150,9 @@ impl Tally {
             Outcome::Unavailable => self.unavailable += 1,
             Outcome::NotSent => self.not_sent += 1,
             Outcome::Closed => self.closed += 1,
-            Outcome::Other => self.other += 1,
-            Outcome::Truncated => self.truncated += 1,
+            Outcome::Unexpected => self.other += 1,
         }
-        if matches!(outcome, Outcome::Closed | Outcome::Other) && self.samples.len() < 5 {
+        if matches!(outcome, Outcome::Closed | Outcome::Unexpected) && self.samples.len() < 5 {
             self.samples.push(format!("{result:?}"));
         }
         outcome
@@ -386,7 +336,7 @@ async fn recover(client: &LineClient) -> Tally {
             let result = send(client, "PING".to_string()).await;
             match tally.record(&result, false) {
                 Outcome::Ok => break assert_eq!(result.unwrap(), "PONG"),
-                Outcome::Closed | Outcome::Other => panic!("{result:?}"),
+                Outcome::Closed | Outcome::Unexpected => panic!("{result:?}"),
                 _ => tokio::time::sleep(ms(10)).await,
             }
         }

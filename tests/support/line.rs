@@ -89,7 +89,7 @@ pub fn find_error<'a, E: Error + 'static>(error: &'a (dyn Error + 'static)) -> O
 
 /// The kind of the first [`io::Error`] in `error`'s `source()` chain.
 pub fn io_kind(error: &(dyn Error + 'static)) -> Option<io::ErrorKind> {
-    find_error::<io::Error>(error).map(io::Error::kind)
+    tower_redial::classify::io_error_kind(error)
 }
 
 /// How long [`deadline`] lets a future run before declaring a hang.
