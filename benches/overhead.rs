@@ -1,14 +1,19 @@
 //! Per-request overhead on an in-process echo connection (issue 6, item 1).
 //!
-//! Five stacks, each answering `u64 -> u64` with the same echo connection:
+//! Six stacks, each answering `u64 -> u64` with the same echo connection:
 //!
 //! - `a_bare`: the echo service called directly;
 //! - `b_buffer`: tower's `Buffer` over it;
 //! - `c_tower_reconnect`: tower's `Buffer` over tower's `reconnect::Reconnect`;
 //! - `d_resilience`: tower-resilience's `ReconnectLayer` (its service is
 //!   `Clone` and shares the connection itself, so it has no `Buffer`);
-//! - `e_redial`: this crate's `ReconnectLayer` client (`Retry` over `Buffer`
-//!   over `Reconnect` on a worker task).
+//! - `e_redial`: this crate's `ReconnectLayer`, bound with
+//!   `MakeReconnect::multiplexed` as a `Clone` connection such as this one
+//!   should be: once the connection has proved healthy, each handle calls its
+//!   own clone of it directly (the direct lane);
+//! - `f_redial_queue`: the same bound with `MakeReconnect::client`, so every
+//!   request crosses the queue to the worker task (`Retry` over `Buffer` over
+//!   `Reconnect`), as for a connection that is not `Clone`.
 //!
 //! Every request is `ready().await` then `call().await` on a clone held by
 //! the caller (clones are made outside the timed loop). Connections are
@@ -21,7 +26,7 @@
 //!
 //! `scripts/bench` runs this and writes the tables in `docs/BENCHMARKS.md`.
 //!
-//! Profiling: `OVERHEAD_PROFILE=<a|b|c|d|e> OVERHEAD_N=<requests>` runs that
+//! Profiling: `OVERHEAD_PROFILE=<a|b|c|d|e|f> OVERHEAD_N=<requests>` runs that
 //! stack's one-caller loop `N` times without criterion, for
 //! `valgrind --tool=callgrind`.
 
@@ -112,6 +117,15 @@ fn with_stacks(rt: &Runtime, mut each: impl FnMut(&'static str, Stack)) {
                 ServiceBuilder::new()
                     .layer(ReconnectLayer::new(ReconnectPolicy::default()))
                     .service(make())
+                    .multiplexed(()),
+            ),
+        ),
+        (
+            "f_redial_queue",
+            Stack::F(
+                ServiceBuilder::new()
+                    .layer(ReconnectLayer::new(ReconnectPolicy::default()))
+                    .service(make())
                     .client(()),
             ),
         ),
@@ -133,6 +147,7 @@ enum Stack {
     C(BufferC),
     D(ResilienceD),
     E(RedialE),
+    F(RedialE),
 }
 
 /// Calls `$f` with the concrete service inside `$stack`.
@@ -144,6 +159,7 @@ macro_rules! dispatch {
             Stack::C($s) => $body,
             Stack::D($s) => $body,
             Stack::E($s) => $body,
+            Stack::F($s) => $body,
         }
     };
 }
@@ -273,7 +289,7 @@ fn profile(which: &str) {
             elapsed / n.max(1) as u32
         );
     });
-    assert!(found, "OVERHEAD_PROFILE must be one of a, b, c, d, e");
+    assert!(found, "OVERHEAD_PROFILE must be one of a, b, c, d, e, f");
 }
 
 fn main() {

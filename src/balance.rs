@@ -69,6 +69,7 @@ use tower::Service;
 
 use crate::client::Client;
 use crate::failfast::FailFast;
+use crate::lane::LaneCell;
 use crate::layer::MakeReconnect;
 use crate::reconnect::Reconnect;
 use crate::retry::ResendPolicy;
@@ -160,7 +161,13 @@ impl<M: Clone, R: Clone> MakeReconnect<M, R> {
     {
         let balance = Balance::new(discover);
         let gated = FailFast::new(balance, self.policy.wait_limit, observer.clone());
-        Client::spawn(gated, observer, &self.policy, self.resend.clone())
+        Client::spawn(
+            gated,
+            observer,
+            &self.policy,
+            self.resend.clone(),
+            Arc::new(LaneCell::new()),
+        )
     }
 }
 

@@ -1,7 +1,8 @@
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
+use sync_wrapper::SyncWrapper;
 use tokio::sync::watch;
 use tower::buffer::Buffer;
 use tower::retry::Retry;
@@ -9,6 +10,7 @@ use tower::Service;
 
 use crate::error::Overloaded;
 use crate::future::{from_buffer, BoxResponse, ClientFuture};
+use crate::lane::{LaneCache, LaneCell};
 use crate::reconnect::Reconnect;
 use crate::retry::{copier, Copier, ResendPolicy, RetryPolicy, Slot, Unslot};
 use crate::state::{Observer, Snapshot, Stats};
@@ -51,11 +53,53 @@ use crate::{BoxError, ReconnectPolicy};
 /// `call` panics if `poll_ready` did not return `Ready(Ok)` first.
 pub struct Client<Req, Res> {
     inner: Retry<RetryPolicy<Req>, Buffer<Slot<Req>, BoxResponse<Res>>>,
+    shared: Arc<Shared<Req, Res>>,
+    /// This handle's copy of the direct lane, if the connection is published.
+    /// Only ever used through `&mut self`, so the handle is `Sync` whether
+    /// or not the connection is.
+    lane: SyncWrapper<LaneCache<Req, Res>>,
+    /// What the last `poll_ready` made ready.
+    ready: Readiness,
+    load_shed: bool,
+}
+
+/// What `call` will use, as set by `poll_ready`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Readiness {
+    #[default]
+    NotReady,
+    /// The published connection, called on the caller's task.
+    Direct,
+    /// A reserved place in the queue.
+    Queue,
+    /// The queue is full and load shedding is on.
+    Shed,
+}
+
+/// What every handle of one client shares.
+pub(crate) struct Shared<Req, Res> {
+    /// The retry policy that each request starts from.
+    pub(crate) policy: RetryPolicy<Req>,
     copier: Option<Copier<Req>>,
     observer: Arc<Observer>,
-    load_shed: bool,
-    /// Set when `poll_ready` found the queue full and sheds load.
-    shedding: bool,
+    /// The queue, for re-sending a request that failed on the direct lane.
+    queue: Mutex<Buffer<Slot<Req>, BoxResponse<Res>>>,
+    pub(crate) lane: Arc<LaneCell<Req, Res>>,
+}
+
+impl<Req, Res> Shared<Req, Res>
+where
+    Req: Send + 'static,
+    Res: Send + 'static,
+{
+    /// A retrying handle on the queue, to re-send through.
+    pub(crate) fn resender(
+        &self,
+        policy: RetryPolicy<Req>,
+    ) -> Retry<RetryPolicy<Req>, Buffer<Slot<Req>, BoxResponse<Res>>> {
+        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        Retry::new(policy, queue.clone())
+    }
 }
 
 impl<Req, Res> Client<Req, Res>
@@ -63,11 +107,13 @@ where
     Req: Send + 'static,
     Res: Send + 'static,
 {
-    /// Puts `reconnect` on a spawned worker task behind a queue.
+    /// Puts `reconnect` on a spawned worker task behind a queue. With a
+    /// `lane`, its healthy connections are also called directly.
     pub(crate) fn new<M, T, R>(
         reconnect: Reconnect<M, T>,
         policy: &ReconnectPolicy,
         resend: R,
+        lane: Arc<LaneCell<Req, Res>>,
     ) -> Self
     where
         Reconnect<M, T>: Service<Req, Response = Res, Error = BoxError> + Send + 'static,
@@ -76,15 +122,17 @@ where
         R: ResendPolicy<Req>,
     {
         let observer = reconnect.observer();
-        Self::spawn(reconnect, observer, policy, resend)
+        Self::spawn(reconnect, observer, policy, resend, lane)
     }
 
-    /// Puts any worker service on a spawned task behind a queue and retry.
+    /// Puts any worker service on a spawned task behind a queue and retry;
+    /// handles call connections published to `lane` directly.
     pub(crate) fn spawn<S, R>(
         worker: S,
         observer: Arc<Observer>,
         policy: &ReconnectPolicy,
         resend: R,
+        lane: Arc<LaneCell<Req, Res>>,
     ) -> Self
     where
         S: Service<Req, Response = Res, Error = BoxError> + Send + 'static,
@@ -101,12 +149,19 @@ where
             copier.clone(),
             observer.clone(),
         );
-        Self {
-            inner: Retry::new(retry, buffer),
+        let shared = Arc::new(Shared {
+            policy: retry.clone(),
             copier,
             observer,
+            queue: Mutex::new(buffer.clone()),
+            lane,
+        });
+        Self {
+            inner: Retry::new(retry, buffer),
+            shared,
+            lane: SyncWrapper::new(LaneCache::default()),
+            ready: Readiness::NotReady,
             load_shed: policy.load_shed,
-            shedding: false,
         }
     }
 }
@@ -114,12 +169,12 @@ where
 impl<Req, Res> Client<Req, Res> {
     /// A watch of the connection's state; see [`state`](crate::state).
     pub fn state(&self) -> watch::Receiver<Snapshot> {
-        self.observer.subscribe()
+        self.shared.observer.subscribe()
     }
 
     /// A copy of the connection's counters.
     pub fn stats(&self) -> Stats {
-        self.observer.stats()
+        self.shared.observer.stats()
     }
 }
 
@@ -133,26 +188,67 @@ where
     type Future = ClientFuture<Req, Res>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // A place already reserved in the queue is kept till `call` uses it.
+        if self.ready != Readiness::Queue {
+            let cache = self.lane.get_mut();
+            if let Some(lane) = self.shared.lane.current(cache) {
+                match lane.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.ready = Readiness::Direct;
+                        return Poll::Ready(Ok(()));
+                    }
+                    Poll::Pending => {
+                        self.ready = Readiness::NotReady;
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(error)) => {
+                        tracing::debug!(%error, "connection failed readiness; queueing for a redial");
+                        self.shared.lane.report_dead(cache.generation);
+                        cache.lane = None;
+                    }
+                }
+            }
+        }
         match self.inner.poll_ready(cx) {
             Poll::Pending if self.load_shed => {
-                self.shedding = true;
+                self.ready = Readiness::Shed;
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending => Poll::Pending,
-            ready => {
-                self.shedding = false;
-                ready.map_err(from_buffer)
+            Poll::Pending => {
+                self.ready = Readiness::NotReady;
+                Poll::Pending
+            }
+            Poll::Ready(Ok(())) => {
+                self.ready = Readiness::Queue;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(error)) => {
+                self.ready = Readiness::NotReady;
+                Poll::Ready(Err(from_buffer(error)))
             }
         }
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        if std::mem::take(&mut self.shedding) {
-            return ClientFuture::shed(Overloaded::new().into());
+        let spare = |request: &Req| self.shared.copier.as_ref().and_then(|copy| copy(request));
+        match std::mem::take(&mut self.ready) {
+            Readiness::Direct => {
+                let spare = spare(&request);
+                let cache = self.lane.get_mut();
+                let lane = cache.lane.as_mut().expect("a ready lane");
+                let future = lane.call(request);
+                ClientFuture::direct(future, spare, cache.generation, self.shared.clone())
+            }
+            Readiness::Queue => {
+                let spare = spare(&request);
+                let slot = Slot::new(request, spare);
+                ClientFuture::new(self.inner.call(slot))
+            }
+            Readiness::Shed => ClientFuture::shed(Overloaded::new().into()),
+            Readiness::NotReady => {
+                panic!("Client::call called before poll_ready returned Ready(Ok)")
+            }
         }
-        let spare = self.copier.as_ref().and_then(|copy| copy(&request));
-        let slot = Slot::new(request, spare);
-        ClientFuture::new(self.inner.call(slot))
     }
 }
 
@@ -164,10 +260,10 @@ where
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            copier: self.copier.clone(),
-            observer: self.observer.clone(),
+            shared: self.shared.clone(),
+            lane: SyncWrapper::new(LaneCache::default()),
+            ready: Readiness::NotReady,
             load_shed: self.load_shed,
-            shedding: false,
         }
     }
 }
@@ -175,8 +271,8 @@ where
 impl<Req, Res> fmt::Debug for Client<Req, Res> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("state", &*self.observer.subscribe().borrow())
-            .field("stats", &self.observer.stats())
+            .field("state", &*self.shared.observer.subscribe().borrow())
+            .field("stats", &self.shared.observer.stats())
             .finish()
     }
 }

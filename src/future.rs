@@ -8,8 +8,12 @@ use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
 use tower::buffer::Buffer;
+use tower::retry::{Policy, Retry};
+use tower::util::Oneshot;
+use tower::ServiceExt;
 
-use crate::error::Closed;
+use crate::client::Shared;
+use crate::error::{Closed, NotSent};
 use crate::reconnect::Health;
 use crate::retry::{RetryPolicy, Slot};
 use crate::BoxError;
@@ -90,6 +94,8 @@ impl<F> fmt::Debug for ResponseFuture<F> {
     }
 }
 
+pub(crate) type Queue<Req, Res> = Retry<RetryPolicy<Req>, Buffer<Slot<Req>, BoxResponse<Res>>>;
+
 pub(crate) type RetryFuture<Req, Res> = tower::retry::future::ResponseFuture<
     RetryPolicy<Req>,
     Buffer<Slot<Req>, BoxResponse<Res>>,
@@ -119,7 +125,19 @@ pin_project! {
         Res: Send,
         Res: 'static,
     {
-        Sent { #[pin] inner: RetryFuture<Req, Res> },
+        /// Through the queue and the worker. Boxed, as are re-sends, to keep
+        /// the direct lane's future small.
+        Sent { #[pin] inner: Pin<Box<RetryFuture<Req, Res>>> },
+        /// Called on the published connection directly.
+        Direct {
+            #[pin]
+            future: BoxResponse<Res>,
+            spare: Option<Req>,
+            generation: u64,
+            shared: Arc<Shared<Req, Res>>,
+        },
+        /// Failed on the direct lane; re-sent through the queue.
+        Resent { #[pin] inner: Pin<Box<Oneshot<Queue<Req, Res>, Slot<Req>>>> },
         Shed { error: Option<BoxError> },
     }
 }
@@ -131,7 +149,25 @@ where
 {
     pub(crate) fn new(inner: RetryFuture<Req, Res>) -> Self {
         Self {
-            kind: ClientKind::Sent { inner },
+            kind: ClientKind::Sent {
+                inner: Box::pin(inner),
+            },
+        }
+    }
+
+    pub(crate) fn direct(
+        future: BoxResponse<Res>,
+        spare: Option<Req>,
+        generation: u64,
+        shared: Arc<Shared<Req, Res>>,
+    ) -> Self {
+        Self {
+            kind: ClientKind::Direct {
+                future,
+                spare,
+                generation,
+                shared,
+            },
         }
     }
 
@@ -139,6 +175,35 @@ where
         Self {
             kind: ClientKind::Shed { error: Some(error) },
         }
+    }
+}
+
+/// A request failed on the direct lane: report a dead connection, and hand
+/// the request to the queue if the retry policy says it may be sent again.
+fn after_direct_failure<Req, Res>(
+    mut error: BoxError,
+    spare: Option<Req>,
+    generation: u64,
+    shared: &Shared<Req, Res>,
+) -> Result<Oneshot<Queue<Req, Res>, Slot<Req>>, BoxError>
+where
+    Req: Send + 'static,
+    Res: Send + 'static,
+{
+    if !shared.policy.is_dead(&*error) {
+        // The peer's own answer: the connection is fine, and the request ran.
+        return Err(error);
+    }
+    shared.lane.report_dead(generation);
+    let handed_back = error
+        .downcast_mut::<NotSent>()
+        .and_then(NotSent::take_request::<Req>);
+    let mut slot = Slot::from_parts(handed_back, spare);
+    let mut policy = shared.policy.clone();
+    let mut result = Err(error);
+    match policy.retry(&mut slot, &mut result) {
+        Some(_) => Ok(shared.resender(policy).oneshot(slot)),
+        None => result.map(|()| unreachable!("the result is an error")),
     }
 }
 
@@ -150,15 +215,33 @@ where
     type Output = Result<Res, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            ClientKindProj::Sent { inner } => inner.poll(cx).map_err(from_buffer),
-            ClientKindProj::Shed { error } => {
-                Poll::Ready(Err(error.take().expect("polled after completion")))
-            }
+        let mut kind = self.project().kind;
+        loop {
+            let resent = match kind.as_mut().project() {
+                ClientKindProj::Sent { inner } => return inner.poll(cx).map_err(from_buffer),
+                ClientKindProj::Resent { inner } => return inner.poll(cx).map_err(from_buffer),
+                ClientKindProj::Shed { error } => {
+                    return Poll::Ready(Err(error.take().expect("polled after completion")))
+                }
+                ClientKindProj::Direct {
+                    future,
+                    spare,
+                    generation,
+                    shared,
+                } => match ready!(future.poll(cx)) {
+                    Ok(response) => {
+                        shared.policy.succeeded();
+                        return Poll::Ready(Ok(response));
+                    }
+                    Err(error) => after_direct_failure(error, spare.take(), *generation, shared)?,
+                },
+            };
+            kind.set(ClientKind::Resent {
+                inner: Box::pin(resent),
+            });
         }
     }
 }
-
 impl<Req, Res> fmt::Debug for ClientFuture<Req, Res>
 where
     Req: Send + 'static,

@@ -1,8 +1,10 @@
 use std::fmt;
+use std::sync::Arc;
 
 use tower::{Layer, Service};
 
 use crate::client::Client;
+use crate::lane::LaneCell;
 use crate::reconnect::Reconnect;
 use crate::retry::{AtMostOnce, ResendIf, ResendPolicy};
 use crate::{BoxError, ReconnectPolicy};
@@ -136,7 +138,80 @@ impl<M, R> MakeReconnect<M, R> {
         R: ResendPolicy<Req>,
     {
         let reconnect = Reconnect::new(self.make.clone(), target, self.policy.clone());
-        Client::new(reconnect, &self.policy, self.resend.clone())
+        let lane = Arc::new(LaneCell::new());
+        Client::new(reconnect, &self.policy, self.resend.clone(), lane)
+    }
+
+    /// A client bound to `target`, for a connection that carries many
+    /// requests at once and whose clones share it: hyper's HTTP/2
+    /// `SendRequest`, redis's `MultiplexedConnection`, a tonic channel.
+    ///
+    /// It behaves as [`client`](MakeReconnect::client) does, with one
+    /// difference in the hot path: once a connection has proved healthy,
+    /// each handle calls its own clone of the connection directly, on the
+    /// caller's task, instead of sending the request through the queue to the
+    /// worker. The queue and the worker carry requests only while the
+    /// connection is being dialed or has just been made, so the
+    /// per-request overhead is close to that of calling the connection
+    /// itself; see `docs/BENCHMARKS.md`.
+    ///
+    /// Nothing else changes: a connection that fails `poll_ready`, or a
+    /// response error the [`Classifier`](crate::Classifier) calls dead, sends
+    /// the next requests back through the queue while the worker redials;
+    /// the failed request is re-sent on the next connection exactly when
+    /// [`client`](MakeReconnect::client) would re-send it.
+    ///
+    /// Use [`client`](MakeReconnect::client) for a connection that serves
+    /// one request at a time (HTTP/1, a PostgreSQL client): its clones, if it
+    /// has any, would contend for it.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower::{service_fn, ServiceBuilder, ServiceExt};
+    /// use tower_redial::{BoxError, ReconnectLayer, ReconnectPolicy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), BoxError> {
+    /// // A `Clone` connection: every clone talks over the same connection.
+    /// let make_connection = service_fn(|_: &'static str| async {
+    ///     Ok::<_, BoxError>(service_fn(|n: u64| async move { Ok::<_, BoxError>(n + 1) }))
+    /// });
+    /// let client = ServiceBuilder::new()
+    ///     .layer(ReconnectLayer::new(ReconnectPolicy::default()))
+    ///     .service(make_connection)
+    ///     .multiplexed("cache-1:6379");
+    /// // The first request dials and goes through the worker; once the
+    /// // connection has answered, requests call it directly.
+    /// assert_eq!(client.clone().oneshot(1).await?, 2);
+    /// assert_eq!(client.clone().oneshot(2).await?, 3);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If called outside a tokio runtime, as the worker task is spawned here.
+    pub fn multiplexed<T, Req>(
+        &self,
+        target: T,
+    ) -> Client<Req, <M::Response as Service<Req>>::Response>
+    where
+        M: Service<T> + Clone + Send + 'static,
+        M::Future: Send + 'static,
+        M::Error: Into<BoxError>,
+        M::Response: Service<Req> + Clone + Send + 'static,
+        <M::Response as Service<Req>>::Future: Send + 'static,
+        <M::Response as Service<Req>>::Error: Into<BoxError>,
+        <M::Response as Service<Req>>::Response: Send + 'static,
+        T: Clone + fmt::Debug + Send + 'static,
+        Req: Send + 'static,
+        R: ResendPolicy<Req>,
+    {
+        let lane = Arc::new(LaneCell::new());
+        let reconnect = Reconnect::new(self.make.clone(), target, self.policy.clone())
+            .with_lane(Box::new(lane.clone()));
+        Client::new(reconnect, &self.policy, self.resend.clone(), lane)
     }
 
     /// The wrapped factory.

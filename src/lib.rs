@@ -68,7 +68,8 @@
 //! - **At most once.** A request is re-sent only when the connection handed
 //!   it back as [`NotSent`], unless you opt in with
 //!   [`ReconnectLayer::resend_if`]. Re-sends are bounded by an attempt limit
-//!   and tower's [`TpsBudget`](tower::retry::budget::TpsBudget).
+//!   and a retry budget with the accounting of tower's
+//!   [`TpsBudget`](tower::retry::budget::TpsBudget).
 //! - **Errors.** See [`error`] for every error and when it happens, and
 //!   [`classify`] for which errors mean "the connection is dead".
 //! - **Shutdown.** Dropping every clone of a client ends its worker task and
@@ -116,6 +117,7 @@ pub mod backoff;
 #[cfg(feature = "balance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "balance")))]
 pub mod balance;
+mod budget;
 pub mod classify;
 mod client;
 pub mod connect;
@@ -127,6 +129,7 @@ pub mod future;
 #[cfg(feature = "hyper")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
 pub mod hyper;
+mod lane;
 mod layer;
 mod policy;
 #[cfg(feature = "postgres")]

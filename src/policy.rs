@@ -23,7 +23,7 @@ use crate::error::InvalidPolicy;
 /// | when the queue is full | `poll_ready` waits (backpressure); [`load_shed`](ReconnectPolicyBuilder::load_shed) refuses with `Overloaded` instead | callers choose |
 /// | healthy after | 2 s Ready, or one successful response | a server that accepts and at once closes must not reset the backoff |
 /// | retry attempts | 3 in all (the first send and two re-sends) | gRPC A6 |
-/// | retry budget | tower's `TpsBudget::default()`: 10 s window, 10 re-sends/s floor, 20 % of requests | Finagle's requeue budget |
+/// | retry budget | as tower's `TpsBudget::default()`: 10 s window, 10 re-sends/s floor, 20 % of requests | Finagle's requeue budget |
 /// | classifier | [`is_transport_error`](crate::classify::is_transport_error) | by type, never by message text |
 /// | jitter seed | random | set one for repeatable tests |
 ///
@@ -128,13 +128,13 @@ impl ReconnectPolicy {
         self.retry_attempts
     }
 
-    pub(crate) fn new_budget(&self) -> tower::retry::budget::TpsBudget {
+    pub(crate) fn new_budget(&self) -> crate::budget::RetryBudget {
         let Budget {
             ttl,
             min_per_sec,
             retry_percent,
         } = self.budget;
-        tower::retry::budget::TpsBudget::new(ttl, min_per_sec, retry_percent)
+        crate::budget::RetryBudget::new(ttl, min_per_sec, retry_percent)
     }
 
     pub(crate) fn schedule(&self) -> crate::backoff::Schedule {

@@ -16,6 +16,7 @@ use crate::backoff::Schedule;
 use crate::classify::Classifier;
 use crate::error::{share, Closed, ConnectTimeout, SharedError, Unavailable};
 use crate::future::ResponseFuture;
+use crate::lane::Publish;
 use crate::policy::ReconnectPolicy;
 use crate::redact::{redact, redacted};
 use crate::state::{Counter, Observer, Phase, Snapshot, Stats};
@@ -89,6 +90,9 @@ where
     outage: Option<Instant>,
     last_error: Option<SharedError>,
     observer: Arc<Observer>,
+    /// Where a healthy connection is published for handles to call directly;
+    /// see [`MakeReconnect::multiplexed`](crate::MakeReconnect::multiplexed).
+    lane: Option<Box<dyn Publish<M::Response>>>,
 }
 
 enum State<F, S> {
@@ -123,6 +127,11 @@ impl Health {
             dead: AtomicBool::new(false),
             classifier,
         }
+    }
+
+    /// A handle calling the connection directly saw it die.
+    pub(crate) fn mark_dead(&self) {
+        self.dead.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn succeeded(&self) {
@@ -169,7 +178,14 @@ where
             outage: None,
             last_error: None,
             observer: Arc::new(Observer::new()),
+            lane: None,
         }
+    }
+
+    /// Publishes each connection that proves healthy to `lane`.
+    pub(crate) fn with_lane(mut self, lane: Box<dyn Publish<M::Response>>) -> Self {
+        self.lane = Some(lane);
+        self
     }
 
     /// An endpoint for a balancer: it never fails fast on its own, so it
@@ -331,6 +347,9 @@ where
 
     /// The established connection died.
     fn lost(&mut self, now: Instant, healthy: bool, error: Option<BoxError>) {
+        if let Some(lane) = &self.lane {
+            lane.withdraw();
+        }
         self.observer.count(Counter::Drops);
         self.mark_down(now);
         let cause: &dyn fmt::Display = match &error {
@@ -405,6 +424,9 @@ where
                         Poll::Ready(Ok(())) => {
                             if healthy && !conn.healthy {
                                 conn.healthy = true;
+                                if let Some(lane) = &self.lane {
+                                    lane.publish(&conn.service, &conn.health);
+                                }
                                 self.proved_healthy(now);
                             }
                             return Poll::Ready(Ok(()));
@@ -482,6 +504,9 @@ where
     M: Service<T>,
 {
     fn drop(&mut self) {
+        if let Some(lane) = &self.lane {
+            lane.withdraw();
+        }
         self.observer
             .publish(Phase::Closed, self.attempt, self.last_error.as_ref());
     }

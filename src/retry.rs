@@ -15,18 +15,20 @@
 //!   a [`Closed`](crate::Closed) client is not re-sent: that is the answer.
 //!
 //! Every re-send needs an attempt left (three sends in all, by default) and a
-//! token from tower's [`TpsBudget`], so a dead server is not hit by a retry
-//! storm.
+//! token from a budget with the accounting of tower's
+//! [`TpsBudget`](tower::retry::budget::TpsBudget), so a dead server is not hit
+//! by a retry storm.
 
 use std::fmt;
 use std::future::{ready, Ready};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
-use tower::retry::budget::{Budget, TpsBudget};
+use tower::retry::budget::Budget;
 use tower::retry::Policy;
 use tower::Service;
 
+use crate::budget::RetryBudget;
 use crate::classify::Classifier;
 use crate::error::NotSent;
 use crate::future::BoxResponse;
@@ -110,10 +112,13 @@ impl<Req> Clone for Slot<Req> {
 
 impl<Req> Slot<Req> {
     pub(crate) fn new(request: Req, spare: Option<Req>) -> Self {
-        Self(Arc::new(Mutex::new(Contents {
-            request: Some(request),
-            spare,
-        })))
+        Self::from_parts(Some(request), spare)
+    }
+
+    /// A slot for a request that failed on the direct lane: the request, if
+    /// the connection handed it back, and the spare copy, if one was kept.
+    pub(crate) fn from_parts(request: Option<Req>, spare: Option<Req>) -> Self {
+        Self(Arc::new(Mutex::new(Contents { request, spare })))
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Contents<Req>) -> R) -> R {
@@ -148,7 +153,7 @@ impl<Req> Slot<Req> {
 /// The retry policy: at most once by default, see the module docs.
 pub(crate) struct RetryPolicy<Req> {
     sends_left: u32,
-    budget: Arc<TpsBudget>,
+    budget: Arc<RetryBudget>,
     classifier: Classifier,
     copier: Option<Copier<Req>>,
     observer: Arc<Observer>,
@@ -157,7 +162,7 @@ pub(crate) struct RetryPolicy<Req> {
 impl<Req> RetryPolicy<Req> {
     pub(crate) fn new(
         attempts: u32,
-        budget: TpsBudget,
+        budget: RetryBudget,
         classifier: Classifier,
         copier: Option<Copier<Req>>,
         observer: Arc<Observer>,
@@ -169,6 +174,18 @@ impl<Req> RetryPolicy<Req> {
             copier,
             observer,
         }
+    }
+}
+
+impl<Req> RetryPolicy<Req> {
+    /// A response came back: it earns re-sends in the budget.
+    pub(crate) fn succeeded(&self) {
+        self.budget.deposit();
+    }
+
+    /// Whether `error` means the connection is dead.
+    pub(crate) fn is_dead(&self, error: &(dyn std::error::Error + 'static)) -> bool {
+        self.classifier.is_dead(error)
     }
 }
 
@@ -194,7 +211,7 @@ impl<Req, Res> Policy<Slot<Req>, Res, BoxError> for RetryPolicy<Req> {
     ) -> Option<Self::Future> {
         let error = match result {
             Ok(_) => {
-                self.budget.deposit();
+                self.succeeded();
                 return None;
             }
             Err(error) => &**error,

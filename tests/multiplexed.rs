@@ -1,0 +1,310 @@
+//! `MakeReconnect::multiplexed`: once a `Clone` connection has proved
+//! healthy, handles call it directly instead of through the queue; when it
+//! dies, requests go back through the queue while the worker redials. Paused
+//! time and a scripted factory whose connections are tower-test mocks (which
+//! are `Clone`, and whose clones share one connection).
+
+mod scripted;
+
+use std::io;
+use std::time::Duration;
+
+use futures::FutureExt;
+use scripted::{ConnHandle, Dialer, Outcome};
+use tokio::time::Instant;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_redial::{
+    Backoff, BoxError, Client, NotSent, Phase, ReconnectLayer, ReconnectPolicy, Unavailable,
+};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn policy() -> ReconnectPolicy {
+    ReconnectPolicy::builder()
+        .backoff(Backoff::exponential(ms(100), 2.0, ms(1000)))
+        .wait_limit(Duration::from_secs(1))
+        .build()
+        .unwrap()
+}
+
+fn multiplexed(dialer: &Dialer) -> Client<String, String> {
+    ServiceBuilder::new()
+        .layer(ReconnectLayer::new(policy()))
+        .service(dialer.clone())
+        .multiplexed("cache")
+}
+
+fn reset() -> io::Error {
+    io::Error::from(io::ErrorKind::ConnectionReset)
+}
+
+/// Where a request went, seen from the connection's end.
+#[derive(Debug, PartialEq)]
+enum Route {
+    /// It reached the connection inside `call`, on the caller's task.
+    Direct,
+    /// It reached the connection later, from the worker task.
+    Queued,
+}
+
+/// Readies a clone and calls it; answers the request with `reply` on `conn`.
+/// Returns how the request travelled and the client's result.
+async fn exchange(
+    client: &Client<String, String>,
+    conn: &mut ConnHandle,
+    request: &str,
+    reply: Result<&str, BoxError>,
+) -> (Route, Result<String, BoxError>) {
+    let mut handle = client.clone();
+    handle.ready().await.expect("ready");
+    let response = tokio::spawn(handle.call(request.to_string()));
+    // Nothing has yielded since `call`: only a direct call has reached the
+    // connection by now.
+    let (route, (got, send)) = match conn.next_request().now_or_never() {
+        Some(next) => (Route::Direct, next.expect("a request")),
+        None => (Route::Queued, conn.next_request().await.expect("a request")),
+    };
+    assert_eq!(got, request);
+    match reply {
+        Ok(reply) => send.send_response(reply.to_string()),
+        Err(error) => send.send_error(error),
+    }
+    (route, response.await.expect("caller task"))
+}
+
+/// Makes connection 0 and proves it healthy; returns its handle. The first
+/// request dials and proves the connection, the second has the worker
+/// publish it, and from the third on requests are direct.
+async fn connected(dialer: &Dialer, client: &Client<String, String>) -> ConnHandle {
+    dialer.push([Outcome::Connect]);
+    let first = tokio::spawn(client.clone().oneshot("PING".to_string()));
+    let mut conn = dialer.conn(0).await;
+    let (_, send) = conn.next_request().await.unwrap();
+    send.send_response("PONG".to_string());
+    assert_eq!(first.await.unwrap().unwrap(), "PONG");
+    let (route, result) = exchange(client, &mut conn, "PING", Ok("PONG")).await;
+    assert_eq!(
+        (route, result.unwrap()),
+        (Route::Queued, "PONG".to_string())
+    );
+    conn
+}
+
+/// Once the connection has answered, requests call it directly; before, they
+/// go through the worker.
+#[tokio::test(start_paused = true)]
+async fn requests_call_a_proven_connection_directly() {
+    let dialer = Dialer::new([]);
+    let client = multiplexed(&dialer);
+    let mut conn = connected(&dialer, &client).await;
+    for n in 0..3 {
+        let request = format!("GET {n}");
+        let (route, result) = exchange(&client, &mut conn, &request, Ok("VALUE")).await;
+        assert_eq!(route, Route::Direct);
+        assert_eq!(result.unwrap(), "VALUE");
+    }
+    assert_eq!(client.state().borrow().phase(), Phase::Ready);
+    assert_eq!(dialer.dials(), 1);
+}
+
+/// `client` (not `multiplexed`) keeps every request on the queue.
+#[tokio::test(start_paused = true)]
+async fn plain_clients_always_queue() {
+    let dialer = Dialer::new([Outcome::Connect]);
+    let client: Client<String, String> = ServiceBuilder::new()
+        .layer(ReconnectLayer::new(policy()))
+        .service(dialer.clone())
+        .client("db");
+    let first = tokio::spawn(client.clone().oneshot("PING".to_string()));
+    let mut conn = dialer.conn(0).await;
+    let (_, send) = conn.next_request().await.unwrap();
+    send.send_response("PONG".to_string());
+    first.await.unwrap().unwrap();
+    for _ in 0..3 {
+        let (route, result) = exchange(&client, &mut conn, "GET", Ok("VALUE")).await;
+        assert_eq!(route, Route::Queued);
+        assert_eq!(result.unwrap(), "VALUE");
+    }
+}
+
+/// A direct request that dies with a transport error fails (it may have been
+/// sent, and is not re-sent by default); the next request goes through the
+/// queue and the worker redials at once, as after any healthy connection.
+#[tokio::test(start_paused = true)]
+async fn a_dead_connection_sends_requests_back_through_the_queue() {
+    let dialer = Dialer::new([]);
+    let client = multiplexed(&dialer);
+    let start = Instant::now();
+    let mut conn = connected(&dialer, &client).await;
+
+    let (route, result) = exchange(&client, &mut conn, "INCR n", Err(reset().into())).await;
+    assert_eq!(route, Route::Direct);
+    let error = result.unwrap_err();
+    assert_eq!(
+        error.downcast_ref::<io::Error>().map(io::Error::kind),
+        Some(io::ErrorKind::ConnectionReset)
+    );
+    assert_eq!(client.stats().retries, 0, "at most once");
+
+    // The next request queues, and its redial is immediate.
+    dialer.push([Outcome::Connect]);
+    let next = tokio::spawn(client.clone().oneshot("GET".to_string()));
+    let mut conn1 = dialer.conn(1).await;
+    assert_eq!(dialer.dial_offsets(start), [ms(0), ms(0)]);
+    let (_, send) = conn1.next_request().await.unwrap();
+    send.send_response("VALUE".to_string());
+    assert_eq!(next.await.unwrap().unwrap(), "VALUE");
+    assert_eq!(client.stats().drops, 1);
+    drop(conn);
+}
+
+/// A request the connection hands back as `NotSent` on the direct lane is
+/// re-sent, once, on the next connection.
+#[tokio::test(start_paused = true)]
+async fn requests_handed_back_on_the_direct_lane_are_resent() {
+    let dialer = Dialer::new([]);
+    let client = multiplexed(&dialer);
+    let mut conn = connected(&dialer, &client).await;
+    dialer.push([Outcome::Connect]);
+
+    let mut handle = client.clone();
+    handle.ready().await.unwrap();
+    let response = tokio::spawn(handle.call("SET k v".to_string()));
+    let (request, send) = conn
+        .next_request()
+        .now_or_never()
+        .expect("sent on the direct lane")
+        .unwrap();
+    send.send_error(NotSent::with_request(request, reset()));
+
+    let mut conn1 = dialer.conn(1).await;
+    let (again, send) = conn1.next_request().await.unwrap();
+    assert_eq!(again, "SET k v");
+    send.send_response("OK".to_string());
+    assert_eq!(response.await.unwrap().unwrap(), "OK");
+    assert_eq!(client.stats().retries, 1);
+}
+
+/// With `resend_if`, a direct request that may have been sent is re-sent on
+/// the next connection when the predicate allows it, and only then.
+#[tokio::test(start_paused = true)]
+async fn possibly_sent_direct_requests_are_resent_only_when_opted_in() {
+    let dialer = Dialer::new([]);
+    let client: Client<String, String> = ServiceBuilder::new()
+        .layer(ReconnectLayer::new(policy()).resend_if(|r: &String| r.starts_with("GET")))
+        .service(dialer.clone())
+        .multiplexed("cache");
+    let mut conn = connected(&dialer, &client).await;
+    dialer.push([Outcome::Connect]);
+
+    // A GET dies in flight: re-sent on connection 1.
+    let mut handle = client.clone();
+    handle.ready().await.unwrap();
+    let get = tokio::spawn(handle.call("GET k".to_string()));
+    let (_, send) = conn.next_request().await.unwrap();
+    send.send_error(reset());
+    let mut conn1 = dialer.conn(1).await;
+    let (again, send) = conn1.next_request().await.unwrap();
+    assert_eq!(again, "GET k");
+    send.send_response("VALUE".to_string());
+    assert_eq!(get.await.unwrap().unwrap(), "VALUE");
+    assert_eq!(client.stats().retries, 1);
+
+    // Prove connection 1 and get back on the direct lane; an INCR dies in
+    // flight there: not re-sent.
+    let (route, _) = exchange(&client, &mut conn1, "GET a", Ok("1")).await;
+    assert_eq!(route, Route::Queued);
+    let (route, result) = exchange(&client, &mut conn1, "INCR n", Err(reset().into())).await;
+    assert_eq!(route, Route::Direct);
+    assert!(result.unwrap_err().is::<io::Error>());
+    assert_eq!(client.stats().retries, 1);
+}
+
+/// A connection that fails `poll_ready` on a handle is reported dead: that
+/// handle's request goes through the queue, which redials.
+#[tokio::test(start_paused = true)]
+async fn a_connection_failing_readiness_is_redialed() {
+    let dialer = Dialer::new([]);
+    let client = multiplexed(&dialer);
+    let mut conn = connected(&dialer, &client).await;
+    dialer.push([Outcome::Connect]);
+    let (route, _) = exchange(&client, &mut conn, "GET", Ok("VALUE")).await;
+    assert_eq!(route, Route::Direct);
+
+    conn.send_error(reset());
+    let response = tokio::spawn(client.clone().oneshot("GET".to_string()));
+    let mut conn1 = dialer.conn(1).await;
+    let (_, send) = conn1.next_request().await.unwrap();
+    send.send_response("VALUE".to_string());
+    assert_eq!(response.await.unwrap().unwrap(), "VALUE");
+    assert_eq!(dialer.dials(), 2);
+    assert_eq!(client.stats().drops, 1);
+}
+
+/// After the connection dies and the server stays down, requests wait in the
+/// queue and then fail fast at the wait limit, as with `client`.
+#[tokio::test(start_paused = true)]
+async fn an_outage_after_the_direct_lane_still_fails_fast_at_the_wait_limit() {
+    let dialer = Dialer::new([]);
+    let client = multiplexed(&dialer);
+    let conn = connected(&dialer, &client).await;
+    drop(conn); // the connection closes; every dial from now on is refused
+
+    let start = Instant::now();
+    let error = client.clone().oneshot("GET".to_string()).await.unwrap_err();
+    assert_eq!(Instant::now() - start, ms(1000));
+    assert!(error.is::<Unavailable>(), "{error}");
+    assert_eq!(client.state().borrow().phase(), Phase::FailFast);
+}
+
+/// Dropping every handle ends the worker and drops every clone of the
+/// connection, the published one included: the connection closes.
+#[tokio::test(start_paused = true)]
+async fn dropping_every_handle_closes_a_published_connection() {
+    let dialer = Dialer::new([]);
+    let client = multiplexed(&dialer);
+    let mut conn = connected(&dialer, &client).await;
+    let (route, _) = exchange(&client, &mut conn, "GET", Ok("VALUE")).await;
+    assert_eq!(route, Route::Direct);
+
+    drop(client);
+    let closed = tokio::time::timeout(Duration::from_secs(60), conn.next_request()).await;
+    assert!(
+        matches!(closed, Ok(None)),
+        "every clone of the connection is dropped"
+    );
+}
+
+/// Many tasks on a multi-thread runtime share the connection directly; each
+/// gets its own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_share_the_connection() {
+    let dialer = Dialer::new([]);
+    let client = multiplexed(&dialer);
+    let mut conn = connected(&dialer, &client).await;
+    let answer = tokio::spawn(async move {
+        while let Some((request, send)) = conn.next_request().await {
+            send.send_response(format!("re: {request}"));
+        }
+    });
+    let callers: Vec<_> = (0..16)
+        .map(|task| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for n in 0..50 {
+                    let request = format!("{task}/{n}");
+                    let reply = client.clone().oneshot(request.clone()).await.unwrap();
+                    assert_eq!(reply, format!("re: {request}"));
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    assert_eq!(dialer.dials(), 1);
+    drop(client);
+    answer.await.unwrap();
+}
