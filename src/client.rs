@@ -18,11 +18,14 @@ use crate::{BoxError, ReconnectPolicy};
 
 /// A cheap, `Clone`able handle to one reconnecting connection.
 ///
-/// Made by [`MakeReconnect::client`](crate::MakeReconnect::client). Each
+/// Made by [`MakeReconnect::client`](crate::MakeReconnect::client) or
+/// [`MakeReconnect::multiplexed`](crate::MakeReconnect::multiplexed). Each
 /// client owns a worker task that holds a [`Reconnect`] service; clones share
-/// it through a bounded queue (tower's [`Buffer`]), and re-send requests
-/// through tower's [`Retry`] where that is safe (see
-/// [`ReconnectLayer`](crate::ReconnectLayer)).
+/// it through a bounded queue (tower's [`Buffer`]). A request that fails
+/// where a re-send is safe is re-sent through tower's [`Retry`] (see
+/// [`ReconnectLayer`](crate::ReconnectLayer)). A client made by
+/// `multiplexed` calls a connection that has proved healthy directly, and
+/// uses the queue only while the connection is being made.
 ///
 /// # Backpressure
 ///
@@ -52,7 +55,8 @@ use crate::{BoxError, ReconnectPolicy};
 ///
 /// `call` panics if `poll_ready` did not return `Ready(Ok)` first.
 pub struct Client<Req, Res> {
-    inner: Retry<RetryPolicy<Req>, Buffer<Slot<Req>, BoxResponse<Res>>>,
+    /// The queue to the worker task.
+    queue: Buffer<Slot<Req>, BoxResponse<Res>>,
     shared: Arc<Shared<Req, Res>>,
     /// This handle's copy of the direct lane, if the connection is published.
     /// Only ever used through `&mut self`, so the handle is `Sync` whether
@@ -150,14 +154,14 @@ where
             observer.clone(),
         );
         let shared = Arc::new(Shared {
-            policy: retry.clone(),
+            policy: retry,
             copier,
             observer,
             queue: Mutex::new(buffer.clone()),
             lane,
         });
         Self {
-            inner: Retry::new(retry, buffer),
+            queue: buffer,
             shared,
             lane: SyncWrapper::new(LaneCache::default()),
             ready: Readiness::NotReady,
@@ -209,7 +213,7 @@ where
                 }
             }
         }
-        match self.inner.poll_ready(cx) {
+        match self.queue.poll_ready(cx) {
             Poll::Pending if self.load_shed => {
                 self.ready = Readiness::Shed;
                 Poll::Ready(Ok(()))
@@ -237,12 +241,13 @@ where
                 let cache = self.lane.get_mut();
                 let lane = cache.lane.as_mut().expect("a ready lane");
                 let future = lane.call(request);
-                ClientFuture::direct(future, spare, cache.generation, self.shared.clone())
+                let generation = cache.generation;
+                ClientFuture::direct(future, spare, generation, self.shared.clone())
             }
             Readiness::Queue => {
                 let spare = spare(&request);
-                let slot = Slot::new(request, spare);
-                ClientFuture::new(self.inner.call(slot))
+                let future = self.queue.call(Slot::First(request));
+                ClientFuture::queued(future, spare, self.shared.clone())
             }
             Readiness::Shed => ClientFuture::shed(Overloaded::new().into()),
             Readiness::NotReady => {
@@ -259,7 +264,7 @@ where
 {
     fn clone(&self) -> Self {
         Self {
-            inner: self.inner.clone(),
+            queue: self.queue.clone(),
             shared: self.shared.clone(),
             lane: SyncWrapper::new(LaneCache::default()),
             ready: Readiness::NotReady,

@@ -94,13 +94,11 @@ impl<F> fmt::Debug for ResponseFuture<F> {
     }
 }
 
+/// tower's `Retry` over the queue: how failed requests are re-sent.
 pub(crate) type Queue<Req, Res> = Retry<RetryPolicy<Req>, Buffer<Slot<Req>, BoxResponse<Res>>>;
 
-pub(crate) type RetryFuture<Req, Res> = tower::retry::future::ResponseFuture<
-    RetryPolicy<Req>,
-    Buffer<Slot<Req>, BoxResponse<Res>>,
-    Slot<Req>,
->;
+type Queued<Res> = tower::buffer::future::ResponseFuture<BoxResponse<Res>>;
+type Resend<Req, Res> = Oneshot<Queue<Req, Res>, Slot<Req>>;
 
 pin_project! {
     /// The response future of [`Client`](crate::Client).
@@ -125,20 +123,61 @@ pin_project! {
         Res: Send,
         Res: 'static,
     {
-        /// Through the queue and the worker. Boxed, as are re-sends, to keep
-        /// the direct lane's future small.
-        Sent { #[pin] inner: Pin<Box<RetryFuture<Req, Res>>> },
+        /// Sent through the queue, to the worker.
+        Queued {
+            #[pin]
+            future: Queued<Res>,
+            first: FirstSend<Req, Res>,
+        },
         /// Called on the published connection directly.
         Direct {
             #[pin]
             future: BoxResponse<Res>,
-            spare: Option<Req>,
-            generation: u64,
-            shared: Arc<Shared<Req, Res>>,
+            first: FirstSend<Req, Res>,
         },
-        /// Failed on the direct lane; re-sent through the queue.
-        Resent { #[pin] inner: Pin<Box<Oneshot<Queue<Req, Res>, Slot<Req>>>> },
+        /// Failed, and re-sent through tower's `Retry` over the queue. Boxed:
+        /// rare, and larger than the rest.
+        Resent { #[pin] inner: Pin<Box<Resend<Req, Res>>> },
         Shed { error: Option<BoxError> },
+    }
+}
+
+/// What a request's first send keeps, to re-send it if that is safe.
+struct FirstSend<Req, Res> {
+    /// A copy, if the request is idempotent and re-sends were opted in to.
+    spare: Option<Req>,
+    /// For a direct call, the generation of the connection it was sent on.
+    lane: Option<u64>,
+    shared: Arc<Shared<Req, Res>>,
+}
+
+impl<Req, Res> FirstSend<Req, Res>
+where
+    Req: Send + 'static,
+    Res: Send + 'static,
+{
+    /// The first send failed: report a dead direct connection, and hand the
+    /// request to tower's `Retry` if the retry policy says it may be sent
+    /// again.
+    fn failed(&mut self, mut error: BoxError) -> Result<Resend<Req, Res>, BoxError> {
+        let policy = &self.shared.policy;
+        if !NotSent::is_in(&*error) && !policy.is_dead(&*error) {
+            // The peer's own answer, or the client's: not a broken connection.
+            return Err(error);
+        }
+        if let Some(generation) = self.lane {
+            self.shared.lane.report_dead(generation);
+        }
+        let handed_back = error
+            .downcast_mut::<NotSent>()
+            .and_then(NotSent::take_request::<Req>);
+        let mut slot = Slot::shared(handed_back, self.spare.take());
+        let mut policy = policy.clone();
+        let mut result = Err(error);
+        match policy.retry(&mut slot, &mut result) {
+            Some(_) => Ok(self.shared.resender(policy).oneshot(slot)),
+            None => result.map(|()| unreachable!("the result is an error")),
+        }
     }
 }
 
@@ -147,11 +186,18 @@ where
     Req: Send + 'static,
     Res: Send + 'static,
 {
-    pub(crate) fn new(inner: RetryFuture<Req, Res>) -> Self {
+    pub(crate) fn queued(
+        future: Queued<Res>,
+        spare: Option<Req>,
+        shared: Arc<Shared<Req, Res>>,
+    ) -> Self {
+        let first = FirstSend {
+            spare,
+            lane: None,
+            shared,
+        };
         Self {
-            kind: ClientKind::Sent {
-                inner: Box::pin(inner),
-            },
+            kind: ClientKind::Queued { future, first },
         }
     }
 
@@ -161,13 +207,13 @@ where
         generation: u64,
         shared: Arc<Shared<Req, Res>>,
     ) -> Self {
+        let first = FirstSend {
+            spare,
+            lane: Some(generation),
+            shared,
+        };
         Self {
-            kind: ClientKind::Direct {
-                future,
-                spare,
-                generation,
-                shared,
-            },
+            kind: ClientKind::Direct { future, first },
         }
     }
 
@@ -175,35 +221,6 @@ where
         Self {
             kind: ClientKind::Shed { error: Some(error) },
         }
-    }
-}
-
-/// A request failed on the direct lane: report a dead connection, and hand
-/// the request to the queue if the retry policy says it may be sent again.
-fn after_direct_failure<Req, Res>(
-    mut error: BoxError,
-    spare: Option<Req>,
-    generation: u64,
-    shared: &Shared<Req, Res>,
-) -> Result<Oneshot<Queue<Req, Res>, Slot<Req>>, BoxError>
-where
-    Req: Send + 'static,
-    Res: Send + 'static,
-{
-    if !shared.policy.is_dead(&*error) {
-        // The peer's own answer: the connection is fine, and the request ran.
-        return Err(error);
-    }
-    shared.lane.report_dead(generation);
-    let handed_back = error
-        .downcast_mut::<NotSent>()
-        .and_then(NotSent::take_request::<Req>);
-    let mut slot = Slot::from_parts(handed_back, spare);
-    let mut policy = shared.policy.clone();
-    let mut result = Err(error);
-    match policy.retry(&mut slot, &mut result) {
-        Some(_) => Ok(shared.resender(policy).oneshot(slot)),
-        None => result.map(|()| unreachable!("the result is an error")),
     }
 }
 
@@ -217,31 +234,30 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut kind = self.project().kind;
         loop {
-            let resent = match kind.as_mut().project() {
-                ClientKindProj::Sent { inner } => return inner.poll(cx).map_err(from_buffer),
+            let (result, first) = match kind.as_mut().project() {
+                ClientKindProj::Queued { future, first } => {
+                    (ready!(future.poll(cx)).map_err(from_buffer), first)
+                }
+                ClientKindProj::Direct { future, first } => (ready!(future.poll(cx)), first),
                 ClientKindProj::Resent { inner } => return inner.poll(cx).map_err(from_buffer),
                 ClientKindProj::Shed { error } => {
                     return Poll::Ready(Err(error.take().expect("polled after completion")))
                 }
-                ClientKindProj::Direct {
-                    future,
-                    spare,
-                    generation,
-                    shared,
-                } => match ready!(future.poll(cx)) {
-                    Ok(response) => {
-                        shared.policy.succeeded();
-                        return Poll::Ready(Ok(response));
-                    }
-                    Err(error) => after_direct_failure(error, spare.take(), *generation, shared)?,
-                },
+            };
+            let resend = match result {
+                Ok(response) => {
+                    first.shared.policy.succeeded();
+                    return Poll::Ready(Ok(response));
+                }
+                Err(error) => first.failed(error)?,
             };
             kind.set(ClientKind::Resent {
-                inner: Box::pin(resent),
+                inner: Box::pin(resend),
             });
         }
     }
 }
+
 impl<Req, Res> fmt::Debug for ClientFuture<Req, Res>
 where
     Req: Send + 'static,

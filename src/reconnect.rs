@@ -112,6 +112,16 @@ struct Connection<S> {
     healthy: bool,
 }
 
+impl<S> Connection<S> {
+    /// Healthy once noted so, once a response proved it, or once it has
+    /// stayed up for `healthy_after`.
+    fn has_proved_healthy(&self, now: Instant, healthy_after: Duration) -> bool {
+        self.healthy
+            || self.health.proven.load(Ordering::Relaxed)
+            || now.duration_since(self.since) >= healthy_after
+    }
+}
+
 /// What responses report back about their connection.
 #[derive(Debug)]
 pub(crate) struct Health {
@@ -410,19 +420,16 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         loop {
-            let now = Instant::now();
-            match &mut self.state {
-                State::Ready(conn) => {
-                    let healthy = conn.healthy
-                        || conn.health.proven.load(Ordering::Relaxed)
-                        || now.duration_since(conn.since) >= self.policy.healthy_after;
-                    if conn.health.dead.load(Ordering::Relaxed) {
-                        self.lost(now, healthy, None);
-                        continue;
-                    }
+            if let State::Ready(conn) = &mut self.state {
+                // The hot path: no clock read once the connection is healthy.
+                let error = if conn.health.dead.load(Ordering::Relaxed) {
+                    None
+                } else {
                     match conn.service.poll_ready(cx) {
+                        Poll::Ready(Ok(())) if conn.healthy => return Poll::Ready(Ok(())),
                         Poll::Ready(Ok(())) => {
-                            if healthy && !conn.healthy {
+                            let now = Instant::now();
+                            if conn.has_proved_healthy(now, self.policy.healthy_after) {
                                 conn.healthy = true;
                                 if let Some(lane) = &self.lane {
                                     lane.publish(&conn.service, &conn.health);
@@ -431,13 +438,19 @@ where
                             }
                             return Poll::Ready(Ok(()));
                         }
-                        Poll::Ready(Err(error)) => {
-                            self.lost(now, healthy, Some(error.into()));
-                            continue;
-                        }
+                        Poll::Ready(Err(error)) => Some(error.into()),
                         Poll::Pending => return Poll::Pending,
                     }
-                }
+                };
+                // It died: a transport error on a response, or its readiness.
+                let now = Instant::now();
+                let healthy = conn.has_proved_healthy(now, self.policy.healthy_after);
+                self.lost(now, healthy, error);
+                continue;
+            }
+            let now = Instant::now();
+            match &mut self.state {
+                State::Ready(_) => unreachable!("handled above"),
                 State::Idle | State::Dial => match self.make.poll_ready(cx) {
                     Poll::Ready(Ok(())) => self.dial(now),
                     Poll::Ready(Err(error)) => {

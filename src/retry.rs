@@ -30,7 +30,7 @@ use tower::Service;
 
 use crate::budget::RetryBudget;
 use crate::classify::Classifier;
-use crate::error::NotSent;
+use crate::error::{Closed, NotSent, Unavailable};
 use crate::future::BoxResponse;
 use crate::state::{Counter, Observer};
 use crate::BoxError;
@@ -93,48 +93,44 @@ pub(crate) fn copier<Req, R: ResendPolicy<Req>>(resend: R) -> Option<Copier<Req>
         .then(|| Arc::new(move |r: &Req| resend.copy_if_idempotent(r)) as Copier<Req>)
 }
 
-/// A request in flight, shared between the caller's retry future and the
-/// worker. The worker takes the request out to send it; a connection that
-/// hands it back unsent puts it back, ready to be re-sent.
-pub(crate) struct Slot<Req>(Arc<Mutex<Contents<Req>>>);
+/// A request on its way to the worker.
+///
+/// A first send carries the request itself: if the connection hands it back
+/// unsent, it comes back inside the [`NotSent`] error, to the caller's
+/// future, which decides whether to re-send it. A re-send goes through tower's
+/// [`Retry`](tower::retry::Retry), whose future and the worker share the
+/// request: the worker takes it out to send it, and a connection that hands
+/// it back puts it back, ready for the next re-send.
+pub(crate) enum Slot<Req> {
+    First(Req),
+    Shared(Arc<Mutex<Contents<Req>>>),
+}
 
-struct Contents<Req> {
+pub(crate) struct Contents<Req> {
     request: Option<Req>,
     /// A copy kept for an idempotent re-send.
     spare: Option<Req>,
 }
 
-impl<Req> Clone for Slot<Req> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
-    }
-}
-
 impl<Req> Slot<Req> {
-    pub(crate) fn new(request: Req, spare: Option<Req>) -> Self {
-        Self::from_parts(Some(request), spare)
+    /// A request to re-send: the request, if the connection handed it back,
+    /// and the spare copy, if one was kept.
+    pub(crate) fn shared(request: Option<Req>, spare: Option<Req>) -> Self {
+        Self::Shared(Arc::new(Mutex::new(Contents { request, spare })))
     }
 
-    /// A slot for a request that failed on the direct lane: the request, if
-    /// the connection handed it back, and the spare copy, if one was kept.
-    pub(crate) fn from_parts(request: Option<Req>, spare: Option<Req>) -> Self {
-        Self(Arc::new(Mutex::new(Contents { request, spare })))
-    }
-
-    fn with<R>(&self, f: impl FnOnce(&mut Contents<Req>) -> R) -> R {
-        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    fn take(&self) -> Option<Req> {
-        self.with(|c| c.request.take())
-    }
-
-    fn put_back(&self, request: Req) {
-        self.with(|c| c.request = Some(request));
+    /// Runs `f` on a shared slot's contents; `None` for a first send.
+    fn with<R>(&self, f: impl FnOnce(&mut Contents<Req>) -> R) -> Option<R> {
+        match self {
+            Self::First(_) => None,
+            Self::Shared(contents) => Some(f(&mut contents
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner))),
+        }
     }
 
     fn has_request(&self) -> bool {
-        self.with(|c| c.request.is_some())
+        self.with(|c| c.request.is_some()).unwrap_or(true)
     }
 
     /// Moves the spare copy into place for a re-send, and makes a new spare.
@@ -147,6 +143,7 @@ impl<Req> Slot<Req> {
             }
             None => false,
         })
+        .unwrap_or(false)
     }
 }
 
@@ -216,7 +213,7 @@ impl<Req, Res> Policy<Slot<Req>, Res, BoxError> for RetryPolicy<Req> {
             }
             Err(error) => &**error,
         };
-        if self.sends_left == 0 {
+        if self.sends_left == 0 || is_final(error) {
             return None;
         }
         let handed_back = slot.has_request() && NotSent::is_in(error);
@@ -246,12 +243,21 @@ impl<Req, Res> Policy<Slot<Req>, Res, BoxError> for RetryPolicy<Req> {
     }
 
     fn clone_request(&mut self, slot: &Slot<Req>) -> Option<Slot<Req>> {
-        Some(slot.clone())
+        match slot {
+            Slot::First(_) => None,
+            Slot::Shared(contents) => Some(Slot::Shared(contents.clone())),
+        }
     }
 }
 
-/// Runs on the worker: takes each request out of its [`Slot`], and puts it
-/// back if the connection hands it back unsent.
+/// Whether `error` is the client's own answer, never worth a re-send: the
+/// connection has been down past the wait limit, or the client is closed.
+fn is_final(error: &(dyn std::error::Error + 'static)) -> bool {
+    crate::classify::chain(error).any(|e| e.is::<Unavailable>() || e.is::<Closed>())
+}
+
+/// Runs on the worker: sends each request, taking a shared one out of its
+/// [`Slot`] and putting it back if the connection hands it back unsent.
 pub(crate) struct Unslot<S>(pub(crate) S);
 
 impl<S, Req> Service<Slot<Req>> for Unslot<S>
@@ -270,7 +276,16 @@ where
     }
 
     fn call(&mut self, slot: Slot<Req>) -> Self::Future {
-        let Some(request) = slot.take() else {
+        let contents = match slot {
+            Slot::First(request) => return Box::pin(self.0.call(request)),
+            Slot::Shared(contents) => contents,
+        };
+        let taken = contents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .request
+            .take();
+        let Some(request) = taken else {
             return Box::pin(ready(Err("request slot was empty".into())));
         };
         let future = self.0.call(request);
@@ -279,7 +294,8 @@ where
             if let Err(error) = &mut result {
                 if let Some(not_sent) = error.downcast_mut::<NotSent>() {
                     if let Some(request) = not_sent.take_request::<Req>() {
-                        slot.put_back(request);
+                        let mut contents = contents.lock().unwrap_or_else(PoisonError::into_inner);
+                        contents.request = Some(request);
                     }
                 }
             }

@@ -354,3 +354,22 @@ async fn dropping_handles_mid_outage_ends_tasks() {
     }
     assert_eq!(dialer.dials(), 1);
 }
+
+/// A request that failed fast is the client's answer, never re-sent, even
+/// when re-sends are opted in to: the `Unavailable` carries the refused dial
+/// in its sources, which alone would look like a dead connection.
+#[tokio::test(start_paused = true)]
+async fn failed_fast_requests_are_not_resent_even_when_opted_in() {
+    let dialer = Dialer::new([]);
+    let client: Client<String, String> = ServiceBuilder::new()
+        .layer(ReconnectLayer::new(policy().build().unwrap()).resend_if(|_: &String| true))
+        .service(dialer.clone())
+        .client("db");
+    let error = send(client.clone(), "GET").await.unwrap_err();
+    assert!(error.is::<Unavailable>(), "{error}");
+    assert_eq!(root_io_kind(&error), Some(io::ErrorKind::ConnectionRefused));
+    let again = send(client.clone(), "GET").await.unwrap_err();
+    assert!(again.is::<Unavailable>(), "{again}");
+    let stats = client.stats();
+    assert_eq!((stats.retries, stats.fail_fast), (0, 2));
+}
