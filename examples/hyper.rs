@@ -90,7 +90,7 @@ async fn run(proto: Proto) -> Result<(), BoxError> {
                 TcpConnector::new(),
                 tower_redial::hyper::http2::<Body>,
             ))
-            .client(addr),
+            .multiplexed(addr),
     };
 
     let start = Instant::now();

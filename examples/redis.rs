@@ -57,7 +57,7 @@ async fn main() -> Result<(), BoxError> {
     let client: RedisClient = ServiceBuilder::new()
         .layer(ReconnectLayer::new(policy))
         .service(MakeRedis::new())
-        .client(server.url());
+        .multiplexed(server.url());
 
     println!("tower-redial + redis: a client that rides through a kill -9 of its server\n");
     println!(

@@ -86,7 +86,7 @@ async fn main() -> Result<(), BoxError> {
             TcpConnector::new(),
             tower_redial::hyper::http2::<tonic::body::Body>,
         ))
-        .client(addr);
+        .multiplexed(addr);
     // HTTP/2 requests carry the scheme and authority: give tonic the origin.
     let health = HealthClient::with_origin(transport.clone(), format!("http://{addr}").parse()?);
 

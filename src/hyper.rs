@@ -191,7 +191,7 @@
 //!         TcpConnector::new(),
 //!         tower_redial::hyper::http2::<tonic::body::Body>,
 //!     ))
-//!     .client(addr);
+//!     .multiplexed(addr);
 //! // HTTP/2 requests carry the scheme and authority: give tonic the origin.
 //! let health = HealthClient::with_origin(client, format!("http://{addr}").parse()?);
 //! # drop(health);

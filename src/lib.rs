@@ -52,11 +52,18 @@
 //! dial. Each client has its own connection, queue and worker task; make one
 //! client per endpoint and clone it freely between tasks.
 //!
+//! For a connection that carries many requests at once and whose clones
+//! share it (HTTP/2, redis's multiplexed connection), bind the client with
+//! [`MakeReconnect::multiplexed`] instead: once the connection has proved
+//! healthy, each handle calls it directly, and the queue and worker carry
+//! requests only while the connection is being made.
+//!
 //! # The contract
 //!
 //! - **Readiness.** [`Client::poll_ready`](tower::Service::poll_ready) waits
 //!   for room in the queue, never for the connection. Requests wait in the
-//!   queue while the connection is redialed. `poll_ready` fails only once the
+//!   queue while the connection is redialed. (A [`multiplexed`] client whose
+//!   connection is up polls the connection's own readiness instead.) `poll_ready` fails only once the
 //!   client is [`Closed`] for good. The inner [`Reconnect`] service, as used
 //!   on its own (for example under `tower::balance`), is `Pending` while it
 //!   redials and never fakes readiness.
@@ -101,6 +108,7 @@
 //! None is on by default.
 //!
 //! [`MakeService`]: tower::MakeService
+//! [`multiplexed`]: MakeReconnect::multiplexed
 //! [`Buffer`]: tower::buffer::Buffer
 //! [`Retry`]: tower::retry::Retry
 

@@ -22,7 +22,7 @@
 //! let client: RedisClient = ServiceBuilder::new()
 //!     .layer(ReconnectLayer::new(ReconnectPolicy::default()))
 //!     .service(MakeRedis::new())
-//!     .client("redis://127.0.0.1:6379/");
+//!     .multiplexed("redis://127.0.0.1:6379/");
 //!
 //! // Clone the client into each task; nothing is dialed until the first command.
 //! let visits = client.clone().oneshot(Cmd::incr("visits", 1)).await?;

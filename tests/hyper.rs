@@ -288,7 +288,7 @@ where
             .client(addr),
         Proto::Http2 => builder
             .service(Handshake::new(TcpConnector::new(), http2::<Body>))
-            .client(addr),
+            .multiplexed(addr),
     }
 }
 

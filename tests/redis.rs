@@ -73,7 +73,7 @@ fn client_for(server: &RedisServer, make: MakeRedis, policy: ReconnectPolicy) ->
     ServiceBuilder::new()
         .layer(ReconnectLayer::new(policy))
         .service(make)
-        .client(server.url())
+        .multiplexed(server.url())
 }
 
 fn incr() -> Cmd {

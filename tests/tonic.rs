@@ -152,7 +152,7 @@ fn grpc_client(addr: SocketAddr) -> (GrpcClient, Transport) {
             TcpConnector::new(),
             http2::<tonic::body::Body>,
         ))
-        .client(addr);
+        .multiplexed(addr);
     let origin = format!("http://{addr}").parse().unwrap();
     (HealthClient::with_origin(client.clone(), origin), client)
 }
