@@ -18,6 +18,8 @@ mod line;
 mod redis_server;
 
 mod common;
+#[path = "recovery/plot.rs"]
+mod plot;
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -355,21 +357,13 @@ fn line_name(system: LineSystem) -> &'static str {
 }
 
 async fn line_rows(trials: usize, rst: bool) -> Vec<Row> {
-    let systems: &[LineSystem] = if rst {
-        &[
-            LineSystem::Ours,
-            LineSystem::OursResend,
-            LineSystem::TowerReconnect,
-        ]
-    } else {
-        &[
-            LineSystem::Ours,
-            LineSystem::OursResend,
-            LineSystem::TowerReconnect,
-        ]
-    };
+    let systems = [
+        LineSystem::Ours,
+        LineSystem::OursResend,
+        LineSystem::TowerReconnect,
+    ];
     let mut rows = Vec::new();
-    for &system in systems {
+    for system in systems {
         let server = LineServer::start().await;
         let mut row = Row {
             system: line_name(system).into(),
@@ -623,6 +617,7 @@ async fn main() -> io::Result<()> {
     #[cfg(not(feature = "redis"))]
     let _ = writeln!(w, "(Redis part not run: build with `--features redis`.)\n");
 
+    let _ = writeln!(w, "![Recovery time per trial](recovery.svg)\n");
     let _ = writeln!(w, "### Goals\n");
     goal_lateness(w, "line protocol", &outage[0]);
     #[cfg(feature = "redis")]
@@ -688,6 +683,33 @@ async fn main() -> io::Result<()> {
     if let Some(path) = write {
         common::write_section(&path, "recovery", &md)?;
         eprintln!("wrote the recovery section of {}", path.display());
+        let group = |title: &str, rows: &[Row]| plot::Group {
+            title: title.into(),
+            strips: rows
+                .iter()
+                .map(|row| plot::Strip {
+                    label: row.system.clone(),
+                    recoveries: row.recoveries(),
+                })
+                .collect(),
+        };
+        #[cfg(feature = "redis")]
+        let redis_group = redis
+            .as_ref()
+            .map(|rows| group("Redis: kill -9, restart after 300 ms", rows));
+        #[cfg(not(feature = "redis"))]
+        let redis_group = None;
+        let groups: Vec<plot::Group> = [
+            Some(group("Line protocol: listener down for 300 ms", &outage)),
+            Some(group("Line protocol: RST, server stays up", &rst)),
+            redis_group,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let svg = path.with_file_name("recovery.svg");
+        std::fs::write(&svg, plot::svg(&groups))?;
+        eprintln!("wrote {}", svg.display());
     }
     Ok(())
 }

@@ -5,9 +5,9 @@
 //! traffic. tower's [`TpsBudget`](tower::retry::budget::TpsBudget) rotates
 //! its sliding window on every deposit, taking a lock and reading the clock
 //! each time; on the direct lane that was a quarter of a request's cost. This
-//! budget keeps the same window and the same arithmetic, but a deposit is one
-//! atomic add, and rotates the window only every [`ROTATE_EVERY`] deposits
-//! (and on every withdrawal, which is rare).
+//! budget keeps the same window and the same arithmetic, but a deposit is two
+//! atomic adds, with no lock and no clock read; the window rotates only every
+//! [`ROTATE_EVERY`] deposits, and on every withdrawal (which is rare).
 //!
 //! Deposits made between two rotations are credited to the window current at
 //! the first of them, as tower does with its writer slot; with rotations
@@ -89,7 +89,11 @@ impl RetryBudget {
         let written = self.writer.swap(0, Ordering::AcqRel);
         self.slots[generation.index].store(written, Ordering::Release);
         let mut index = (generation.index + 1) % SLOTS;
-        while elapsed > self.window {
+        // At most one lap: after a long quiet spell every slot is cleared once.
+        for _ in 0..SLOTS {
+            if elapsed <= self.window {
+                break;
+            }
             self.slots[index].store(0, Ordering::Release);
             elapsed -= self.window;
             index = (index + 1) % SLOTS;

@@ -1,8 +1,7 @@
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use sync_wrapper::SyncWrapper;
 use tokio::sync::watch;
 use tower::buffer::Buffer;
 use tower::retry::Retry;
@@ -38,6 +37,11 @@ use crate::{BoxError, ReconnectPolicy};
 /// queue makes `poll_ready` return ready at once and the request fail with
 /// [`Overloaded`](crate::error::Overloaded) instead.
 ///
+/// A [`multiplexed`](crate::MakeReconnect::multiplexed) client whose
+/// connection is up and proven polls the connection's own `poll_ready`
+/// instead, so backpressure is the connection's (hyper's HTTP/2 stream
+/// limit, for example), and load shedding applies only to the queue.
+///
 /// # Errors
 ///
 /// Responses fail with [`Unavailable`](crate::Unavailable) when the
@@ -59,9 +63,10 @@ pub struct Client<Req, Res> {
     queue: Buffer<Slot<Req>, BoxResponse<Res>>,
     shared: Arc<Shared<Req, Res>>,
     /// This handle's copy of the direct lane, if the connection is published.
-    /// Only ever used through `&mut self`, so the handle is `Sync` whether
-    /// or not the connection is.
-    lane: SyncWrapper<LaneCache<Req, Res>>,
+    lane: LaneCache<Req, Res>,
+    /// Set while the queue has this handle waiting for room: a handle that
+    /// goes direct meanwhile gives up its place, so as not to hold a slot.
+    queue_waiting: bool,
     /// What the last `poll_ready` made ready.
     ready: Readiness,
     load_shed: bool,
@@ -86,8 +91,8 @@ pub(crate) struct Shared<Req, Res> {
     pub(crate) policy: RetryPolicy<Req>,
     copier: Option<Copier<Req>>,
     observer: Arc<Observer>,
-    /// The queue, for re-sending a request that failed on the direct lane.
-    queue: Mutex<Buffer<Slot<Req>, BoxResponse<Res>>>,
+    /// The queue, for re-sending a request that failed.
+    queue: Buffer<Slot<Req>, BoxResponse<Res>>,
     pub(crate) lane: Arc<LaneCell<Req, Res>>,
 }
 
@@ -101,8 +106,7 @@ where
         &self,
         policy: RetryPolicy<Req>,
     ) -> Retry<RetryPolicy<Req>, Buffer<Slot<Req>, BoxResponse<Res>>> {
-        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        Retry::new(policy, queue.clone())
+        Retry::new(policy, self.queue.clone())
     }
 }
 
@@ -157,13 +161,14 @@ where
             policy: retry,
             copier,
             observer,
-            queue: Mutex::new(buffer.clone()),
+            queue: buffer.clone(),
             lane,
         });
         Self {
             queue: buffer,
             shared,
-            lane: SyncWrapper::new(LaneCache::default()),
+            lane: LaneCache::default(),
+            queue_waiting: false,
             ready: Readiness::NotReady,
             load_shed: policy.load_shed,
         }
@@ -194,35 +199,44 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         // A place already reserved in the queue is kept till `call` uses it.
         if self.ready != Readiness::Queue {
-            let cache = self.lane.get_mut();
-            if let Some(lane) = self.shared.lane.current(cache) {
+            let cell = &self.shared.lane;
+            if let Some(lane) = cell.current(&mut self.lane) {
                 match lane.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
+                        if std::mem::take(&mut self.queue_waiting) {
+                            // Give up the place this handle is waiting for.
+                            self.queue = self.queue.clone();
+                        }
                         self.ready = Readiness::Direct;
                         return Poll::Ready(Ok(()));
                     }
                     Poll::Pending => {
+                        // Woken by the connection, or by the lane changing.
+                        cell.wake_on_change(self.lane.generation, cx.waker());
                         self.ready = Readiness::NotReady;
                         return Poll::Pending;
                     }
                     Poll::Ready(Err(error)) => {
                         tracing::debug!(%error, "connection failed readiness; queueing for a redial");
-                        self.shared.lane.report_dead(cache.generation);
-                        cache.lane = None;
+                        cell.report_dead(self.lane.generation);
+                        self.lane.clear();
                     }
                 }
             }
         }
         match self.queue.poll_ready(cx) {
             Poll::Pending if self.load_shed => {
+                self.queue_waiting = true;
                 self.ready = Readiness::Shed;
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
+                self.queue_waiting = true;
                 self.ready = Readiness::NotReady;
                 Poll::Pending
             }
             Poll::Ready(Ok(())) => {
+                self.queue_waiting = false;
                 self.ready = Readiness::Queue;
                 Poll::Ready(Ok(()))
             }
@@ -238,10 +252,9 @@ where
         match std::mem::take(&mut self.ready) {
             Readiness::Direct => {
                 let spare = spare(&request);
-                let cache = self.lane.get_mut();
-                let lane = cache.lane.as_mut().expect("a ready lane");
+                let lane = self.lane.lane.as_mut().expect("a ready lane");
                 let future = lane.call(request);
-                let generation = cache.generation;
+                let generation = self.lane.generation;
                 ClientFuture::direct(future, spare, generation, self.shared.clone())
             }
             Readiness::Queue => {
@@ -266,7 +279,8 @@ where
         Self {
             queue: self.queue.clone(),
             shared: self.shared.clone(),
-            lane: SyncWrapper::new(LaneCache::default()),
+            lane: self.lane.clone(),
+            queue_waiting: false,
             ready: Readiness::NotReady,
             load_shed: self.load_shed,
         }

@@ -166,7 +166,9 @@ where
             return Err(error);
         }
         if let Some(generation) = self.lane {
-            self.shared.lane.report_dead(generation);
+            if policy.is_dead(&*error) {
+                self.shared.lane.report_dead(generation);
+            }
         }
         let handed_back = error
             .downcast_mut::<NotSent>()

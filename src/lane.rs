@@ -7,26 +7,33 @@
 //! calls its own clone directly, on the caller's task. The queue and the
 //! worker carry requests only while the connection is being (re)made.
 //!
-//! The worker withdraws the lane as soon as it sees the connection die; a
-//! handle that sees it die first (a failed `poll_ready`, or a response error
-//! the [`Classifier`](crate::Classifier) calls dead) reports it here, which
-//! withdraws the lane and marks the connection dead for the worker to redial.
+//! The lane is withdrawn as soon as anyone sees the connection die: the
+//! worker, a handle whose `poll_ready` on it fails, or any response, direct
+//! or through the queue, with an error the [`Classifier`](crate::Classifier)
+//! calls dead. Withdrawing it marks the connection dead, for the worker to
+//! redial.
 //!
 //! Handles notice a new or withdrawn lane by one atomic load per
-//! `poll_ready`: the generation, bumped on every change.
+//! `poll_ready`: the generation, bumped on every change. A handle waiting on
+//! the connection's readiness is also woken by every change, so it is never
+//! left waiting on a connection that has been replaced.
+//!
+//! A handle keeps its clone of a replaced connection until its next
+//! `poll_ready` or until it is dropped.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
 
-use tower::util::BoxCloneService;
+use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
 use crate::reconnect::Health;
 use crate::BoxError;
 
 /// A clone of the published connection, as the handles call it.
-pub(crate) type Lane<Req, Res> = BoxCloneService<Req, Res, BoxError>;
+pub(crate) type Lane<Req, Res> = BoxCloneSyncService<Req, Res, BoxError>;
 
 /// Where the worker publishes the connection, shared by all handles of one
 /// client.
@@ -39,12 +46,23 @@ pub(crate) struct LaneCell<Req, Res> {
 struct Published<Req, Res> {
     generation: u64,
     lane: Option<(Lane<Req, Res>, Arc<Health>)>,
+    /// Handles waiting on the published connection's readiness.
+    waiting: Vec<Waker>,
 }
 
 /// One handle's copy of the lane, refreshed when the generation moves on.
 pub(crate) struct LaneCache<Req, Res> {
     pub(crate) generation: u64,
     pub(crate) lane: Option<Lane<Req, Res>>,
+}
+
+impl<Req, Res> LaneCache<Req, Res> {
+    /// Drops this handle's copy of a dead connection. Its generation stays:
+    /// the report has moved the published one on, so the next `current`
+    /// fetches whatever is published then, once.
+    pub(crate) fn clear(&mut self) {
+        self.lane = None;
+    }
 }
 
 impl<Req, Res> Default for LaneCache<Req, Res> {
@@ -56,6 +74,15 @@ impl<Req, Res> Default for LaneCache<Req, Res> {
     }
 }
 
+impl<Req, Res> Clone for LaneCache<Req, Res> {
+    fn clone(&self) -> Self {
+        Self {
+            generation: self.generation,
+            lane: self.lane.clone(),
+        }
+    }
+}
+
 impl<Req, Res> LaneCell<Req, Res> {
     pub(crate) fn new() -> Self {
         Self {
@@ -63,6 +90,7 @@ impl<Req, Res> LaneCell<Req, Res> {
             published: Mutex::new(Published {
                 generation: 0,
                 lane: None,
+                waiting: Vec::new(),
             }),
         }
     }
@@ -73,8 +101,9 @@ impl<Req, Res> LaneCell<Req, Res> {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Replaces what is published (`None` withdraws it) and moves the
-    /// generation on, so every handle drops its copy.
+    /// Replaces what is published (`None` withdraws it), moves the
+    /// generation on so that every handle drops its copy, and wakes the
+    /// handles waiting on the old connection.
     fn set(
         published: &mut Published<Req, Res>,
         generation: &AtomicU64,
@@ -83,6 +112,20 @@ impl<Req, Res> LaneCell<Req, Res> {
         published.generation += 1;
         published.lane = lane;
         generation.store(published.generation, Ordering::Release);
+        for waker in published.waiting.drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Wakes `waker` when the lane changes, unless it already has: the
+    /// handle saw `generation` and the connection was not ready.
+    pub(crate) fn wake_on_change(&self, generation: u64, waker: &Waker) {
+        let mut published = self.lock();
+        if published.generation != generation {
+            waker.wake_by_ref();
+        } else if !published.waiting.iter().any(|w| w.will_wake(waker)) {
+            published.waiting.push(waker.clone());
+        }
     }
 
     /// Withdraws the lane, if one is published.
@@ -148,20 +191,28 @@ pub(crate) trait Publish<S>: Send {
 
 impl<S, Req, Res> Publish<S> for Arc<LaneCell<Req, Res>>
 where
-    S: Service<Req, Response = Res> + Clone + Send + 'static,
+    S: Service<Req, Response = Res> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
     Req: Send + 'static,
     Res: Send + 'static,
 {
     fn publish(&self, connection: &S, health: &Arc<Health>) {
-        let lane = BoxCloneService::new(connection.clone().map_err(Into::into));
-        let mut published = self.lock();
-        LaneCell::set(
-            &mut published,
-            &self.generation,
-            Some((lane, health.clone())),
-        );
+        let lane = BoxCloneSyncService::new(connection.clone().map_err(Into::into));
+        let generation = {
+            let mut published = self.lock();
+            let lane = Some((lane, health.clone()));
+            LaneCell::set(&mut published, &self.generation, lane);
+            published.generation
+        };
+        // A response that finds the connection dead withdraws it at once.
+        // Weak: the cell holds the health, which holds this.
+        let cell = Arc::downgrade(self);
+        health.on_dead(move || {
+            if let Some(cell) = cell.upgrade() {
+                cell.report_dead(generation);
+            }
+        });
     }
 
     fn withdraw(&self) {

@@ -16,9 +16,10 @@ use crate::{BoxError, ReconnectPolicy};
 /// `Service<Request>`. A raw connector that yields IO becomes one through
 /// [`Handshake`](crate::Handshake).
 ///
-/// The layer assembles, for each client, tower's [`Retry`](tower::retry::Retry)
-/// over tower's [`Buffer`](tower::buffer::Buffer) over a [`Reconnect`]; see
-/// the [crate docs](crate) for the whole contract.
+/// The layer assembles, for each client, a [`Reconnect`] on a worker task
+/// behind tower's [`Buffer`](tower::buffer::Buffer), and re-sends failed
+/// requests through tower's [`Retry`](tower::retry::Retry) over that queue
+/// when it is safe; see the [crate docs](crate) for the whole contract.
 ///
 /// # Example
 ///
@@ -165,6 +166,16 @@ impl<M, R> MakeReconnect<M, R> {
     /// one request at a time (HTTP/1, a PostgreSQL client): its clones, if it
     /// has any, would contend for it.
     ///
+    /// # Readiness and clones
+    ///
+    /// While the connection is published, a handle's `poll_ready` is the
+    /// connection's own, so backpressure is the connection's. Each handle
+    /// keeps its own clone of the connection: cloning a handle clones it (for
+    /// a boxed connection, one allocation), and a handle keeps its clone of a
+    /// replaced connection until its next `poll_ready` or until it is
+    /// dropped. Hold a handle per task rather than cloning one per request
+    /// where that matters.
+    ///
     /// # Example
     ///
     /// ```
@@ -181,8 +192,8 @@ impl<M, R> MakeReconnect<M, R> {
     ///     .layer(ReconnectLayer::new(ReconnectPolicy::default()))
     ///     .service(make_connection)
     ///     .multiplexed("cache-1:6379");
-    /// // The first request dials and goes through the worker; once the
-    /// // connection has answered, requests call it directly.
+    /// // The first requests go through the worker, which dials, and publishes
+    /// // the connection once it has answered; later ones call it directly.
     /// assert_eq!(client.clone().oneshot(1).await?, 2);
     /// assert_eq!(client.clone().oneshot(2).await?, 3);
     /// # Ok(())
@@ -200,7 +211,7 @@ impl<M, R> MakeReconnect<M, R> {
         M: Service<T> + Clone + Send + 'static,
         M::Future: Send + 'static,
         M::Error: Into<BoxError>,
-        M::Response: Service<Req> + Clone + Send + 'static,
+        M::Response: Service<Req> + Clone + Send + Sync + 'static,
         <M::Response as Service<Req>>::Future: Send + 'static,
         <M::Response as Service<Req>>::Error: Into<BoxError>,
         <M::Response as Service<Req>>::Response: Send + 'static,

@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -123,11 +123,21 @@ impl<S> Connection<S> {
 }
 
 /// What responses report back about their connection.
-#[derive(Debug)]
 pub(crate) struct Health {
     proven: AtomicBool,
     dead: AtomicBool,
     classifier: Classifier,
+    /// Withdraws the connection from the direct lane, once published there.
+    on_dead: OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl fmt::Debug for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Health")
+            .field("proven", &self.proven)
+            .field("dead", &self.dead)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Health {
@@ -136,12 +146,26 @@ impl Health {
             proven: AtomicBool::new(false),
             dead: AtomicBool::new(false),
             classifier,
+            on_dead: OnceLock::new(),
         }
     }
 
-    /// A handle calling the connection directly saw it die.
+    /// Marks the connection dead, without telling the direct lane: for the
+    /// lane itself, which is withdrawing it.
     pub(crate) fn mark_dead(&self) {
         self.dead.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Relaxed)
+    }
+
+    /// Runs `withdraw` when a response finds the connection dead.
+    pub(crate) fn on_dead(&self, withdraw: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_dead.set(Box::new(withdraw));
+        if self.is_dead() {
+            withdraw_now(self);
+        }
     }
 
     pub(crate) fn succeeded(&self) {
@@ -152,10 +176,18 @@ impl Health {
     /// full round trip, which proves the connection as well as a success.
     pub(crate) fn failed(&self, error: &BoxError) {
         if self.classifier.is_dead(&**error) {
-            self.dead.store(true, Ordering::Relaxed);
+            if !self.dead.swap(true, Ordering::Relaxed) {
+                withdraw_now(self);
+            }
         } else {
             self.proven.store(true, Ordering::Relaxed);
         }
+    }
+}
+
+fn withdraw_now(health: &Health) {
+    if let Some(withdraw) = health.on_dead.get() {
+        withdraw();
     }
 }
 
@@ -422,7 +454,7 @@ where
         loop {
             if let State::Ready(conn) = &mut self.state {
                 // The hot path: no clock read once the connection is healthy.
-                let error = if conn.health.dead.load(Ordering::Relaxed) {
+                let error = if conn.health.is_dead() {
                     None
                 } else {
                     match conn.service.poll_ready(cx) {
