@@ -305,8 +305,20 @@ fn markdown(runs: &[Run]) -> String {
              dials of different clients apart but does not flatten that decay, so the early \
              buckets stay well above the 10 s mean ({} dials in the window, {:.1} per bucket). \
              Over the outage's second half alone, full jitter's peak/mean is {:.1}: by then the \
-             clients are spread out, and that is what jitter is for.\n",
-            s.outage_dials, s.mean, s.late_ratio
+             clients are spread out, and that is what jitter is for.\n\n\
+             **What stands in the way is arithmetic, not tuning.** The immediate redial alone \
+             puts {CLIENTS} dials in the first bucket, which is {:.1}× the window's mean, so no \
+             jitter can meet ≤ 2 over this window while that promise holds. Without it, the \
+             first backoff step (≤ 100 ms with full jitter) still lands about one dial per \
+             client in the first bucket, {:.1}× the mean of the remaining dials. Only a \
+             schedule that stops growing (a backoff already at its cap, such as \
+             `Backoff::fixed` with full jitter) dials at a flat rate; the second-half ratio \
+             above is that regime.\n",
+            s.outage_dials,
+            s.mean,
+            s.late_ratio,
+            CLIENTS as f64 / s.mean,
+            CLIENTS as f64 / ((s.outage_dials as f64 - CLIENTS as f64) / OUTAGE_BUCKETS as f64),
         );
     }
     let _ = writeln!(
