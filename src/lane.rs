@@ -1,8 +1,8 @@
 //! The direct lane: callers use a shared connection without the worker hop.
 //!
-//! A multiplexed connection (hyper's HTTP/2 `SendRequest`, redis's
-//! `MultiplexedConnection`, a tonic channel) is `Clone`, and its clones share
-//! one connection. Once such a connection has proved healthy, the worker
+//! A multiplexed connection (hyper's HTTP/2 `SendRequest`, and so this
+//! crate's HTTP/2 connection under tonic; redis's `MultiplexedConnection`) is
+//! `Clone`, and its clones share one connection. Once such a connection has proved healthy, the worker
 //! publishes a clone of it here, and every [`Client`](crate::Client) handle
 //! calls its own clone directly, on the caller's task. The queue and the
 //! worker carry requests only while the connection is being (re)made.

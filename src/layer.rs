@@ -145,7 +145,9 @@ impl<M, R> MakeReconnect<M, R> {
 
     /// A client bound to `target`, for a connection that carries many
     /// requests at once and whose clones share it: hyper's HTTP/2
-    /// `SendRequest`, redis's `MultiplexedConnection`, a tonic channel.
+    /// `SendRequest` (this crate's `hyper::http2` connection, also under
+    /// tonic), redis's `MultiplexedConnection`. The connection must be
+    /// `Clone + Send + Sync`.
     ///
     /// It behaves as [`client`](MakeReconnect::client) does, with one
     /// difference in the hot path: once a connection has proved healthy,
