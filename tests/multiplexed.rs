@@ -32,8 +32,12 @@ fn policy() -> ReconnectPolicy {
 }
 
 fn multiplexed(dialer: &Dialer) -> Client<String, String> {
+    multiplexed_with(dialer, policy())
+}
+
+fn multiplexed_with(dialer: &Dialer, policy: ReconnectPolicy) -> Client<String, String> {
     ServiceBuilder::new()
-        .layer(ReconnectLayer::new(policy()))
+        .layer(ReconnectLayer::new(policy))
         .service(dialer.clone())
         .multiplexed("cache")
 }
@@ -366,10 +370,7 @@ async fn a_classifier_can_keep_a_connection_that_hands_requests_back() {
         .classifier(Classifier::new(|_| false))
         .build()
         .unwrap();
-    let client: Client<String, String> = ServiceBuilder::new()
-        .layer(ReconnectLayer::new(policy))
-        .service(dialer.clone())
-        .multiplexed("cache");
+    let client = multiplexed_with(&dialer, policy);
     let mut conn = connected(&dialer, &client).await;
 
     let mut handle = client.clone();
@@ -400,10 +401,7 @@ async fn a_handle_that_goes_direct_gives_back_its_place_in_the_queue() {
         .queue_capacity(2)
         .build()
         .unwrap();
-    let client: Client<String, String> = ServiceBuilder::new()
-        .layer(ReconnectLayer::new(policy))
-        .service(dialer.clone())
-        .multiplexed("cache");
+    let client = multiplexed_with(&dialer, policy);
     let mut conn = connected(&dialer, &client).await;
 
     // The connection dies; the redial hangs until its connect timeout, then
