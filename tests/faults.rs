@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use fault_proxy::{Direction, Fault, FaultProxy};
 use support::line::*;
-use support::outcome::{is_elapsed, outcome, Outcome};
+use support::outcome::{is_elapsed, outcome, Outcome, Tally};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
@@ -105,75 +105,6 @@ fn spawn_send(
 // ---------------------------------------------------------------------------
 // Outcomes
 // ---------------------------------------------------------------------------
-
-/// Counts of outcomes; every recorded request is counted exactly once.
-#[derive(Clone, Debug, Default)]
-struct Tally {
-    issued: u64,
-    ok: u64,
-    ambiguous: u64,
-    timed_out: u64,
-    not_sent: u64,
-    unavailable: u64,
-    closed: u64,
-    unexpected: u64,
-    samples: Vec<String>,
-}
-
-impl Tally {
-    fn record(&mut self, result: &Result<String, BoxError>) -> Outcome {
-        self.issued += 1;
-        let outcome = outcome(result);
-        match outcome {
-            Outcome::Ok => self.ok += 1,
-            Outcome::Ambiguous => self.ambiguous += 1,
-            Outcome::TimedOut => self.timed_out += 1,
-            Outcome::NotSent => self.not_sent += 1,
-            Outcome::Unavailable => self.unavailable += 1,
-            Outcome::Closed => self.closed += 1,
-            Outcome::Unexpected => self.unexpected += 1,
-        }
-        if matches!(outcome, Outcome::Closed | Outcome::Unexpected) && self.samples.len() < 5 {
-            self.samples.push(format!("{outcome:?}: {result:?}"));
-        }
-        outcome
-    }
-
-    fn add(&mut self, other: &Tally) {
-        self.issued += other.issued;
-        self.ok += other.ok;
-        self.ambiguous += other.ambiguous;
-        self.timed_out += other.timed_out;
-        self.not_sent += other.not_sent;
-        self.unavailable += other.unavailable;
-        self.closed += other.closed;
-        self.unexpected += other.unexpected;
-        self.samples.extend(other.samples.iter().cloned());
-    }
-
-    fn outcomes(&self) -> u64 {
-        self.ok
-            + self.ambiguous
-            + self.timed_out
-            + self.not_sent
-            + self.unavailable
-            + self.closed
-            + self.unexpected
-    }
-
-    /// Every request ended exactly once, none on a closed client or with an
-    /// unexpected error.
-    fn assert_sane(&self) {
-        assert_eq!(self.outcomes(), self.issued, "{self:?}");
-        assert_eq!(self.closed, 0, "the client must not close: {self:?}");
-        assert_eq!(self.unexpected, 0, "unexpected errors: {self:?}");
-    }
-
-    /// Requests that may have run without an acknowledgement.
-    fn maybe_ran(&self) -> u64 {
-        self.ambiguous + self.timed_out
-    }
-}
 
 /// Callers sending `INCR <key>` in a loop until stopped.
 struct Traffic {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::line::*;
-use support::outcome::{outcome, Outcome};
+use support::outcome::{outcome, Outcome, Tally};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -88,68 +88,6 @@ fn spawn_send(
 // ---------------------------------------------------------------------------
 // Outcomes
 // ---------------------------------------------------------------------------
-
-/// Counts of outcomes. Every issued request is counted exactly once.
-#[derive(Clone, Debug, Default)]
-struct Tally {
-    issued: u64,
-    ok: u64,
-    ambiguous: u64,
-    not_sent: u64,
-    unavailable: u64,
-    closed: u64,
-    unexpected: u64,
-    /// The first few unexpected errors, for the failure message.
-    samples: Vec<String>,
-}
-
-impl Tally {
-    fn record(&mut self, result: &Result<String, BoxError>) -> Outcome {
-        self.issued += 1;
-        let outcome = outcome(result);
-        match outcome {
-            Outcome::Ok => self.ok += 1,
-            Outcome::Ambiguous => self.ambiguous += 1,
-            Outcome::NotSent => self.not_sent += 1,
-            Outcome::Unavailable => self.unavailable += 1,
-            Outcome::Closed => self.closed += 1,
-            // These clients have no per-request timeout: a timeout is unexpected.
-            Outcome::Unexpected | Outcome::TimedOut => self.unexpected += 1,
-        }
-        if matches!(
-            outcome,
-            Outcome::Unavailable | Outcome::Closed | Outcome::Unexpected
-        ) && self.samples.len() < 5
-        {
-            self.samples.push(format!("{outcome:?}: {result:?}"));
-        }
-        outcome
-    }
-
-    fn add(&mut self, other: &Tally) {
-        self.issued += other.issued;
-        self.ok += other.ok;
-        self.ambiguous += other.ambiguous;
-        self.not_sent += other.not_sent;
-        self.unavailable += other.unavailable;
-        self.closed += other.closed;
-        self.unexpected += other.unexpected;
-        self.samples.extend(other.samples.iter().cloned());
-    }
-
-    fn outcomes(&self) -> u64 {
-        self.ok + self.ambiguous + self.not_sent + self.unavailable + self.closed + self.unexpected
-    }
-
-    /// Every request ended exactly once, and none failed fast, on a closed
-    /// client, or with an error of an unexpected kind.
-    fn assert_only_expected_errors(&self) {
-        assert_eq!(self.outcomes(), self.issued, "{self:?}");
-        assert_eq!(self.unavailable, 0, "no request may fail fast: {self:?}");
-        assert_eq!(self.closed, 0, "the client must not close: {self:?}");
-        assert_eq!(self.unexpected, 0, "unexpected errors: {self:?}");
-    }
-}
 
 // ---------------------------------------------------------------------------
 // A caller that checks every reply
@@ -372,7 +310,7 @@ async fn disrupted_traffic(disruption: Disruption) {
         }
         assert!(probes.issued < 3, "the client did not recover: {probes:?}");
     }
-    probes.assert_only_expected_errors();
+    probes.assert_rode_through();
 
     // A final round, on the connection that answered: every request succeeds.
     let round: Vec<_> = workers
@@ -416,7 +354,7 @@ async fn disrupted_traffic(disruption: Disruption) {
         (WORKERS * (PER_WORKER + FINAL_ROUND)) as u64,
         "every request was issued and ended once"
     );
-    tally.assert_only_expected_errors();
+    tally.assert_rode_through();
 
     let stats = client.stats();
     assert!(
@@ -757,7 +695,7 @@ async fn books_reconcile_after_outage() {
         down_failures.is_empty(),
         "requests issued while the server was down must succeed: {down_failures:#?}"
     );
-    tally.assert_only_expected_errors();
+    tally.assert_rode_through();
 
     let stats = client.stats();
     let (s, a) = (tally.ok as i64, tally.ambiguous as i64);
@@ -912,7 +850,7 @@ async fn accept_then_close_does_not_hot_loop() {
     let tally = deadline("the traffic loop", traffic)
         .await
         .expect("traffic task");
-    tally.assert_only_expected_errors();
+    tally.assert_rode_through();
     assert_eq!(tally.ok, 0, "no request can succeed on such a server");
 
     // The server behaves again: the client recovers.

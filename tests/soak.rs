@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use fault_proxy::{Direction, Fault, FaultProxy};
 use support::line::*;
-use support::outcome::{is_elapsed, outcome, Outcome};
+use support::outcome::{is_elapsed, Outcome, Tally};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
@@ -110,89 +110,21 @@ async fn send(client: &LineClient, line: String) -> Result<String, BoxError> {
 // Outcomes
 // ---------------------------------------------------------------------------
 
-/// Counts of outcomes; every recorded request is counted exactly once.
-#[derive(Clone, Debug, Default)]
-struct Tally {
-    issued: u64,
-    ok: u64,
-    ambiguous: u64,
-    timed_out: u64,
-    unavailable: u64,
-    not_sent: u64,
-    closed: u64,
-    other: u64,
-    truncated: u64,
-    samples: Vec<String>,
-}
-
-impl Tally {
-    /// Records `result`; `incr` tells which reply is well-formed.
-    fn record(&mut self, result: &Result<String, BoxError>, incr: bool) -> Outcome {
-        self.issued += 1;
-        let outcome = outcome(result);
-        if let Ok(reply) = result {
-            let good = if incr {
-                reply.starts_with("INT ")
-            } else {
-                reply.starts_with("VALUE ") || reply == "NIL" || reply == "PONG"
-            };
-            if !good {
-                // A reply that is not the shape its request expects: cut
-                // short, so the request may have run.
-                self.truncated += 1;
-                return Outcome::Ambiguous;
-            }
+/// Records `result` in `tally`; `incr` tells which reply is well-formed. A
+/// reply that is not the shape its request expects was cut short, so the
+/// request may have run.
+fn record(tally: &mut Tally, result: &Result<String, BoxError>, incr: bool) -> Outcome {
+    if let Ok(reply) = result {
+        let good = if incr {
+            reply.starts_with("INT ")
+        } else {
+            reply.starts_with("VALUE ") || reply == "NIL" || reply == "PONG"
+        };
+        if !good {
+            return tally.record_truncated();
         }
-        match outcome {
-            Outcome::Ok => self.ok += 1,
-            Outcome::Ambiguous => self.ambiguous += 1,
-            Outcome::TimedOut => self.timed_out += 1,
-            Outcome::Unavailable => self.unavailable += 1,
-            Outcome::NotSent => self.not_sent += 1,
-            Outcome::Closed => self.closed += 1,
-            Outcome::Unexpected => self.other += 1,
-        }
-        if matches!(outcome, Outcome::Closed | Outcome::Unexpected) && self.samples.len() < 5 {
-            self.samples.push(format!("{result:?}"));
-        }
-        outcome
     }
-
-    fn add(&mut self, other: &Tally) {
-        self.issued += other.issued;
-        self.ok += other.ok;
-        self.ambiguous += other.ambiguous;
-        self.timed_out += other.timed_out;
-        self.unavailable += other.unavailable;
-        self.not_sent += other.not_sent;
-        self.closed += other.closed;
-        self.other += other.other;
-        self.truncated += other.truncated;
-        self.samples.extend(other.samples.iter().cloned());
-    }
-
-    fn outcomes(&self) -> u64 {
-        self.ok
-            + self.ambiguous
-            + self.timed_out
-            + self.unavailable
-            + self.not_sent
-            + self.closed
-            + self.other
-            + self.truncated
-    }
-
-    /// Every request ended in exactly one outcome, none on a closed client or
-    /// with an unexpected error.
-    fn assert_sane(&self) {
-        assert_eq!(self.outcomes(), self.issued, "{self:?}");
-        assert_eq!(self.closed, 0, "the client must not close: {self:?}");
-        assert_eq!(self.other, 0, "unexpected errors: {self:?}");
-    }
-
-    fn maybe_ran(&self) -> u64 {
-        self.ambiguous + self.timed_out + self.truncated
-    }
+    tally.record(result)
 }
 
 /// What one caller saw: all its requests, and its `INCR`s on its own key.
@@ -252,9 +184,9 @@ impl Callers {
                         };
                         issued.fetch_add(1, Ordering::SeqCst);
                         let result = send(&client, line).await;
-                        let outcome = report.all.record(&result, incr);
+                        let outcome = record(&mut report.all, &result, incr);
                         if incr {
-                            report.incr.record(&result, incr);
+                            record(&mut report.incr, &result, incr);
                         }
                         if outcome == Outcome::Ok {
                             on_ok.tick();
@@ -334,7 +266,7 @@ async fn recover(client: &LineClient) -> Tally {
         let mut tally = Tally::default();
         loop {
             let result = send(client, "PING".to_string()).await;
-            match tally.record(&result, false) {
+            match record(&mut tally, &result, false) {
                 Outcome::Ok => break assert_eq!(result.unwrap(), "PONG"),
                 Outcome::Closed | Outcome::Unexpected => panic!("{result:?}"),
                 _ => tokio::time::sleep(ms(10)).await,
@@ -483,7 +415,7 @@ async fn chaos_soak() {
         ("unavailable", t.unavailable.to_string()),
         ("not sent (to caller)", t.not_sent.to_string()),
         ("truncated reply (as Ok)", t.truncated.to_string()),
-        ("closed / other", format!("{} / {}", t.closed, t.other)),
+        ("closed / other", format!("{} / {}", t.closed, t.unexpected)),
         ("NotSent re-sent (retries)", run.stats.retries.to_string()),
         ("dials / dial failures", {
             format!("{} / {}", run.stats.dials, run.stats.dial_failures)
