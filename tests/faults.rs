@@ -22,15 +22,14 @@ use std::time::Duration;
 
 use fault_proxy::{Direction, Fault, FaultProxy};
 use support::line::*;
-use support::outcome::{is_elapsed, outcome, Outcome, Tally};
+use support::outcome::{outcome, Outcome, Tally};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_redial::classify::is_transport_error;
 use tower_redial::connect::TcpConnector;
 use tower_redial::{
-    Backoff, BoxError, Classifier, Client, Handshake, Jitter, Phase, ReconnectLayer,
-    ReconnectPolicy, ReconnectPolicyBuilder,
+    Backoff, BoxError, Client, Handshake, Jitter, Phase, ReconnectLayer, ReconnectPolicy,
+    ReconnectPolicyBuilder,
 };
 
 type LineClient = Client<String, String>;
@@ -68,27 +67,9 @@ fn client_for(addr: SocketAddr) -> LineClient {
         .client(addr)
 }
 
-/// Whether any error in the chain is a request timeout.
-/// A client whose connections time each request out after
-/// [`REQUEST_TIMEOUT`], and whose classifier treats a timeout as a dead
-/// connection: the only way to find a silent (blackholed) connection dead.
+/// A client of `addr` whose requests time out after [`REQUEST_TIMEOUT`].
 fn timeout_client(addr: SocketAddr) -> LineClient {
-    let make = Handshake::new(TcpConnector::new(), |io| async {
-        let connection = LineConnection::handshake(io).await?;
-        Ok::<_, BoxError>(
-            ServiceBuilder::new()
-                .timeout(REQUEST_TIMEOUT)
-                .service(connection),
-        )
-    });
-    let policy = policy_builder()
-        .classifier(Classifier::new(|e| is_transport_error(e) || is_elapsed(e)))
-        .build()
-        .unwrap();
-    ServiceBuilder::new()
-        .layer(ReconnectLayer::new(policy))
-        .service(make)
-        .client(addr)
+    support::outcome::timeout_client(addr, policy_builder(), REQUEST_TIMEOUT)
 }
 
 async fn send(client: &LineClient, line: impl Into<String>) -> Result<String, BoxError> {

@@ -32,16 +32,11 @@ use std::time::Duration;
 
 use fault_proxy::{Direction, Fault, FaultProxy};
 use support::line::*;
-use support::outcome::{is_elapsed, Outcome, Tally};
+use support::outcome::{Outcome, Tally};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tower::{ServiceBuilder, ServiceExt};
-use tower_redial::classify::is_transport_error;
-use tower_redial::connect::TcpConnector;
-use tower_redial::{
-    Backoff, BoxError, Classifier, Client, Handshake, Jitter, ReconnectLayer, ReconnectPolicy,
-    Stats,
-};
+use tower::ServiceExt;
+use tower_redial::{Backoff, BoxError, Client, Jitter, ReconnectPolicy, Stats};
 
 type LineClient = Client<String, String>;
 
@@ -76,30 +71,14 @@ fn env_u64(name: &str, default: u64) -> u64 {
     }
 }
 
-/// A client whose connections time each request out after
-/// [`REQUEST_TIMEOUT`], and whose classifier treats a timeout as a dead
-/// connection, so that a blackholed connection is found dead.
+/// A client of `addr` whose requests time out after [`REQUEST_TIMEOUT`].
 fn timeout_client(addr: SocketAddr) -> LineClient {
-    let make = Handshake::new(TcpConnector::new(), |io| async {
-        let connection = LineConnection::handshake(io).await?;
-        Ok::<_, BoxError>(
-            ServiceBuilder::new()
-                .timeout(REQUEST_TIMEOUT)
-                .service(connection),
-        )
-    });
     let policy = ReconnectPolicy::builder()
         .backoff(Backoff::exponential(ms(20), 2.0, ms(200)).jitter(Jitter::None))
         .wait_limit(Duration::from_secs(2))
         .connect_timeout(ms(500))
-        .seed(1)
-        .classifier(Classifier::new(|e| is_transport_error(e) || is_elapsed(e)))
-        .build()
-        .unwrap();
-    ServiceBuilder::new()
-        .layer(ReconnectLayer::new(policy))
-        .service(make)
-        .client(addr)
+        .seed(1);
+    support::outcome::timeout_client(addr, policy, REQUEST_TIMEOUT)
 }
 
 async fn send(client: &LineClient, line: String) -> Result<String, BoxError> {

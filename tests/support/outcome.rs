@@ -1,12 +1,21 @@
-//! How a request through a line-protocol client ended, classified by type.
+//! How a request through a line-protocol client ended, classified by type,
+//! and the client with a per-request timeout that the fault tests use.
 
 use std::error::Error;
 use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use tower::timeout::error::Elapsed;
-use tower_redial::{BoxError, Closed, NotSent, Unavailable};
+use tower::ServiceBuilder;
+use tower_redial::classify::is_transport_error;
+use tower_redial::connect::TcpConnector;
+use tower_redial::{
+    BoxError, Classifier, Client, Closed, Handshake, NotSent, ReconnectLayer,
+    ReconnectPolicyBuilder, Unavailable,
+};
 
-use super::line::{find_error, io_kind};
+use super::line::{find_error, io_kind, LineConnection};
 
 /// How one request ended, as seen by its caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,4 +162,26 @@ impl Tally {
         assert_eq!(self.unavailable, 0, "no request may fail fast: {self:?}");
         assert_eq!(self.timed_out, 0, "no request may time out: {self:?}");
     }
+}
+
+/// A client of the line server at `addr` whose connections time each request
+/// out after `timeout`, and whose classifier treats a timeout as a dead
+/// connection: the only way to find a silent (blackholed) connection dead.
+pub fn timeout_client(
+    addr: SocketAddr,
+    policy: ReconnectPolicyBuilder,
+    timeout: Duration,
+) -> Client<String, String> {
+    let make = Handshake::new(TcpConnector::new(), move |io| async move {
+        let connection = LineConnection::handshake(io).await?;
+        Ok::<_, BoxError>(ServiceBuilder::new().timeout(timeout).service(connection))
+    });
+    let policy = policy
+        .classifier(Classifier::new(|e| is_transport_error(e) || is_elapsed(e)))
+        .build()
+        .expect("valid policy");
+    ServiceBuilder::new()
+        .layer(ReconnectLayer::new(policy))
+        .service(make)
+        .client(addr)
 }
