@@ -9,9 +9,23 @@
 //! With `n` failed dials so far, the raw delay is
 //!
 //! - exponential: `min(cap, base × multiplierⁿ⁻¹)`;
-//! - fixed: always the same delay.
+//! - fixed: always the same delay, which is also its cap.
 //!
-//! and the [`Jitter`] then spreads it out, never above the cap.
+//! The cap applies first, then the [`Jitter`] spreads the raw delay out, as
+//! the gRPC connection-backoff spec writes it:
+//!
+//! | jitter | delay | longest delay |
+//! |---|---|---|
+//! | [`None`](Jitter::None) | `raw` | `cap` |
+//! | [`Full`](Jitter::Full) | random in `[0, raw]` | `cap` |
+//! | [`Equal`](Jitter::Equal) | random in `[raw / 2, raw]` | `cap` |
+//! | [`Decorrelated`](Jitter::Decorrelated) | `min(cap, random in [base, 3 × previous delay])` | `cap` |
+//! | [`Proportional(f)`](Jitter::Proportional) | random in `[raw × (1 - f), raw × (1 + f)]` | `cap × (1 + f)` |
+//!
+//! Only proportional jitter goes above the cap: at the cap,
+//! [`ReconnectPolicy::grpc`](crate::ReconnectPolicy::grpc) (120 s,
+//! `Proportional(0.2)`) waits between 96 s and 144 s. A delay too long for a
+//! [`Duration`] is [`Duration::MAX`].
 //!
 //! # Example
 //!
@@ -33,6 +47,10 @@ use crate::error::InvalidPolicy;
 /// How a raw backoff delay is spread out, so that many clients that lost the
 /// same server do not all redial at the same instant.
 ///
+/// Jitter applies to the raw delay, which is already capped. Every jitter but
+/// [`Proportional`](Jitter::Proportional) keeps the delay at or below the cap;
+/// see the [module docs](self) for the table.
+///
 /// See AWS's "Exponential Backoff and Jitter" for the trade-offs; full jitter
 /// spends the least total work.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -47,8 +65,10 @@ pub enum Jitter {
     /// AWS's decorrelated jitter: wait a uniformly random time in
     /// `[base, 3 × previous delay]`, capped. The multiplier is not used.
     Decorrelated,
-    /// Wait the raw delay times a uniformly random factor in `[1 - f, 1 + f]`,
-    /// capped; `f` must be in `[0, 1]`. gRPC uses `Proportional(0.2)`.
+    /// Wait the raw delay times a uniformly random factor in `[1 - f, 1 + f]`;
+    /// `f` must be in `[0, 1]`. The factor applies after the cap, as in the
+    /// gRPC connection-backoff spec, so the longest delay is `cap × (1 + f)`.
+    /// gRPC uses `Proportional(0.2)`.
     Proportional(f64),
 }
 
@@ -151,7 +171,11 @@ impl Backoff {
         }
     }
 
-    /// The longest delay the schedule ever gives.
+    /// The longest raw delay: the exponential cap, or the fixed delay.
+    ///
+    /// It is also the longest delay the schedule gives, except under
+    /// [`Jitter::Proportional(f)`](Jitter::Proportional), which applies after
+    /// the cap: then the longest delay is `cap × (1 + f)`.
     pub fn cap(&self) -> Duration {
         match self.kind {
             Kind::Exponential { cap, .. } => cap,
@@ -171,7 +195,7 @@ impl Backoff {
                 let exponent = failures.saturating_sub(1).min(i32::MAX as u32) as i32;
                 let secs = base.as_secs_f64() * multiplier.powi(exponent);
                 if secs.is_finite() && secs < cap.as_secs_f64() {
-                    Duration::from_secs_f64(secs).min(cap)
+                    seconds(secs).min(cap)
                 } else {
                     cap
                 }
@@ -188,6 +212,16 @@ impl Backoff {
             failures: 0,
             previous: self.base(),
         }
+    }
+
+    /// The one give-up rule: true when an attempt limit is set and
+    /// `attempts` failed dials reach it, or a time limit is set and the
+    /// connection has been unavailable for at least that long.
+    pub(crate) fn gives_up(&self, attempts: u32, unavailable_for: Duration) -> bool {
+        self.max_attempts.is_some_and(|limit| attempts >= limit)
+            || self
+                .max_elapsed
+                .is_some_and(|limit| unavailable_for >= limit)
     }
 
     pub(crate) fn validate(&self) -> Result<(), InvalidPolicy> {
@@ -271,6 +305,11 @@ impl Schedule {
         self.previous = self.backoff.base();
     }
 
+    /// The backoff this schedule walks.
+    pub(crate) fn backoff(&self) -> &Backoff {
+        &self.backoff
+    }
+
     /// How many delays have been taken since the last reset.
     pub fn failures(&self) -> u32 {
         self.failures
@@ -278,22 +317,42 @@ impl Schedule {
 
     fn next_delay(&mut self) -> Duration {
         self.failures = self.failures.saturating_add(1);
-        let cap = self.backoff.cap();
+        // Already capped: the cap comes before the jitter.
         let raw = self.backoff.raw_delay(self.failures);
         let delay = match self.backoff.jitter {
             Jitter::None => raw,
-            Jitter::Full => raw.mul_f64(self.rng.f64()),
-            Jitter::Equal => raw / 2 + (raw / 2).mul_f64(self.rng.f64()),
-            Jitter::Proportional(f) => raw.mul_f64(1.0 - f + 2.0 * f * self.rng.f64()),
+            // `min(raw)` only guards against float rounding.
+            Jitter::Full => scale(raw, self.rng.f64()).min(raw),
+            Jitter::Equal => (raw / 2)
+                .saturating_add(scale(raw / 2, self.rng.f64()))
+                .min(raw),
+            // Not capped again: at the cap it spreads over
+            // `[cap × (1 - f), cap × (1 + f)]`.
+            Jitter::Proportional(f) => scale(raw, 1.0 - f + 2.0 * f * self.rng.f64()),
             Jitter::Decorrelated => {
                 let low = self.backoff.base().as_secs_f64();
                 let high = (self.previous.as_secs_f64() * 3.0).max(low);
-                Duration::from_secs_f64(low + (high - low) * self.rng.f64())
+                seconds(low + (high - low) * self.rng.f64()).min(self.backoff.cap())
             }
         };
-        let delay = delay.min(cap);
         self.previous = delay;
         delay
+    }
+}
+
+/// `delay × factor`, saturating at [`Duration::MAX`] where
+/// [`Duration::mul_f64`] would panic.
+fn scale(delay: Duration, factor: f64) -> Duration {
+    seconds(delay.as_secs_f64() * factor)
+}
+
+/// `secs` seconds, saturating at [`Duration::MAX`] where
+/// [`Duration::from_secs_f64`] would panic; zero for anything not above zero.
+fn seconds(secs: f64) -> Duration {
+    if secs > 0.0 {
+        Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
+    } else {
+        Duration::ZERO
     }
 }
 
@@ -347,6 +406,70 @@ mod tests {
         assert_eq!(s.failures(), 0);
         assert!(s.next().unwrap() <= b.raw_delay(1));
         assert_eq!(s.failures(), 1);
+    }
+
+    /// The give-up rule: either limit reached gives up, at or past it; no
+    /// limit never does.
+    #[test]
+    fn gives_up_at_either_limit() {
+        let none = Backoff::default();
+        assert!(!none.gives_up(u32::MAX, Duration::MAX));
+
+        let attempts = Backoff::default().max_attempts(3);
+        assert!(!attempts.gives_up(2, Duration::MAX));
+        assert!(attempts.gives_up(3, Duration::ZERO));
+        assert!(attempts.gives_up(4, Duration::ZERO));
+
+        let elapsed = Backoff::default().max_elapsed(ms(500));
+        assert!(!elapsed.gives_up(u32::MAX, ms(499)));
+        assert!(elapsed.gives_up(1, ms(500)));
+        assert!(elapsed.gives_up(1, ms(501)));
+
+        let both = Backoff::default().max_attempts(3).max_elapsed(ms(500));
+        assert!(!both.gives_up(2, ms(499)));
+        assert!(both.gives_up(3, ms(0)));
+        assert!(both.gives_up(1, ms(500)));
+    }
+
+    /// Proportional jitter applies after the cap, as gRPC writes it: at the
+    /// cap the delays spread both below and above it.
+    #[test]
+    fn proportional_jitter_spreads_around_the_cap() {
+        let b = Backoff::exponential(ms(1000), 1.6, ms(120_000)).jitter(Jitter::Proportional(0.2));
+        let at_cap: Vec<_> = b.schedule(3).skip(20).take(200).collect();
+        assert!(at_cap
+            .iter()
+            .all(|d| (ms(96_000)..=ms(144_000)).contains(d)));
+        assert!(at_cap.iter().any(|d| *d < ms(100_000)));
+        assert!(at_cap.iter().any(|d| *d > ms(140_000)));
+        assert!(at_cap.iter().all(|d| *d != ms(120_000)));
+    }
+
+    /// Delays saturate at `Duration::MAX` instead of panicking, for every
+    /// jitter, even with the largest cap.
+    #[test]
+    fn huge_delays_saturate() {
+        let jitters = [
+            Jitter::None,
+            Jitter::Full,
+            Jitter::Equal,
+            Jitter::Decorrelated,
+            Jitter::Proportional(1.0),
+        ];
+        for jitter in jitters {
+            for b in [
+                Backoff::exponential(Duration::MAX / 2, f64::MAX, Duration::MAX),
+                Backoff::fixed(Duration::MAX),
+            ] {
+                let b = b.jitter(jitter);
+                assert!(b.validate().is_ok());
+                for delay in b.schedule(9).take(50) {
+                    if !matches!(jitter, Jitter::Proportional(_)) {
+                        assert!(delay <= b.cap(), "{jitter:?}: {delay:?}");
+                    }
+                }
+            }
+        }
     }
 
     /// Each invalid setting is refused by name, without a panic.

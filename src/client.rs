@@ -1,18 +1,20 @@
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tower::buffer::Buffer;
 use tower::retry::Retry;
 use tower::Service;
 
-use crate::error::Overloaded;
+use crate::driver::{self, Kick};
+use crate::error::{Closed, Overloaded, Unavailable};
 use crate::future::{from_buffer, BoxResponse, ClientFuture};
 use crate::lane::{LaneCache, LaneCell};
 use crate::reconnect::Reconnect;
 use crate::retry::{copier, Copier, ResendPolicy, RetryPolicy, Slot, Unslot};
-use crate::state::{Observer, Snapshot, Stats};
+use crate::state::{Observer, Phase, Snapshot, Stats};
 use crate::{BoxError, ReconnectPolicy};
 
 /// A cheap, `Clone`able handle to one reconnecting connection.
@@ -94,6 +96,8 @@ pub(crate) struct Shared<Req, Res> {
     /// The queue, for re-sending a request that failed.
     queue: Buffer<Slot<Req>, BoxResponse<Res>>,
     pub(crate) lane: Arc<LaneCell<Req, Res>>,
+    /// Starts the client's task keeping the connection up.
+    kick: Arc<Kick>,
 }
 
 impl<Req, Res> Shared<Req, Res>
@@ -147,8 +151,8 @@ where
         S::Future: Send + 'static,
         R: ResendPolicy<Req>,
     {
-        let (buffer, worker) = Buffer::pair(Unslot(worker), policy.queue_capacity);
-        tokio::spawn(worker);
+        let kick = Arc::new(Kick::default());
+        let buffer = driver::spawn(Unslot(worker), policy.queue_capacity, kick.clone());
         let copier = copier(resend);
         let retry = RetryPolicy::new(
             policy.retry_attempts,
@@ -163,6 +167,7 @@ where
             observer,
             queue: buffer.clone(),
             lane,
+            kick,
         });
         Self {
             queue: buffer,
@@ -184,6 +189,65 @@ impl<Req, Res> Client<Req, Res> {
     /// A copy of the connection's counters.
     pub fn stats(&self) -> Stats {
         self.shared.observer.stats()
+    }
+
+    /// Dials now, if the client has not dialed yet, and waits until the
+    /// connection is up: the eager counterpart of the lazy first request,
+    /// like tonic's `Endpoint::connect` beside `connect_lazy`.
+    ///
+    /// From then on the client keeps its connection up by itself, as it
+    /// does after its first request.
+    ///
+    /// # Errors
+    ///
+    /// - [`Unavailable`] once the connection has been unavailable for the
+    ///   policy's [wait limit](crate::ReconnectPolicy::wait_limit) and no
+    ///   dial is in flight. Its `source()` is the latest dial error. This
+    ///   bounds the wait: at most the wait limit plus one connect timeout.
+    /// - [`Closed`] if the client gave up for good.
+    ///
+    /// The client stays usable after an error: it goes on redialing by its
+    /// backoff, and requests are served once a dial succeeds.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower::{service_fn, ServiceBuilder};
+    /// use tower_redial::{BoxError, Phase, ReconnectLayer, ReconnectPolicy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), BoxError> {
+    /// let make = service_fn(|_: &'static str| async {
+    ///     Ok::<_, BoxError>(service_fn(|n: u32| async move { Ok::<_, BoxError>(n + 1) }))
+    /// });
+    /// let client = ServiceBuilder::new()
+    ///     .layer(ReconnectLayer::new(ReconnectPolicy::default()))
+    ///     .service(make)
+    ///     .client::<_, u32>("db-1");
+    /// client.connected().await?;
+    /// assert_eq!(client.state().borrow().phase(), Phase::Ready);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connected(&self) -> Result<(), BoxError> {
+        let mut state = self.shared.observer.subscribe();
+        self.shared.kick.start();
+        let snapshot = state
+            .wait_for(|s| matches!(s.phase(), Phase::Ready | Phase::FailFast | Phase::Closed))
+            .await
+            .map_err(|_| Closed::new(0, None))?
+            .clone();
+        let last_error = snapshot.last_error_shared();
+        match snapshot.phase() {
+            Phase::Ready => Ok(()),
+            Phase::FailFast => {
+                let down_for = snapshot
+                    .down_since()
+                    .map_or(Duration::ZERO, |t| t.elapsed());
+                Err(Unavailable::new(down_for, snapshot.attempt(), last_error).into())
+            }
+            _ => Err(Closed::new(snapshot.attempt(), last_error).into()),
+        }
     }
 }
 

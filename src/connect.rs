@@ -61,6 +61,7 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 use tower::make::MakeConnection;
 use tower::Service;
 
+pub use crate::close::CloseWatch;
 use crate::future::{HandshakeFuture, TcpConnecting};
 use crate::BoxError;
 

@@ -134,7 +134,7 @@ use crate::backoff::Schedule;
 use crate::error::{share, ConnectTimeout, DialError};
 use crate::policy::ReconnectPolicy;
 use crate::redact::{redact, redacted};
-use crate::timer::Timer;
+use crate::timer::{self, Timer};
 use crate::BoxError;
 
 /// Wraps a raw connector in a [`Dial`]: connect timeout, backoff and limits.
@@ -230,12 +230,11 @@ where
     }
 }
 
-/// When a dial gives up, taken from the policy at the call.
+/// When a dial gives up, taken from the policy at the call, beside the
+/// backoff's own limits (checked by `Backoff::gives_up`).
 #[derive(Clone, Copy, Debug)]
 struct Limits {
     connect_timeout: Duration,
-    attempts: Option<u32>,
-    elapsed: Option<Duration>,
     /// The wait limit as an instant, when the backoff has no limit of its own.
     deadline: Option<Instant>,
 }
@@ -291,15 +290,12 @@ where
     fn new(mut connector: C, target: T, policy: &ReconnectPolicy) -> Self {
         let started = Instant::now();
         let backoff = policy.backoff();
-        let (attempts, elapsed) = (backoff.attempt_limit(), backoff.elapsed_limit());
-        let deadline = match (attempts, elapsed) {
-            (None, None) => Some(started + policy.wait_limit()),
+        let deadline = match (backoff.attempt_limit(), backoff.elapsed_limit()) {
+            (None, None) => Some(timer::deadline(started, policy.wait_limit())),
             _ => None,
         };
         let limits = Limits {
             connect_timeout: policy.connect_timeout(),
-            attempts,
-            elapsed,
             deadline,
         };
         tracing::debug!(target = %redacted(&target), attempt = 1, "dialing");
@@ -315,7 +311,7 @@ where
             attempts: 1,
             attempt_timeout,
             timer: Timer::default(),
-            wake_at: started + attempt_timeout,
+            wake_at: timer::deadline(started, attempt_timeout),
             armed: false,
             last_error: None,
         }
@@ -389,7 +385,7 @@ where
                     }
                     *this.attempts += 1;
                     *this.attempt_timeout = timeout;
-                    *this.wake_at = now + timeout;
+                    *this.wake_at = timer::deadline(now, timeout);
                     *this.armed = false;
                     this.state.set(State::Polling);
                     continue;
@@ -439,16 +435,14 @@ where
             );
 
             let limits = *this.limits;
-            let spent = limits.attempts.is_some_and(|n| *this.attempts >= n)
-                || limits.elapsed.is_some_and(|d| elapsed >= d);
-            let delay = if spent {
+            let delay = if this.schedule.backoff().gives_up(*this.attempts, elapsed) {
                 None
             } else {
                 let delay = this.schedule.next().unwrap_or(Duration::ZERO);
                 // Under the wait limit, give up as soon as the next attempt
                 // could not start before it.
                 match limits.deadline {
-                    Some(deadline) if now + delay >= deadline => None,
+                    Some(deadline) if timer::deadline(now, delay) >= deadline => None,
                     _ => Some(delay),
                 }
             };
@@ -463,7 +457,7 @@ where
             };
             tracing::debug!(target = %redacted(&*this.target), ?delay, "backing off");
             *this.last_error = Some(failure);
-            *this.wake_at = now + delay;
+            *this.wake_at = timer::deadline(now, delay);
             *this.armed = false;
         }
     }
@@ -492,5 +486,41 @@ where
         f.debug_struct("DialFuture")
             .field("attempts", &self.attempts)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use tower::{service_fn, ServiceExt};
+
+    use super::*;
+    use crate::Backoff;
+
+    fn refused(_: &'static str) -> std::future::Ready<io::Result<()>> {
+        std::future::ready(Err(io::ErrorKind::ConnectionRefused.into()))
+    }
+
+    /// Delays and limits of `Duration::MAX` saturate instead of overflowing
+    /// the clock: the dial backs off "forever", then gives up by its limit.
+    #[tokio::test(start_paused = true)]
+    async fn the_longest_delays_do_not_overflow_the_clock() {
+        let limited = ReconnectPolicy::builder()
+            .backoff(Backoff::fixed(Duration::MAX).max_attempts(2))
+            .connect_timeout(Duration::MAX)
+            .build()
+            .unwrap();
+        let unlimited = ReconnectPolicy::builder()
+            .backoff(Backoff::fixed(Duration::MAX))
+            .connect_timeout(Duration::MAX)
+            .wait_limit(Duration::MAX)
+            .build()
+            .unwrap();
+        for policy in [limited, unlimited] {
+            let dial = Dial::new(service_fn(refused), policy);
+            let error = dial.oneshot("db").await.unwrap_err();
+            assert!(error.is::<DialError>(), "{error}");
+        }
     }
 }

@@ -18,19 +18,17 @@ use tokio::time::Instant;
 use tower::Service;
 
 use crate::error::Unavailable;
-use crate::state::{Counter, Observer, Phase};
-use crate::timer::Timer;
+use crate::state::{Counter, Down, Observer, Phase};
+use crate::timer::WaitLimit;
 use crate::BoxError;
 
 pub(crate) struct FailFast<S> {
     inner: S,
     wait_limit: Duration,
-    timer: Timer,
-    /// When the inner service was last seen not ready, if it is not ready now.
-    unready_since: Option<Instant>,
+    /// Running while the inner service is not ready.
+    wait: Option<WaitLimit>,
     /// Whether the last `poll_ready` found the inner service ready.
     inner_ready: bool,
-    failing: bool,
     phase: Phase,
     observer: Arc<Observer>,
 }
@@ -40,10 +38,8 @@ impl<S> FailFast<S> {
         Self {
             inner,
             wait_limit,
-            timer: Timer::default(),
-            unready_since: None,
+            wait: None,
             inner_ready: false,
-            failing: false,
             phase: Phase::Idle,
             observer,
         }
@@ -52,8 +48,17 @@ impl<S> FailFast<S> {
     fn publish(&mut self, phase: Phase) {
         if self.phase != phase {
             self.phase = phase;
-            self.observer.publish(phase, 0, None);
+            let down = self.wait.as_ref().map(|wait| Down {
+                since: wait.since(),
+                attempts: 0,
+                last_error: None,
+            });
+            self.observer.publish(phase, down);
         }
+    }
+
+    fn failing(&self) -> bool {
+        self.wait.as_ref().is_some_and(WaitLimit::passed)
     }
 }
 
@@ -69,8 +74,7 @@ where
         match self.inner.poll_ready(cx) {
             Poll::Ready(Ok(())) => {
                 self.inner_ready = true;
-                self.unready_since = None;
-                self.failing = false;
+                self.wait = None;
                 self.publish(Phase::Ready);
                 Poll::Ready(Ok(()))
             }
@@ -80,20 +84,17 @@ where
             }
             Poll::Pending => {
                 self.inner_ready = false;
-                if self.failing {
-                    return Poll::Ready(Ok(()));
-                }
-                if self.unready_since.is_none() {
-                    let now = Instant::now();
-                    self.unready_since = Some(now);
-                    self.timer.arm(now + self.wait_limit);
+                let wait_limit = self.wait_limit;
+                let wait = self
+                    .wait
+                    .get_or_insert_with(|| WaitLimit::start(Instant::now(), wait_limit));
+                if !wait.poll_passed(cx) {
                     self.publish(Phase::Connecting);
-                }
-                if !self.timer.poll_expired(cx) {
                     return Poll::Pending;
                 }
-                tracing::warn!(wait_limit = ?self.wait_limit, "no endpoint ready; failing requests fast");
-                self.failing = true;
+                if self.phase != Phase::FailFast {
+                    tracing::warn!(wait_limit = ?self.wait_limit, "no endpoint ready; failing requests fast");
+                }
                 self.publish(Phase::FailFast);
                 Poll::Ready(Ok(()))
             }
@@ -107,12 +108,13 @@ where
                 future: self.inner.call(request),
             };
         }
-        assert!(
-            self.failing,
-            "FailFast::call called before poll_ready returned Ready(Ok)"
-        );
+        let wait = self
+            .wait
+            .as_ref()
+            .filter(|wait| wait.passed())
+            .expect("FailFast::call called before poll_ready returned Ready(Ok)");
         self.observer.count(Counter::FailFast);
-        let down_for = self.unready_since.map_or(Duration::ZERO, |t| t.elapsed());
+        let down_for = Instant::now().saturating_duration_since(wait.since());
         GateFuture::Failed {
             error: Some(Unavailable::new(down_for, 0, None).into()),
         }
@@ -123,7 +125,7 @@ impl<S> fmt::Debug for FailFast<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FailFast")
             .field("wait_limit", &self.wait_limit)
-            .field("failing", &self.failing)
+            .field("failing", &self.failing())
             .finish_non_exhaustive()
     }
 }

@@ -14,7 +14,7 @@ use tower::ServiceExt;
 
 use crate::client::Shared;
 use crate::error::{Closed, NotSent};
-use crate::reconnect::Health;
+use crate::health::Health;
 use crate::retry::{RetryPolicy, Slot};
 use crate::BoxError;
 

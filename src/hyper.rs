@@ -218,6 +218,7 @@
 use std::error::Error;
 use std::fmt;
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -229,6 +230,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Service;
 
 use crate::classify::{chain, is_transport_error};
+use crate::connect::CloseWatch;
 use crate::{BoxError, Classifier, NotSent};
 
 /// Makes an HTTP/1 connection over `io`: hyper's client handshake, with the
@@ -254,12 +256,9 @@ where
     B::Error: Into<BoxError>,
 {
     let (sender, connection) = h1::handshake(TokioIo::new(io)).await?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "HTTP/1 connection closed with an error");
-        }
-    });
-    Ok(Http1Connection::new(sender))
+    let closed = CloseWatch::new();
+    tokio::spawn(watch(connection, closed.clone(), "HTTP/1"));
+    Ok(Http1Connection::new(sender).with_close_watch(closed))
 }
 
 /// Makes an HTTP/2 connection over `io` (with prior knowledge, no TLS or
@@ -286,12 +285,27 @@ where
     B::Error: Into<BoxError>,
 {
     let (sender, connection) = h2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "HTTP/2 connection closed with an error");
+    let closed = CloseWatch::new();
+    tokio::spawn(watch(connection, closed.clone(), "HTTP/2"));
+    Ok(Http2Connection::new(sender).with_close_watch(closed))
+}
+
+/// Drives a connection, and closes `closed` when it ends: the client then
+/// notices the end at once, even with no request in flight.
+async fn watch<F>(connection: F, closed: CloseWatch, protocol: &'static str)
+where
+    F: Future<Output = Result<(), ::hyper::Error>>,
+{
+    let kind = match connection.await {
+        Ok(()) => io::ErrorKind::UnexpectedEof,
+        Err(error) => {
+            tracing::debug!(%error, "{protocol} connection closed with an error");
+            chain(&error)
+                .find_map(|e| e.downcast_ref::<io::Error>())
+                .map_or(io::ErrorKind::ConnectionAborted, io::Error::kind)
         }
-    });
-    Ok(Http2Connection::new(sender))
+    };
+    closed.close(kind);
 }
 
 /// An HTTP/1 connection as a service, made by [`http1`].
@@ -310,14 +324,27 @@ where
 /// one at a time.
 pub struct Http1Connection<B> {
     sender: h1::SendRequest<B>,
+    closed: CloseWatch,
 }
 
 impl<B> Http1Connection<B> {
     /// Wraps the sender of a connection made with hyper's own
     /// [`http1::Builder`](::hyper::client::conn::http1::Builder). Spawn
-    /// the connection's driver yourself.
+    /// the connection's driver yourself, and see
+    /// [`with_close_watch`](Self::with_close_watch).
     pub fn new(sender: h1::SendRequest<B>) -> Self {
-        Self { sender }
+        Self {
+            sender,
+            closed: CloseWatch::new(),
+        }
+    }
+
+    /// Watches `closed`, which the code driving the connection closes when
+    /// the connection ends, so that an idle connection's end is noticed at
+    /// once; see [`CloseWatch`]. [`http1`] does this for you.
+    pub fn with_close_watch(mut self, closed: CloseWatch) -> Self {
+        self.closed = closed;
+        self
     }
 
     /// Whether the connection has closed.
@@ -343,6 +370,9 @@ where
     type Future = ResponseFuture<B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if let Poll::Ready(error) = self.closed.poll_closed(cx) {
+            return Poll::Ready(Err(error.into()));
+        }
         self.sender.poll_ready(cx).map_err(Into::into)
     }
 
@@ -364,14 +394,27 @@ where
 /// Clones share the connection: HTTP/2 multiplexes requests over it.
 pub struct Http2Connection<B> {
     sender: h2::SendRequest<B>,
+    closed: CloseWatch,
 }
 
 impl<B> Http2Connection<B> {
     /// Wraps the sender of a connection made with hyper's own
     /// [`http2::Builder`](::hyper::client::conn::http2::Builder). Spawn
-    /// the connection's driver yourself.
+    /// the connection's driver yourself, and see
+    /// [`with_close_watch`](Self::with_close_watch).
     pub fn new(sender: h2::SendRequest<B>) -> Self {
-        Self { sender }
+        Self {
+            sender,
+            closed: CloseWatch::new(),
+        }
+    }
+
+    /// Watches `closed`, which the code driving the connection closes when
+    /// the connection ends, so that an idle connection's end is noticed at
+    /// once; see [`CloseWatch`]. [`http2`] does this for you.
+    pub fn with_close_watch(mut self, closed: CloseWatch) -> Self {
+        self.closed = closed;
+        self
     }
 
     /// Whether the connection has closed.
@@ -384,6 +427,7 @@ impl<B> Clone for Http2Connection<B> {
     fn clone(&self) -> Self {
         Self {
             sender: self.sender.clone(),
+            closed: self.closed.for_clone(),
         }
     }
 }
@@ -405,6 +449,9 @@ where
     type Future = ResponseFuture<B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if let Poll::Ready(error) = self.closed.poll_closed(cx) {
+            return Poll::Ready(Err(error.into()));
+        }
         self.sender.poll_ready(cx).map_err(Into::into)
     }
 

@@ -29,7 +29,7 @@ use std::task::Waker;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
-use crate::reconnect::Health;
+use crate::health::Health;
 use crate::BoxError;
 
 /// A clone of the published connection, as the handles call it.

@@ -128,12 +128,15 @@ pub mod balance;
 mod budget;
 pub mod classify;
 mod client;
+mod close;
 pub mod connect;
 pub mod dial;
+mod driver;
 pub mod error;
 #[cfg(feature = "balance")]
 mod failfast;
 pub mod future;
+mod health;
 #[cfg(feature = "hyper")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
 pub mod hyper;

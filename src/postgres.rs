@@ -148,6 +148,7 @@
 use std::error::Error;
 use std::fmt;
 use std::future::{poll_fn, Future};
+use std::io;
 use std::pin::{pin, Pin};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -163,6 +164,7 @@ use tokio::sync::oneshot;
 use tower::Service;
 
 use crate::classify::{self, chain, Classifier};
+use crate::connect::CloseWatch;
 use crate::error::NotSent;
 use crate::BoxError;
 
@@ -395,6 +397,8 @@ impl<'a> IntoIterator for &'a Rows {
 /// anyway.
 pub struct PgConnection {
     shared: Arc<Shared>,
+    /// Closed when the connection's task ends, waking the client.
+    closed: CloseWatch,
 }
 
 struct Shared {
@@ -430,13 +434,20 @@ impl PgConnection {
     {
         let ended = Arc::new(Ended::default());
         let (dropped_tx, dropped) = oneshot::channel();
-        tokio::spawn(drive(connection, dropped, ended.clone()));
+        let closed = CloseWatch::new();
+        tokio::spawn(drive(
+            connection,
+            dropped,
+            ended.clone(),
+            closed.for_clone(),
+        ));
         Self {
             shared: Arc::new(Shared {
                 client,
                 ended,
                 _dropped: dropped_tx,
             }),
+            closed,
         }
     }
 
@@ -463,6 +474,7 @@ async fn drive<S, T>(
     connection: ::tokio_postgres::Connection<S, T>,
     dropped: oneshot::Receiver<()>,
     ended: Arc<Ended>,
+    closed: CloseWatch,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
@@ -489,10 +501,17 @@ async fn drive<S, T>(
         },
     };
     match result {
-        Ok(()) => tracing::debug!("postgres connection closed"),
+        Ok(()) => {
+            tracing::debug!("postgres connection closed");
+            closed.close(io::ErrorKind::UnexpectedEof);
+        }
         Err(error) => {
             tracing::debug!(%error, "postgres connection ended");
+            let kind = chain(&error)
+                .find_map(|e| e.downcast_ref::<io::Error>())
+                .map_or(io::ErrorKind::ConnectionAborted, io::Error::kind);
             let _ = ended.error.set(Arc::new(error));
+            closed.close(kind);
         }
     }
 }
@@ -502,8 +521,8 @@ impl Service<Query> for PgConnection {
     type Error = BoxError;
     type Future = QueryFuture;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if self.is_closed() {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.closed.poll_closed(cx).is_ready() || self.is_closed() {
             return Poll::Ready(Err(self.shared.closed_error()));
         }
         Poll::Ready(Ok(()))

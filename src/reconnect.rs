@@ -2,25 +2,24 @@
 
 use std::fmt;
 use std::future::Future;
+use std::mem;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tower::Service;
 
 use crate::backoff::Schedule;
-use crate::classify::Classifier;
 use crate::error::{share, Closed, ConnectTimeout, SharedError, Unavailable};
 use crate::future::ResponseFuture;
+use crate::health::Health;
 use crate::lane::Publish;
 use crate::policy::ReconnectPolicy;
 use crate::redact::{redact, redacted};
-use crate::state::{Counter, Observer, Phase, Snapshot, Stats};
-use crate::timer::Timer;
+use crate::state::{Counter, Down, Observer, Phase, Snapshot, Stats};
+use crate::timer::{deadline, Timer, WaitLimit};
 use crate::BoxError;
 
 /// A service that owns at most one connection and re-makes it when it breaks.
@@ -28,36 +27,47 @@ use crate::BoxError;
 /// `Reconnect` calls its factory `M` with a clone of its target to make a
 /// connection `M::Response`, forwards requests to it, and redials with the
 /// [`ReconnectPolicy`]'s backoff when the connection dies. Most users get one
-/// inside a [`Client`](crate::Client), which adds the queue and safe retry;
-/// use it directly where you need the bare readiness, for example one per
-/// endpoint under `tower::balance`.
+/// inside a [`Client`](crate::Client), which adds the queue, safe retry and
+/// a task that keeps the connection up with no traffic; use it directly
+/// where you need the bare readiness, for example one per endpoint under
+/// `tower::balance`.
 ///
 /// # States
 ///
 /// | phase | `poll_ready` | `call` |
 /// |---|---|---|
 /// | [`Idle`](Phase::Idle) | starts the first dial | — |
-/// | [`Connecting`](Phase::Connecting), [`Backoff`](Phase::Backoff) | `Pending` | — |
+/// | [`Connecting`](Phase::Connecting) | `Pending` until the dial ends, even past the wait limit | — |
+/// | [`Backoff`](Phase::Backoff) | `Pending` | — |
 /// | [`Ready`](Phase::Ready) | the connection's own `poll_ready` | forwarded |
 /// | [`FailFast`](Phase::FailFast) | `Ready(Ok)` | fails at once with [`Unavailable`] |
 /// | [`Closed`](Phase::Closed) | `Err(`[`Closed`]`)` | — |
 ///
 /// It dials lazily, on the first `poll_ready`. Redialing never shows up as an
 /// error or as a false readiness: `poll_ready` stays `Pending` until a new
-/// connection is ready, so a balancer routes around it. Only once the
-/// connection has been unavailable for longer than the wait limit does it
-/// report ready, to fail requests fast. `Err` means [`Closed`], for good.
+/// connection is ready, so a balancer routes around it. Once the connection
+/// has been unavailable for longer than the wait limit, it reports ready
+/// between dials (gRPC's TRANSIENT_FAILURE), to fail requests fast with the
+/// latest dial error; while a dial is in flight (CONNECTING), requests wait
+/// for its outcome, bounded by the connect timeout. `Err` means [`Closed`],
+/// for good.
 ///
 /// A connection counts as dead when its `poll_ready` fails, or when a
-/// response fails with an error that the [`Classifier`] calls dead. The
-/// first redial after a healthy connection dies is immediate; later ones
-/// follow the backoff. The backoff starts over only once a new connection
-/// proves healthy, by one successful response or by staying up for
-/// [`healthy_after`](ReconnectPolicy::healthy_after), so a server that
+/// response fails with an error that the [`Classifier`](crate::Classifier)
+/// calls dead. The first redial after a healthy connection dies is
+/// immediate; later ones follow the backoff, each due a backoff delay after
+/// the *start* of the attempt before it. The backoff starts over only once a
+/// new connection proves healthy, by one successful response or by staying
+/// up for [`healthy_after`](ReconnectPolicy::healthy_after), so a server that
 /// accepts and at once closes cannot cause a hot loop.
 ///
-/// Progress is driven by `poll_ready`: while failing fast, each call to it
-/// moves the redial along.
+/// # Driving
+///
+/// `Reconnect` moves only when polled. Every timer, dial and connection it
+/// holds wakes the task that last polled `poll_ready`, so a task that keeps
+/// polling it whenever woken keeps it connected with no requests at all.
+/// [`Client`](crate::Client) does exactly that on its own task; a bare
+/// `Reconnect` under `tower::balance` is polled by the balancer.
 ///
 /// # Panics
 ///
@@ -72,123 +82,107 @@ where
     policy: ReconnectPolicy,
     state: State<M::Future, M::Response>,
     schedule: Schedule,
-    /// The connect deadline while connecting, the next dial while backing off.
+    /// The deadline of the current state: the connect timeout while
+    /// connecting, the next dial while backing off, proof by time while a
+    /// new connection is unproven.
     timer: Timer,
-    /// When requests stop waiting and fail fast.
-    wait_timer: Timer,
-    /// Dials since the connection was last healthy.
-    attempt: u32,
-    /// Set from the first dial or drop until a connection proves healthy;
-    /// requests fail fast once it is older than the wait limit and no
-    /// connection is up. A server that accepts and at once closes does not
-    /// restart this clock.
-    down_since: Option<Instant>,
-    failing_fast: bool,
     /// Off for a balancer's endpoints: the balanced client fails fast as a whole.
     fail_fast: bool,
-    /// Set from the first failure until a new connection proves healthy.
-    outage: Option<Instant>,
-    last_error: Option<SharedError>,
     observer: Arc<Observer>,
     /// Where a healthy connection is published for handles to call directly;
     /// see [`MakeReconnect::multiplexed`](crate::MakeReconnect::multiplexed).
     lane: Option<Box<dyn Publish<M::Response>>>,
 }
 
+/// The state machine. Each state holds what it needs, and the outage (when
+/// the connection became unavailable, the dials since, the latest error)
+/// lives in the states that have one.
 enum State<F, S> {
+    /// Never used.
     Idle,
-    /// Dial as soon as the factory is ready.
-    Dial,
-    Connecting(Pin<Box<F>>),
-    Backoff,
-    Ready(Connection<S>),
+    /// About to dial, as soon as the factory is ready.
+    Dial(Outage),
+    /// A dial in flight, started at `started`.
+    Connecting {
+        future: Pin<Box<F>>,
+        started: Instant,
+        outage: Outage,
+    },
+    /// Waiting for the next dial.
+    Backoff(Outage),
+    /// Connected. The outage goes on until the connection proves healthy.
+    Ready {
+        conn: Connection<S>,
+        outage: Option<Outage>,
+    },
     Closed(Closed),
+}
+
+/// A spell of unavailability: from the first dial, or from a healthy
+/// connection's death, until a connection proves healthy.
+struct Outage {
+    attempts: u32,
+    last_error: Option<SharedError>,
+    /// Whether the outage was logged: once, at its first failure.
+    reported: bool,
+    wait: WaitLimit,
+}
+
+impl Outage {
+    fn new(now: Instant, policy: &ReconnectPolicy) -> Self {
+        Self {
+            attempts: 0,
+            last_error: None,
+            reported: false,
+            wait: WaitLimit::start(now, policy.wait_limit),
+        }
+    }
+
+    fn since(&self) -> Instant {
+        self.wait.since()
+    }
+
+    /// What the state watch shows of it.
+    fn snapshot(&self) -> Down<'_> {
+        Down {
+            since: self.since(),
+            attempts: self.attempts,
+            last_error: self.last_error.as_ref(),
+        }
+    }
+
+    /// Records a failure as the latest error; warns once per outage.
+    fn failed(&mut self, label: &str, error: SharedError) {
+        if !self.reported {
+            self.reported = true;
+            tracing::warn!(
+                target = %label,
+                error = %redact(&error.to_string()),
+                "connection unavailable; redialing"
+            );
+        }
+        self.last_error = Some(error);
+    }
 }
 
 struct Connection<S> {
     service: S,
-    since: Instant,
+    /// When the dial that made it started: a connection that dies before it
+    /// proves healthy counts as that attempt failing.
+    dialed: Instant,
+    /// When it was made: it proves healthy by time `healthy_after` later.
+    connected: Instant,
     health: Arc<Health>,
-    healthy: bool,
 }
 
-impl<S> Connection<S> {
-    /// Healthy once noted so, once a response proved it, or once it has
-    /// stayed up for `healthy_after`.
-    fn has_proved_healthy(&self, now: Instant, healthy_after: Duration) -> bool {
-        self.healthy
-            || self.health.proven.load(Ordering::Relaxed)
-            || now.duration_since(self.since) >= healthy_after
-    }
-}
-
-/// What responses report back about their connection.
-pub(crate) struct Health {
-    proven: AtomicBool,
-    dead: AtomicBool,
-    classifier: Classifier,
-    /// Withdraws the connection from the direct lane, once published there.
-    on_dead: OnceLock<Box<dyn Fn() + Send + Sync>>,
-}
-
-impl fmt::Debug for Health {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Health")
-            .field("proven", &self.proven)
-            .field("dead", &self.dead)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Health {
-    fn new(classifier: Classifier) -> Self {
-        Self {
-            proven: AtomicBool::new(false),
-            dead: AtomicBool::new(false),
-            classifier,
-            on_dead: OnceLock::new(),
-        }
-    }
-
-    /// Marks the connection dead, without telling the direct lane: for the
-    /// lane itself, which is withdrawing it.
-    pub(crate) fn mark_dead(&self) {
-        self.dead.store(true, Ordering::Relaxed);
-    }
-
-    pub(crate) fn is_dead(&self) -> bool {
-        self.dead.load(Ordering::Relaxed)
-    }
-
-    /// Runs `withdraw` when a response finds the connection dead.
-    pub(crate) fn on_dead(&self, withdraw: impl Fn() + Send + Sync + 'static) {
-        let _ = self.on_dead.set(Box::new(withdraw));
-        if self.is_dead() {
-            withdraw_now(self);
-        }
-    }
-
-    pub(crate) fn succeeded(&self) {
-        self.proven.store(true, Ordering::Relaxed);
-    }
-
-    /// An error the classifier does not call dead is the peer's answer: a
-    /// full round trip, which proves the connection as well as a success.
-    pub(crate) fn failed(&self, error: &BoxError) {
-        if self.classifier.is_dead(&**error) {
-            if !self.dead.swap(true, Ordering::Relaxed) {
-                withdraw_now(self);
-            }
-        } else {
-            self.proven.store(true, Ordering::Relaxed);
-        }
-    }
-}
-
-fn withdraw_now(health: &Health) {
-    if let Some(withdraw) = health.on_dead.get() {
-        withdraw();
-    }
+/// What the state machine tells `poll_ready`.
+enum Step {
+    /// The connection is ready.
+    Ready,
+    /// Between dials, past the wait limit: fail requests fast.
+    FailFast,
+    Pending,
+    Closed(Closed),
 }
 
 impl<M, T> Reconnect<M, T>
@@ -212,13 +206,7 @@ where
             policy,
             state: State::Idle,
             timer: Timer::default(),
-            wait_timer: Timer::default(),
-            attempt: 0,
-            down_since: None,
-            failing_fast: false,
             fail_fast: true,
-            outage: None,
-            last_error: None,
             observer: Arc::new(Observer::new()),
             lane: None,
         }
@@ -263,178 +251,299 @@ where
         self.observer.clone()
     }
 
+    /// The phase, from the state alone.
     fn phase(&self) -> Phase {
-        match self.state {
+        match &self.state {
             State::Idle => Phase::Idle,
-            State::Ready(_) => Phase::Ready,
+            State::Dial(outage) | State::Backoff(outage) if outage.wait.passed() => Phase::FailFast,
+            State::Dial(_) | State::Connecting { .. } => Phase::Connecting,
+            State::Backoff(_) => Phase::Backoff,
+            State::Ready { .. } => Phase::Ready,
             State::Closed(_) => Phase::Closed,
-            _ if self.failing_fast => Phase::FailFast,
-            State::Dial | State::Connecting(_) => Phase::Connecting,
-            State::Backoff => Phase::Backoff,
         }
+    }
+
+    fn outage(&self) -> Option<&Outage> {
+        match &self.state {
+            State::Dial(outage) | State::Backoff(outage) | State::Connecting { outage, .. } => {
+                Some(outage)
+            }
+            State::Ready { outage, .. } => outage.as_ref(),
+            State::Idle | State::Closed(_) => None,
+        }
+    }
+
+    /// What the state watch shows: the phase, the dials in this outage and
+    /// the latest error (by identity).
+    fn signature(&self) -> (Phase, u32, Option<*const ()>) {
+        let outage = self.outage();
+        (
+            self.phase(),
+            outage.map_or(0, |outage| outage.attempts),
+            outage
+                .and_then(|outage| outage.last_error.as_ref())
+                .map(|error| Arc::as_ptr(error).cast::<()>()),
+        )
     }
 
     fn publish(&self) {
         self.observer
-            .publish(self.phase(), self.attempt, self.last_error.as_ref());
+            .publish(self.phase(), self.outage().map(Outage::snapshot));
     }
 }
 
 impl<M, T> Reconnect<M, T>
 where
     M: Service<T>,
+    M::Error: Into<BoxError>,
     T: Clone,
 {
-    /// Starts the clock on unavailability, if it is not running.
-    fn mark_down(&mut self, now: Instant) {
-        if self.down_since.is_none() {
-            self.down_since = Some(now);
-            self.wait_timer.arm(now + self.policy.wait_limit);
-        }
-    }
-
-    /// Starts an outage, if one is not in progress; warns once per outage.
-    fn begin_outage(&mut self, now: Instant, cause: &dyn fmt::Display) {
-        if self.outage.is_none() {
-            self.outage = Some(now);
-            tracing::warn!(
-                target = %self.label,
-                error = %redact(&cause.to_string()),
-                "connection unavailable; redialing"
-            );
-        }
-    }
-
-    fn dial(&mut self, now: Instant) {
-        self.attempt += 1;
+    /// Starts a dial: the factory was polled ready.
+    fn dial(&mut self, now: Instant, mut outage: Outage) {
+        outage.attempts += 1;
         self.observer.count(Counter::Dials);
-        tracing::debug!(target = %self.label, attempt = self.attempt, "dialing");
-        self.mark_down(now);
+        tracing::debug!(target = %self.label, attempt = outage.attempts, "dialing");
         // A fresh clone of the target each time: the factory resolves it
         // afresh, so DNS changes are followed.
-        let future = self.make.call(self.target.clone());
-        self.state = State::Connecting(Box::pin(future));
-        self.timer.arm(now + self.policy.connect_timeout);
-        self.publish();
+        let future = Box::pin(self.make.call(self.target.clone()));
+        self.timer.arm(deadline(now, self.policy.connect_timeout));
+        self.state = State::Connecting {
+            future,
+            started: now,
+            outage,
+        };
     }
 
-    fn dial_failed(&mut self, now: Instant, error: BoxError) {
+    fn dial_failed(&mut self, now: Instant, started: Instant, mut outage: Outage, error: BoxError) {
         self.observer.count(Counter::DialFailures);
         tracing::debug!(
             target = %self.label,
-            attempt = self.attempt,
+            attempt = outage.attempts,
             error = %redact(&error.to_string()),
             "dial failed"
         );
-        self.begin_outage(now, &error);
-        self.last_error = Some(share(error));
-        self.back_off(now);
+        outage.failed(&self.label, share(error));
+        self.back_off(now, started, outage);
     }
 
-    /// Waits out the next backoff delay, or gives up if a limit is reached.
-    fn back_off(&mut self, now: Instant) {
+    /// Waits for the next dial, due a backoff delay after `started` (the
+    /// start of the attempt that failed), or gives up at a limit.
+    fn back_off(&mut self, now: Instant, started: Instant, outage: Outage) {
         let backoff = self.policy.backoff();
-        let attempts_spent = backoff
-            .attempt_limit()
-            .is_some_and(|limit| self.attempt >= limit);
-        let time_spent = match (backoff.elapsed_limit(), self.outage) {
-            (Some(limit), Some(since)) => now.duration_since(since) >= limit,
-            _ => false,
-        };
-        if attempts_spent || time_spent {
+        if backoff.gives_up(
+            outage.attempts,
+            now.saturating_duration_since(outage.since()),
+        ) {
             tracing::error!(
                 target = %self.label,
-                attempts = self.attempt,
+                attempts = outage.attempts,
                 "giving up on the connection"
             );
-            self.state = State::Closed(Closed::new(self.attempt, self.last_error.clone()));
-            self.publish();
+            self.close(Closed::new(outage.attempts, outage.last_error));
             return;
         }
-        let delay = self.schedule.next().unwrap_or(Duration::ZERO);
+        let delay = self.schedule.next().unwrap_or_default();
         tracing::debug!(target = %self.label, ?delay, "backing off");
-        self.timer.arm(now + delay);
-        self.state = State::Backoff;
-        self.publish();
+        self.timer.arm(deadline(started, delay));
+        self.state = State::Backoff(outage);
     }
 
-    fn connected(&mut self, now: Instant, service: M::Response) {
-        tracing::debug!(target = %self.label, attempt = self.attempt, "connected");
-        self.state = State::Ready(Connection {
-            service,
-            since: now,
-            health: Arc::new(Health::new(self.policy.classifier.clone())),
-            healthy: false,
-        });
-        self.failing_fast = false;
-        self.publish();
+    fn close(&mut self, closed: Closed) {
+        if let Some(lane) = &self.lane {
+            lane.withdraw();
+        }
+        self.state = State::Closed(closed);
     }
 
-    /// The connection proved healthy: the outage is over, the backoff resets.
+    fn connected(&mut self, now: Instant, started: Instant, outage: Outage, service: M::Response) {
+        tracing::debug!(target = %self.label, attempt = outage.attempts, "connected");
+        self.timer.arm(deadline(now, self.policy.healthy_after));
+        self.state = State::Ready {
+            conn: Connection {
+                service,
+                dialed: started,
+                connected: now,
+                health: Arc::new(Health::new(self.policy.classifier.clone())),
+            },
+            outage: Some(outage),
+        };
+    }
+
+    /// The new connection proved healthy: the outage is over, the backoff
+    /// starts over, and a multiplexed connection is published.
     fn proved_healthy(&mut self, now: Instant) {
+        let State::Ready { conn, outage } = &mut self.state else {
+            return;
+        };
+        let Some(outage) = outage.take() else {
+            return;
+        };
+        if let Some(lane) = &self.lane {
+            lane.publish(&conn.service, &conn.health);
+        }
+        self.recovered(now, &outage);
+    }
+
+    /// An outage ended: the backoff starts over.
+    fn recovered(&mut self, now: Instant, outage: &Outage) {
         self.schedule.reset();
-        self.down_since = None;
-        let attempts = std::mem::take(&mut self.attempt);
-        self.last_error = None;
-        if let Some(since) = self.outage.take() {
+        if outage.reported {
             tracing::info!(
                 target = %self.label,
-                outage = ?now.duration_since(since),
-                attempts,
+                outage = ?now.saturating_duration_since(outage.since()),
+                attempts = outage.attempts,
                 "connection recovered"
             );
         }
-        self.publish();
     }
 
-    /// The established connection died.
-    fn lost(&mut self, now: Instant, healthy: bool, error: Option<BoxError>) {
+    /// The connection died: `error` is why, if its `poll_ready` said so.
+    fn lost(&mut self, now: Instant, error: Option<BoxError>) {
+        let State::Ready { conn, outage } = mem::replace(&mut self.state, State::Idle) else {
+            unreachable!("only a connection can be lost");
+        };
         if let Some(lane) = &self.lane {
             lane.withdraw();
         }
         self.observer.count(Counter::Drops);
-        self.mark_down(now);
-        let cause: &dyn fmt::Display = match &error {
-            Some(error) => error,
-            None => &"a response failed with a transport error",
-        };
-        if healthy {
-            // A healthy connection broke: a new outage, and redial at once.
-            // (It may have proved healthy by time alone, unnoticed till now.)
-            self.proved_healthy(now);
-            self.begin_outage(now, cause);
-            self.last_error = error.map(share);
-            self.state = State::Dial;
-            self.publish();
-        } else {
-            // It never proved healthy: carry on with the backoff schedule.
-            tracing::debug!(
-                target = %self.label,
-                error = %redact(&cause.to_string()),
-                "connection lost before it proved healthy"
-            );
-            self.begin_outage(now, cause);
-            if let Some(error) = error {
-                self.last_error = Some(share(error));
+        // It may have proved healthy unnoticed: by a response, or by time.
+        let outage = match outage {
+            Some(outage)
+                if conn.health.is_proven()
+                    || now >= deadline(conn.connected, self.policy.healthy_after) =>
+            {
+                self.recovered(now, &outage);
+                None
             }
-            self.back_off(now);
+            outage => outage,
+        };
+        let error: SharedError = match (error, conn.health.cause()) {
+            (Some(error), _) => share(error),
+            (None, Some(cause)) => share(cause.into()),
+            (None, None) => share("the connection was found dead".into()),
+        };
+        match outage {
+            None => {
+                // A healthy connection broke: a new outage, and redial at once.
+                let mut outage = Outage::new(now, &self.policy);
+                outage.failed(&self.label, error);
+                self.state = State::Dial(outage);
+            }
+            Some(mut outage) => {
+                // It never proved healthy: that attempt failed, and the
+                // backoff goes on from its start.
+                tracing::debug!(
+                    target = %self.label,
+                    error = %redact(&error.to_string()),
+                    "connection lost before it proved healthy"
+                );
+                outage.failed(&self.label, error);
+                self.back_off(now, conn.dialed, outage);
+            }
         }
     }
 
-    /// Once not ready: `Ready(Ok)` to fail fast past the wait limit, else `Pending`.
-    fn poll_wait_limit(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if !self.fail_fast {
-            return Poll::Pending;
+    /// Between dials: fail fast once the wait limit has passed.
+    fn between_dials(fail_fast: bool, outage: &mut Outage, cx: &mut Context<'_>) -> Step {
+        if fail_fast && outage.wait.poll_passed(cx) {
+            Step::FailFast
+        } else {
+            Step::Pending
         }
-        if !self.failing_fast {
-            if !self.wait_timer.poll_expired(cx) {
-                return Poll::Pending;
+    }
+
+    /// Moves the state machine as far as it goes now, registering the task
+    /// for whatever moves it next.
+    fn step<Req>(&mut self, cx: &mut Context<'_>) -> Step
+    where
+        M::Response: Service<Req>,
+        <M::Response as Service<Req>>::Error: Into<BoxError>,
+    {
+        loop {
+            let now = match &mut self.state {
+                State::Ready { conn, outage } => {
+                    let error = if conn.health.poll_dead(cx) {
+                        None
+                    } else {
+                        match conn.service.poll_ready(cx) {
+                            // The hot path: no clock read once proven.
+                            Poll::Ready(Ok(())) if outage.is_none() => return Step::Ready,
+                            Poll::Ready(Ok(())) => {
+                                if conn.health.is_proven() || self.timer.poll_expired(cx) {
+                                    self.proved_healthy(Instant::now());
+                                }
+                                return Step::Ready;
+                            }
+                            Poll::Pending => {
+                                if outage.is_some()
+                                    && (conn.health.is_proven() || self.timer.poll_expired(cx))
+                                {
+                                    self.proved_healthy(Instant::now());
+                                }
+                                return Step::Pending;
+                            }
+                            Poll::Ready(Err(error)) => Some(error.into()),
+                        }
+                    };
+                    self.lost(Instant::now(), error);
+                    continue;
+                }
+                State::Closed(closed) => return Step::Closed(closed.clone()),
+                _ => Instant::now(),
+            };
+            match mem::replace(&mut self.state, State::Idle) {
+                State::Idle => self.state = State::Dial(Outage::new(now, &self.policy)),
+                State::Dial(mut outage) => match self.make.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => self.dial(now, outage),
+                    Poll::Ready(Err(error)) => {
+                        // The factory itself failed: by tower's contract it
+                        // cannot be used again, so this is the end.
+                        let error = share(error.into());
+                        tracing::error!(
+                            target = %self.label,
+                            error = %redact(&error.to_string()),
+                            "connection factory failed; giving up"
+                        );
+                        self.close(Closed::new(outage.attempts, Some(error)));
+                    }
+                    Poll::Pending => {
+                        let step = Self::between_dials(self.fail_fast, &mut outage, cx);
+                        self.state = State::Dial(outage);
+                        return step;
+                    }
+                },
+                State::Connecting {
+                    mut future,
+                    started,
+                    outage,
+                } => match future.as_mut().poll(cx) {
+                    Poll::Ready(Ok(service)) => self.connected(now, started, outage, service),
+                    Poll::Ready(Err(error)) => self.dial_failed(now, started, outage, error.into()),
+                    Poll::Pending if self.timer.poll_expired(cx) => {
+                        let timeout = ConnectTimeout::new(self.policy.connect_timeout);
+                        self.dial_failed(now, started, outage, timeout.into());
+                    }
+                    Poll::Pending => {
+                        self.state = State::Connecting {
+                            future,
+                            started,
+                            outage,
+                        };
+                        return Step::Pending;
+                    }
+                },
+                State::Backoff(mut outage) => {
+                    if self.timer.poll_expired(cx) {
+                        self.state = State::Dial(outage);
+                    } else {
+                        let step = Self::between_dials(self.fail_fast, &mut outage, cx);
+                        self.state = State::Backoff(outage);
+                        return step;
+                    }
+                }
+                State::Ready { .. } | State::Closed(_) => unreachable!("handled above"),
             }
-            self.failing_fast = true;
-            tracing::debug!(target = %self.label, "wait limit passed; failing requests fast");
-            self.publish();
         }
-        Poll::Ready(Ok(()))
     }
 }
 
@@ -451,92 +560,32 @@ where
     type Future = ResponseFuture<<M::Response as Service<Req>>::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        loop {
-            if let State::Ready(conn) = &mut self.state {
-                // The hot path: no clock read once the connection is healthy.
-                let error = if conn.health.is_dead() {
-                    None
-                } else {
-                    match conn.service.poll_ready(cx) {
-                        Poll::Ready(Ok(())) if conn.healthy => return Poll::Ready(Ok(())),
-                        Poll::Ready(Ok(())) => {
-                            let now = Instant::now();
-                            if conn.has_proved_healthy(now, self.policy.healthy_after) {
-                                conn.healthy = true;
-                                if let Some(lane) = &self.lane {
-                                    lane.publish(&conn.service, &conn.health);
-                                }
-                                self.proved_healthy(now);
-                            }
-                            return Poll::Ready(Ok(()));
-                        }
-                        Poll::Ready(Err(error)) => Some(error.into()),
-                        Poll::Pending => return Poll::Pending,
-                    }
-                };
-                // It died: a transport error on a response, or its readiness.
-                let now = Instant::now();
-                let healthy = conn.has_proved_healthy(now, self.policy.healthy_after);
-                self.lost(now, healthy, error);
-                continue;
+        let before = self.signature();
+        let step = self.step(cx);
+        let after = self.signature();
+        if after != before {
+            if after.0 == Phase::FailFast {
+                tracing::debug!(target = %self.label, "wait limit passed; failing requests fast");
             }
-            let now = Instant::now();
-            match &mut self.state {
-                State::Ready(_) => unreachable!("handled above"),
-                State::Idle | State::Dial => match self.make.poll_ready(cx) {
-                    Poll::Ready(Ok(())) => self.dial(now),
-                    Poll::Ready(Err(error)) => {
-                        // The factory itself failed: by tower's contract it
-                        // cannot be used again, so this is the end.
-                        let error = share(error.into());
-                        tracing::error!(
-                            target = %self.label,
-                            error = %redact(&error.to_string()),
-                            "connection factory failed; giving up"
-                        );
-                        self.last_error = Some(error);
-                        self.state =
-                            State::Closed(Closed::new(self.attempt, self.last_error.clone()));
-                        self.publish();
-                    }
-                    Poll::Pending => break,
-                },
-                State::Backoff => {
-                    if !self.timer.poll_expired(cx) {
-                        break;
-                    }
-                    self.state = State::Dial;
-                }
-                State::Connecting(future) => match future.as_mut().poll(cx) {
-                    Poll::Ready(Ok(service)) => self.connected(now, service),
-                    Poll::Ready(Err(error)) => self.dial_failed(now, error.into()),
-                    Poll::Pending => {
-                        if !self.timer.poll_expired(cx) {
-                            break;
-                        }
-                        let timeout = ConnectTimeout::new(self.policy.connect_timeout);
-                        self.dial_failed(now, timeout.into());
-                    }
-                },
-                State::Closed(closed) => return Poll::Ready(Err(closed.clone().into())),
-            }
+            self.publish();
         }
-        // Connecting or backing off: wait, or fail fast past the wait limit.
-        self.poll_wait_limit(cx)
+        match step {
+            Step::Ready | Step::FailFast => Poll::Ready(Ok(())),
+            Step::Pending => Poll::Pending,
+            Step::Closed(closed) => Poll::Ready(Err(closed.into())),
+        }
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
         match &mut self.state {
-            State::Ready(conn) => {
+            State::Ready { conn, .. } => {
                 ResponseFuture::new(conn.service.call(request), conn.health.clone())
             }
             State::Closed(closed) => ResponseFuture::failed(closed.clone().into()),
-            _ if self.failing_fast => {
+            State::Dial(outage) | State::Backoff(outage) if outage.wait.passed() => {
                 self.observer.count(Counter::FailFast);
-                let down_for = self
-                    .down_since
-                    .map_or(Duration::ZERO, |since| since.elapsed());
-                let error = Unavailable::new(down_for, self.attempt, self.last_error.clone());
+                let down_for = Instant::now().saturating_duration_since(outage.since());
+                let error = Unavailable::new(down_for, outage.attempts, outage.last_error.clone());
                 ResponseFuture::failed(error.into())
             }
             _ => panic!("Reconnect::call called before poll_ready returned Ready(Ok)"),
@@ -553,7 +602,7 @@ where
             lane.withdraw();
         }
         self.observer
-            .publish(Phase::Closed, self.attempt, self.last_error.as_ref());
+            .publish(Phase::Closed, self.outage().map(Outage::snapshot));
     }
 }
 
@@ -565,7 +614,6 @@ where
         f.debug_struct("Reconnect")
             .field("target", &self.label)
             .field("phase", &self.phase())
-            .field("attempt", &self.attempt)
             .field("policy", &self.policy)
             .finish_non_exhaustive()
     }

@@ -133,7 +133,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use ::redis::aio::MultiplexedConnection;
@@ -146,6 +146,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tower::Service;
 
+use crate::connect::CloseWatch;
 use crate::error::NotSent;
 use crate::{BoxError, Client};
 
@@ -242,18 +243,29 @@ where
 ///
 /// Clones share the connection. Its task ends when the last clone, and the
 /// last command in flight, is dropped.
-#[derive(Clone)]
 pub struct RedisConnection {
     connection: MultiplexedConnection,
     /// `None` for a connection dialed by redis-rs itself, which cannot be
     /// watched.
     watch: Option<Arc<Watch>>,
+    /// Closed once the socket reports end-of-file or an error, or the
+    /// connection's task ends. Only the connection as dialed wakes its
+    /// poller on close; clones just look.
+    closed: Option<CloseWatch>,
 }
 
-/// What is known of a watched connection: its socket's fate and its task.
+impl Clone for RedisConnection {
+    fn clone(&self) -> Self {
+        Self {
+            connection: self.connection.clone(),
+            watch: self.watch.clone(),
+            closed: self.closed.as_ref().map(CloseWatch::for_clone),
+        }
+    }
+}
+
+/// A watched connection's task.
 struct Watch {
-    /// Set once the socket reports end-of-file or an error.
-    closed: Arc<OnceLock<io::ErrorKind>>,
     /// redis-rs's connection task, aborted when the last clone is dropped.
     task: JoinHandle<()>,
 }
@@ -275,7 +287,7 @@ impl RedisConnection {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let closed = Arc::new(OnceLock::new());
+        let closed = CloseWatch::new();
         let stream = Watched {
             io: stream,
             closed: closed.clone(),
@@ -284,10 +296,15 @@ impl RedisConnection {
             MultiplexedConnection::new_with_config(info.redis_settings(), stream, config)
                 .await
                 .map_err(into_box)?;
-        let task = tokio::spawn(task);
+        let ended = closed.for_clone();
+        let task = tokio::spawn(async move {
+            task.await;
+            ended.close(io::ErrorKind::NotConnected);
+        });
         Ok(Self {
             connection,
-            watch: Some(Arc::new(Watch { closed, task })),
+            watch: Some(Arc::new(Watch { task })),
+            closed: Some(closed),
         })
     }
 
@@ -302,12 +319,7 @@ impl RedisConnection {
 
     /// The error that closed the connection, if it is known to be closed.
     fn closed(&self) -> Option<io::Error> {
-        let watch = self.watch.as_ref()?;
-        let kind = match watch.closed.get() {
-            Some(kind) => *kind,
-            None if watch.task.is_finished() => io::ErrorKind::NotConnected,
-            None => return None,
-        };
+        let kind = self.closed.as_ref()?.closed()?.kind();
         Some(io::Error::new(kind, "redis connection closed"))
     }
 
@@ -355,11 +367,14 @@ impl Service<Cmd> for RedisConnection {
     type Error = BoxError;
     type Future = ResponseFuture;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        match self.closed() {
-            Some(error) => Poll::Ready(Err(error.into())),
-            None => Poll::Ready(Ok(())),
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if let Some(closed) = &self.closed {
+            if closed.poll_closed(cx).is_ready() {
+                let error = self.closed().expect("closed");
+                return Poll::Ready(Err(error.into()));
+            }
         }
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, cmd: Cmd) -> Self::Future {
@@ -453,6 +468,7 @@ async fn connect(
             Ok(RedisConnection {
                 connection,
                 watch: None,
+                closed: None,
             })
         }
     }
@@ -478,13 +494,13 @@ fn apply_tcp_settings(
 /// A socket that records the first end-of-file or error it reports.
 struct Watched<S> {
     io: S,
-    closed: Arc<OnceLock<io::ErrorKind>>,
+    closed: CloseWatch,
 }
 
 impl<S> Watched<S> {
     fn check<T>(&self, result: io::Result<T>) -> io::Result<T> {
         if let Err(error) = &result {
-            let _ = self.closed.set(error.kind());
+            self.closed.close(error.kind());
         }
         result
     }
@@ -501,7 +517,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let result = std::task::ready!(Pin::new(&mut self.io).poll_read(cx, buf));
         if result.is_ok() && room > 0 && buf.filled().len() == before {
             // End of file: the server closed the connection.
-            let _ = self.closed.set(io::ErrorKind::UnexpectedEof);
+            self.closed.close(io::ErrorKind::UnexpectedEof);
         }
         Poll::Ready(self.check(result))
     }
@@ -594,6 +610,7 @@ pub fn redis_error<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a RedisErro
 mod tests {
     use super::*;
     use crate::classify::is_transport_error;
+    use crate::connect::CloseWatch;
 
     /// Transport failures become IO errors of the precise kind, which the
     /// default classifier calls dead; the redis error stays reachable.
@@ -637,7 +654,7 @@ mod tests {
         use tokio::io::AsyncReadExt;
 
         let (client, server) = tokio::io::duplex(64);
-        let closed = Arc::new(OnceLock::new());
+        let closed = CloseWatch::new();
         let mut watched = Watched {
             io: client,
             closed: closed.clone(),
@@ -645,6 +662,9 @@ mod tests {
         drop(server);
         let mut buf = [0; 8];
         assert_eq!(watched.read(&mut buf).await.unwrap(), 0);
-        assert_eq!(closed.get(), Some(&io::ErrorKind::UnexpectedEof));
+        assert_eq!(
+            closed.closed().map(|e| e.kind()),
+            Some(io::ErrorKind::UnexpectedEof)
+        );
     }
 }

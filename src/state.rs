@@ -75,6 +75,14 @@ impl fmt::Display for Phase {
     }
 }
 
+/// An outage as the state watch shows it.
+#[derive(Clone, Copy)]
+pub(crate) struct Down<'a> {
+    pub(crate) since: Instant,
+    pub(crate) attempts: u32,
+    pub(crate) last_error: Option<&'a SharedError>,
+}
+
 /// A snapshot of a connection's state, as published on the state watch.
 #[derive(Clone)]
 pub struct Snapshot {
@@ -82,16 +90,33 @@ pub struct Snapshot {
     attempt: u32,
     last_error: Option<SharedError>,
     since: Instant,
+    /// When the connection became unavailable, during an outage.
+    down_since: Option<Instant>,
 }
 
 impl Snapshot {
-    pub(crate) fn new(phase: Phase, attempt: u32, last_error: Option<SharedError>) -> Self {
+    pub(crate) fn new(phase: Phase, outage: Option<Down<'_>>) -> Self {
+        let (down_since, attempt, last_error) = match outage {
+            Some(down) => (Some(down.since), down.attempts, down.last_error.cloned()),
+            None => (None, 0, None),
+        };
         Self {
             phase,
             attempt,
             last_error,
             since: Instant::now(),
+            down_since,
         }
+    }
+
+    /// The last error, shared, for an error built from this snapshot.
+    pub(crate) fn last_error_shared(&self) -> Option<SharedError> {
+        self.last_error.clone()
+    }
+
+    /// When the connection became unavailable, during an outage.
+    pub(crate) fn down_since(&self) -> Option<Instant> {
+        self.down_since
     }
 
     /// The phase.
@@ -176,7 +201,7 @@ impl Observer {
     }
 
     pub(crate) fn with_parent(parent: Option<Arc<Observer>>) -> Self {
-        let (state, _) = watch::channel(Snapshot::new(Phase::Idle, 0, None));
+        let (state, _) = watch::channel(Snapshot::new(Phase::Idle, None));
         Self {
             dials: AtomicU64::new(0),
             dial_failures: AtomicU64::new(0),
@@ -212,12 +237,24 @@ impl Observer {
         }
     }
 
-    pub(crate) fn publish(&self, phase: Phase, attempt: u32, last_error: Option<&SharedError>) {
+    /// Publishes `phase`, with the outage's start, dials and latest error
+    /// if there is one, unless the watch shows that already.
+    pub(crate) fn publish(&self, phase: Phase, outage: Option<Down<'_>>) {
         self.state.send_if_modified(|s| {
-            if s.phase == phase && s.attempt == attempt {
+            let (down_since, attempt, last_error) = match outage {
+                Some(down) => (Some(down.since), down.attempts, down.last_error),
+                None => (None, 0, None),
+            };
+            let same_error = match (&s.last_error, last_error) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
+            if s.phase == phase && s.attempt == attempt && s.down_since == down_since && same_error
+            {
                 return false;
             }
-            *s = Snapshot::new(phase, attempt, last_error.cloned());
+            *s = Snapshot::new(phase, outage);
             true
         });
     }

@@ -1,10 +1,22 @@
-//! A reusable timer for services.
+//! Timers for services: a reusable one, and the wait limit.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Context;
+use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
+
+/// The longest wait a timer is armed for: "forever" in practice. tokio
+/// clamps its own far-future sleeps to the same 30 years.
+const FOREVER: Duration = Duration::from_secs(30 * 365 * 86_400);
+
+/// `from + after`, saturating: a duration too large to add (a setting of
+/// `Duration::MAX`, say) means "forever", never a panic.
+pub(crate) fn deadline(from: Instant, after: Duration) -> Instant {
+    from.checked_add(after.min(FOREVER))
+        .unwrap_or_else(|| from + Duration::from_secs(365 * 86_400))
+}
 
 /// A lazily created, reusable timer: `Sleep` needs a runtime, `new` does not.
 #[derive(Default)]
@@ -18,10 +30,91 @@ impl Timer {
         }
     }
 
+    /// Whether the deadline last armed has passed. A timer never armed has
+    /// no deadline and never expires.
     pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
         match &mut self.0 {
             Some(sleep) => sleep.as_mut().poll(cx).is_ready(),
-            None => true,
+            None => false,
         }
+    }
+}
+
+/// How long requests may wait for a connection: from the moment it became
+/// unavailable until the wait limit has passed. After that, requests fail
+/// fast between dials.
+///
+/// Made only when the clock starts, so it cannot be misread before: there
+/// is no "unarmed" wait limit to look expired.
+pub(crate) struct WaitLimit {
+    since: Instant,
+    timer: Pin<Box<Sleep>>,
+    passed: bool,
+}
+
+impl WaitLimit {
+    /// Starts the clock at `since`.
+    pub(crate) fn start(since: Instant, limit: Duration) -> Self {
+        Self {
+            since,
+            timer: Box::pin(tokio::time::sleep_until(deadline(since, limit))),
+            passed: false,
+        }
+    }
+
+    /// When the clock started.
+    pub(crate) fn since(&self) -> Instant {
+        self.since
+    }
+
+    /// Whether the limit has passed; if not, wakes the task when it does.
+    pub(crate) fn poll_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.passed {
+            self.passed = self.timer.as_mut().poll(cx).is_ready();
+        }
+        self.passed
+    }
+
+    /// Whether the limit was seen to pass.
+    pub(crate) fn passed(&self) -> bool {
+        self.passed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deadlines saturate instead of overflowing.
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_saturate() {
+        let now = Instant::now();
+        assert_eq!(
+            deadline(now, Duration::from_secs(1)),
+            now + Duration::from_secs(1)
+        );
+        assert_eq!(deadline(now, Duration::MAX), now + FOREVER);
+    }
+
+    /// A wait limit passes exactly at its deadline, not before.
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_limit_passes_at_its_deadline() {
+        let mut limit = WaitLimit::start(Instant::now(), Duration::from_millis(100));
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(!limit.poll_passed(&mut cx));
+        tokio::time::advance(Duration::from_millis(99)).await;
+        assert!(!limit.poll_passed(&mut cx));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(limit.poll_passed(&mut cx));
+        assert!(limit.passed());
+    }
+
+    /// A timer never armed never reports expiry.
+    #[test]
+    fn an_unarmed_timer_never_expires() {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(!Timer::default().poll_expired(&mut cx));
     }
 }

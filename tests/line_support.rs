@@ -97,7 +97,7 @@ async fn restart_keeps_port_and_store() {
 
     deadline("old connection ends", old.closed()).await;
     let error = deadline("poll_ready", old.ready()).await.unwrap_err();
-    assert_eq!(io_kind(&*error), Some(io::ErrorKind::NotConnected));
+    assert_eq!(io_kind(&*error), Some(io::ErrorKind::UnexpectedEof));
 
     let mut new = connect(&server).await;
     assert_eq!(request(&mut new, "GET k").await.unwrap(), "VALUE v1");

@@ -239,10 +239,11 @@ async fn elapsed_limit_ends_closed() {
 }
 
 /// (e) A dial that hangs is abandoned at the connect timeout, and counts as
-/// a failed dial whose error is `ConnectTimeout`.
+/// a failed dial whose error is `ConnectTimeout`. The next dial was due
+/// 100 ms after the hung one *started*, so it follows at once.
 #[tokio::test(start_paused = true)]
 async fn connect_timeout_fires_for_a_hanging_dial() {
-    let dialer = Dialer::new([Outcome::Hang, Outcome::Connect]);
+    let dialer = Dialer::new([Outcome::Hang, Outcome::Hang, Outcome::Connect]);
     let policy = ReconnectPolicy::builder()
         .backoff(exact())
         .connect_timeout(Duration::from_secs(2))
@@ -251,6 +252,7 @@ async fn connect_timeout_fires_for_a_hanging_dial() {
         .unwrap();
     let mut svc = reconnect(&dialer, policy);
     let state = svc.get_ref().state();
+    let start = Instant::now();
 
     assert_pending!(poll_ready(&mut svc));
     advance(ms(1999)).await;
@@ -262,7 +264,8 @@ async fn connect_timeout_fires_for_a_hanging_dial() {
     assert_eq!(svc.get_ref().stats().dial_failures, 1);
     {
         let snapshot = state.borrow();
-        assert_eq!(snapshot.phase(), Phase::Backoff);
+        assert_eq!(snapshot.phase(), Phase::Connecting);
+        assert_eq!(snapshot.attempt(), 2);
         let error = snapshot.last_error().unwrap();
         assert_eq!(
             error.downcast_ref::<ConnectTimeout>().unwrap().after(),
@@ -270,9 +273,10 @@ async fn connect_timeout_fires_for_a_hanging_dial() {
         );
     }
 
-    advance(ms(100)).await;
+    advance(Duration::from_secs(2)).await;
     assert_ready_ok!(poll_ready(&mut svc));
-    assert_eq!(dialer.dials(), 2);
+    let offsets: Vec<_> = dialer.dial_offsets(start);
+    assert_eq!(offsets, [ms(0), ms(2000), ms(4000)]);
 }
 
 /// (h) Polling `poll_ready` again before `call` starts no second dial.

@@ -67,6 +67,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{Decoder, Encoder, Framed, FramedRead, LinesCodec, LinesCodecError};
 use tower::Service;
+use tower_redial::connect::CloseWatch;
 use tower_redial::NotSent;
 
 /// The boxed error of [`LineConnection`]; the same type as
@@ -709,8 +710,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A background task owns the socket. It writes requests in the order of
 /// [`call`](Service::call) and matches replies to them first in, first out.
 ///
-/// - `poll_ready` is `Ready(Ok)` while the task runs and `Ready(Err)` (an
-///   [`io::Error`] of kind `NotConnected`) once it has ended.
+/// - `poll_ready` is `Ready(Ok)` while the task runs and `Ready(Err)` once
+///   it has ended, with the kind of error that ended it; the task's end
+///   wakes whoever last polled it (see `CloseWatch`), so an idle
+///   connection's death is noticed with no request.
 /// - A request that was never written fails with a [`NotSent`] holding it.
 /// - A written request whose reply never came fails with the
 ///   [`io::Error`] that ended the connection: kind `UnexpectedEof` when the
@@ -722,6 +725,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// still complete.
 pub struct LineConnection {
     jobs: mpsc::UnboundedSender<Job>,
+    closed: CloseWatch,
     local_addr: SocketAddr,
     peer_addr: SocketAddr,
 }
@@ -749,9 +753,11 @@ impl LineConnection {
         let local_addr = io.local_addr()?;
         let peer_addr = io.peer_addr()?;
         let (jobs, queue) = mpsc::unbounded_channel();
-        tokio::spawn(drive(io, queue));
+        let closed = CloseWatch::new();
+        tokio::spawn(drive(io, queue, closed.for_clone()));
         Ok(LineConnection {
             jobs,
+            closed,
             local_addr,
             peer_addr,
         })
@@ -798,7 +804,10 @@ impl Service<String> for LineConnection {
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Reply> + Send + 'static>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if let Poll::Ready(error) = self.closed.poll_closed(cx) {
+            return Poll::Ready(Err(error.into()));
+        }
         if self.jobs.is_closed() {
             Poll::Ready(Err(Box::new(io::Error::new(
                 io::ErrorKind::NotConnected,
@@ -848,7 +857,7 @@ fn not_sent(line: String) -> BoxError {
 
 /// The connection's task: writes queued requests, reads replies, and on the
 /// way out fails every request it still holds with the right error.
-async fn drive(stream: TcpStream, mut queue: mpsc::UnboundedReceiver<Job>) {
+async fn drive(stream: TcpStream, mut queue: mpsc::UnboundedReceiver<Job>, closed: CloseWatch) {
     let (read, mut write) = stream.into_split();
     let mut replies = FramedRead::new(read, StrictLines::default());
     let mut in_flight: VecDeque<oneshot::Sender<Reply>> = VecDeque::new();
@@ -914,7 +923,13 @@ async fn drive(stream: TcpStream, mut queue: mpsc::UnboundedReceiver<Job>) {
         }
     };
 
-    // From here on `poll_ready` fails and `call` hands requests back.
+    // From here on `poll_ready` fails, with the kind of error that ended
+    // the connection, and `call` hands requests back.
+    closed.close(
+        failure
+            .as_ref()
+            .map_or(io::ErrorKind::NotConnected, io::Error::kind),
+    );
     queue.close();
     if let Some(failure) = failure {
         let kind = failure.kind();

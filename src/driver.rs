@@ -1,0 +1,180 @@
+//! The client's task: tower's `Buffer` worker, plus a driver that keeps the
+//! service moving when no request is queued.
+//!
+//! tower's `Buffer` worker polls its service only while it holds a request,
+//! so on its own a quiet client would never redial, time out a dial, pass
+//! its wait limit or notice that its idle connection died. The client's task
+//! therefore runs two things:
+//!
+//! - the driver, which, once the client has been used, polls the service's
+//!   `poll_ready` whenever the task is woken: by a backoff timer, a dial, the
+//!   wait limit, or the connection's own readiness (see
+//!   [`CloseWatch`](crate::connect::CloseWatch));
+//! - tower's `Buffer` worker, which sends queued requests to the service.
+//!
+//! Both poll the one service, on the one task and with the one waker, so
+//! whatever wakes the task wakes both. The worker goes first, so that a
+//! client whose handles are all gone ends before the driver dials again;
+//! when the driver then finds the service ready and the worker is waiting
+//! for it, the worker goes again.
+//! Calling `poll_ready` with no request to follow is allowed by tower's
+//! contract; the reservation it may make is the one the next request uses.
+//!
+//! The task ends when the worker does: when every handle of the client is
+//! dropped. The service, and with it the connection, is dropped then.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
+use pin_project_lite::pin_project;
+use tower::buffer::Buffer;
+use tower::Service;
+
+use crate::BoxError;
+
+/// Starts the driver: shared by the client's handles and its task.
+#[derive(Debug, Default)]
+pub(crate) struct Kick {
+    used: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Kick {
+    /// The client is in use: from now on the driver keeps it connected.
+    pub(crate) fn start(&self) {
+        if !self.used.load(Ordering::Relaxed) && !self.used.swap(true, Ordering::AcqRel) {
+            self.task.wake();
+        }
+    }
+
+    fn poll_started(&self, cx: &mut Context<'_>) -> bool {
+        if self.used.load(Ordering::Acquire) {
+            return true;
+        }
+        self.task.register(cx.waker());
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+/// Puts `service` on a spawned task behind tower's `Buffer`, with a driver
+/// that keeps it moving once `kick` is started or the first request comes.
+///
+/// # Panics
+///
+/// If called outside a tokio runtime.
+pub(crate) fn spawn<S, Req>(service: S, capacity: usize, kick: Arc<Kick>) -> Buffer<Req, S::Future>
+where
+    S: Service<Req, Error = BoxError> + Send + 'static,
+    S::Future: Send,
+    Req: Send + 'static,
+{
+    let service = Arc::new(Mutex::new(Inner {
+        service,
+        waiting: false,
+    }));
+    let shared = Driven {
+        service: service.clone(),
+        kick: kick.clone(),
+    };
+    let (buffer, worker) = Buffer::pair(shared, capacity);
+    tokio::spawn(Task {
+        worker,
+        service,
+        kick,
+        stopped: false,
+        _request: PhantomData,
+    });
+    buffer
+}
+
+fn lock<S>(inner: &Mutex<Inner<S>>) -> MutexGuard<'_, Inner<S>> {
+    inner.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The service, shared by the worker and the driver. Only the client's task
+/// ever takes the lock, so it is never contended.
+struct Inner<S> {
+    service: S,
+    /// Whether the worker holds a request the service was not ready for.
+    waiting: bool,
+}
+
+/// The service as the `Buffer` worker holds it.
+struct Driven<S> {
+    service: Arc<Mutex<Inner<S>>>,
+    kick: Arc<Kick>,
+}
+
+impl<S, Req> Service<Req> for Driven<S>
+where
+    S: Service<Req>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.kick.start();
+        let mut inner = lock(&self.service);
+        let ready = inner.service.poll_ready(cx);
+        inner.waiting = ready.is_pending();
+        ready
+    }
+
+    fn call(&mut self, request: Req) -> S::Future {
+        lock(&self.service).service.call(request)
+    }
+}
+
+pin_project! {
+    /// The client's task.
+    struct Task<W, S, Req> {
+        // tower's `Buffer` worker, whose type tower does not name.
+        #[pin]
+        worker: W,
+        service: Arc<Mutex<Inner<S>>>,
+        kick: Arc<Kick>,
+        // Set once the service failed `poll_ready`: it is closed for good.
+        stopped: bool,
+        _request: PhantomData<fn(Req)>,
+    }
+}
+
+impl<W, S, Req> Future for Task<W, S, Req>
+where
+    W: Future<Output = ()>,
+    S: Service<Req, Error = BoxError>,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        if this.worker.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        if *this.stopped || !this.kick.poll_started(cx) {
+            return Poll::Pending;
+        }
+        // Polling is what moves the service along, and registers the task
+        // for what comes next; readiness matters only to a waiting worker.
+        let mut inner = lock(this.service);
+        let wake_worker = match inner.service.poll_ready(cx) {
+            Poll::Ready(Ok(())) => inner.waiting,
+            Poll::Ready(Err(_)) => {
+                *this.stopped = true;
+                inner.waiting
+            }
+            Poll::Pending => false,
+        };
+        drop(inner);
+        if wake_worker {
+            return this.worker.poll(cx);
+        }
+        Poll::Pending
+    }
+}
