@@ -8,7 +8,7 @@ use tower::buffer::Buffer;
 use tower::retry::Retry;
 use tower::Service;
 
-use crate::driver::{self, Kick};
+use crate::driver::{self, Drive, Kick};
 use crate::error::{Closed, Overloaded, Unavailable};
 use crate::future::{from_buffer, BoxResponse, ClientFuture};
 use crate::lane::{LaneCache, LaneCell};
@@ -98,6 +98,9 @@ pub(crate) struct Shared<Req, Res> {
     pub(crate) lane: Arc<LaneCell<Req, Res>>,
     /// Starts the client's task keeping the connection up.
     kick: Arc<Kick>,
+    /// How long [`Client::connected`] waits at most: the wait limit plus
+    /// one connect timeout.
+    connect_bound: Duration,
 }
 
 impl<Req, Res> Shared<Req, Res>
@@ -128,13 +131,13 @@ where
         lane: Arc<LaneCell<Req, Res>>,
     ) -> Self
     where
-        Reconnect<M, T>: Service<Req, Response = Res, Error = BoxError> + Send + 'static,
+        Reconnect<M, T>: Drive<Req, Response = Res, Error = BoxError> + Send + 'static,
         <Reconnect<M, T> as Service<Req>>::Future: Send + 'static,
         M: Service<T>,
         R: ResendPolicy<Req>,
     {
         let observer = reconnect.observer();
-        Self::spawn(reconnect, observer, policy, resend, lane)
+        Self::spawn(reconnect.driven(), observer, policy, resend, lane)
     }
 
     /// Puts any worker service on a spawned task behind a queue and retry;
@@ -147,7 +150,7 @@ where
         lane: Arc<LaneCell<Req, Res>>,
     ) -> Self
     where
-        S: Service<Req, Response = Res, Error = BoxError> + Send + 'static,
+        S: Drive<Req, Response = Res, Error = BoxError> + Send + 'static,
         S::Future: Send + 'static,
         R: ResendPolicy<Req>,
     {
@@ -168,6 +171,7 @@ where
             queue: buffer.clone(),
             lane,
             kick,
+            connect_bound: policy.wait_limit.saturating_add(policy.connect_timeout),
         });
         Self {
             queue: buffer,
@@ -201,9 +205,10 @@ impl<Req, Res> Client<Req, Res> {
     /// # Errors
     ///
     /// - [`Unavailable`] once the connection has been unavailable for the
-    ///   policy's [wait limit](crate::ReconnectPolicy::wait_limit) and no
-    ///   dial is in flight. Its `source()` is the latest dial error. This
-    ///   bounds the wait: at most the wait limit plus one connect timeout.
+    ///   policy's [wait limit](crate::ReconnectPolicy::wait_limit) and the
+    ///   dial in flight then has failed too: at most the wait limit plus one
+    ///   [connect timeout](crate::ReconnectPolicy::connect_timeout) after
+    ///   the first dial. Its `source()` is the latest dial error.
     /// - [`Closed`] if the client gave up for good.
     ///
     /// The client stays usable after an error: it goes on redialing by its
@@ -232,21 +237,32 @@ impl<Req, Res> Client<Req, Res> {
     pub async fn connected(&self) -> Result<(), BoxError> {
         let mut state = self.shared.observer.subscribe();
         self.shared.kick.start();
-        let snapshot = state
-            .wait_for(|s| matches!(s.phase(), Phase::Ready | Phase::FailFast | Phase::Closed))
-            .await
-            .map_err(|_| Closed::new(0, None))?
-            .clone();
+        let settled =
+            |s: &Snapshot| matches!(s.phase(), Phase::Ready | Phase::FailFast | Phase::Closed);
+        // A dial due at once may follow a failure before this task looks,
+        // so `FailFast` can pass unseen: the bound decides then.
+        let waited = tokio::time::timeout(self.shared.connect_bound, async {
+            state
+                .wait_for(settled)
+                .await
+                .map(|snapshot| snapshot.clone())
+        })
+        .await;
+        let snapshot = match waited {
+            Ok(Ok(snapshot)) => snapshot,
+            Ok(Err(_)) => return Err(Closed::new(0, None).into()),
+            Err(_) => state.borrow().clone(),
+        };
         let last_error = snapshot.last_error_shared();
         match snapshot.phase() {
             Phase::Ready => Ok(()),
-            Phase::FailFast => {
+            Phase::Closed => Err(Closed::new(snapshot.attempt(), last_error).into()),
+            _ => {
                 let down_for = snapshot
                     .down_since()
                     .map_or(Duration::ZERO, |t| t.elapsed());
                 Err(Unavailable::new(down_for, snapshot.attempt(), last_error).into())
             }
-            _ => Err(Closed::new(snapshot.attempt(), last_error).into()),
         }
     }
 }

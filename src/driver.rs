@@ -37,6 +37,28 @@ use tower::Service;
 
 use crate::BoxError;
 
+/// A service the client's task can move along without a request.
+pub(crate) trait Drive<Req>: Service<Req> {
+    /// Like `poll_ready`, for the driver: advances timers, dials and the
+    /// connection's health, and says what the task should do next.
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Drove;
+}
+
+/// What the driver found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Drove {
+    /// Waiting for a timer, a dial or the connection: the task is
+    /// registered for it.
+    Waiting,
+    /// Ready for requests.
+    Ready,
+    /// Failing fast with a dial due: the worker fails the requests that
+    /// waited through the failed dial, then the driver goes again and dials.
+    Flush,
+    /// Closed for good.
+    Closed,
+}
+
 /// Starts the driver: shared by the client's handles and its task.
 #[derive(Debug, Default)]
 pub(crate) struct Kick {
@@ -69,7 +91,7 @@ impl Kick {
 /// If called outside a tokio runtime.
 pub(crate) fn spawn<S, Req>(service: S, capacity: usize, kick: Arc<Kick>) -> Buffer<Req, S::Future>
 where
-    S: Service<Req, Error = BoxError> + Send + 'static,
+    S: Drive<Req, Error = BoxError> + Send + 'static,
     S::Future: Send,
     Req: Send + 'static,
 {
@@ -148,33 +170,37 @@ pin_project! {
 impl<W, S, Req> Future for Task<W, S, Req>
 where
     W: Future<Output = ()>,
-    S: Service<Req, Error = BoxError>,
+    S: Drive<Req, Error = BoxError>,
 {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
-        if this.worker.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(());
-        }
-        if *this.stopped || !this.kick.poll_started(cx) {
-            return Poll::Pending;
-        }
-        // Polling is what moves the service along, and registers the task
-        // for what comes next; readiness matters only to a waiting worker.
-        let mut inner = lock(this.service);
-        let wake_worker = match inner.service.poll_ready(cx) {
-            Poll::Ready(Ok(())) => inner.waiting,
-            Poll::Ready(Err(_)) => {
-                *this.stopped = true;
-                inner.waiting
+        // A few rounds of worker, then driver; a service whose dials fail at
+        // once with no delay due gets the rest on the next wake.
+        for _ in 0..4 {
+            if this.worker.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
             }
-            Poll::Pending => false,
-        };
-        drop(inner);
-        if wake_worker {
-            return this.worker.poll(cx);
+            if *this.stopped || !this.kick.poll_started(cx) {
+                return Poll::Pending;
+            }
+            let mut inner = lock(this.service);
+            let drove = inner.service.poll_drive(cx);
+            let waiting = inner.waiting;
+            drop(inner);
+            match drove {
+                Drove::Waiting => return Poll::Pending,
+                Drove::Ready if !waiting => return Poll::Pending,
+                // The worker may send the request it holds now.
+                Drove::Ready => {}
+                // The worker fails its backlog, then the driver dials.
+                Drove::Flush => {}
+                // The worker learns it, and fails every request from now on.
+                Drove::Closed => *this.stopped = true,
+            }
         }
+        cx.waker().wake_by_ref();
         Poll::Pending
     }
 }

@@ -17,6 +17,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::Service;
 
+use crate::driver::{Drive, Drove};
 use crate::error::Unavailable;
 use crate::state::{Counter, Down, Observer, Phase};
 use crate::timer::WaitLimit;
@@ -117,6 +118,19 @@ where
         let down_for = Instant::now().saturating_duration_since(wait.since());
         GateFuture::Failed {
             error: Some(Unavailable::new(down_for, 0, None).into()),
+        }
+    }
+}
+
+impl<S, Req> Drive<Req> for FailFast<S>
+where
+    S: Service<Req, Error = BoxError>,
+{
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Drove {
+        match self.poll_ready(cx) {
+            Poll::Ready(Ok(())) => Drove::Ready,
+            Poll::Ready(Err(_)) => Drove::Closed,
+            Poll::Pending => Drove::Waiting,
         }
     }
 }

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use crate::backoff::Schedule;
+use crate::driver::{Drive, Drove};
 use crate::error::{share, Closed, ConnectTimeout, SharedError, Unavailable};
 use crate::future::ResponseFuture;
 use crate::health::Health;
@@ -88,6 +89,10 @@ where
     timer: Timer,
     /// Off for a balancer's endpoints: the balanced client fails fast as a whole.
     fail_fast: bool,
+    /// Set when a driver (the client's task) moves it along: then, past the
+    /// wait limit, only the driver starts a dial, once the requests that
+    /// waited through the failed one have failed.
+    driven: bool,
     observer: Arc<Observer>,
     /// Where a healthy connection is published for handles to call directly;
     /// see [`MakeReconnect::multiplexed`](crate::MakeReconnect::multiplexed).
@@ -179,8 +184,11 @@ struct Connection<S> {
 enum Step {
     /// The connection is ready.
     Ready,
-    /// Between dials, past the wait limit: fail requests fast.
-    FailFast,
+    /// Between dials, past the wait limit: fail requests fast. `due` when
+    /// the next dial is due, and waits only for the driver.
+    FailFast {
+        due: bool,
+    },
     Pending,
     Closed(Closed),
 }
@@ -207,9 +215,16 @@ where
             state: State::Idle,
             timer: Timer::default(),
             fail_fast: true,
+            driven: false,
             observer: Arc::new(Observer::new()),
             lane: None,
         }
+    }
+
+    /// From now on a driver moves this service: see [`Drive`].
+    pub(crate) fn driven(mut self) -> Self {
+        self.driven = true;
+        self
     }
 
     /// Publishes each connection that proves healthy to `lane`.
@@ -443,22 +458,24 @@ where
         }
     }
 
-    /// Between dials: fail fast once the wait limit has passed.
-    fn between_dials(fail_fast: bool, outage: &mut Outage, cx: &mut Context<'_>) -> Step {
-        if fail_fast && outage.wait.poll_passed(cx) {
-            Step::FailFast
-        } else {
-            Step::Pending
-        }
+    /// Whether a dial that is due may start now. Past the wait limit,
+    /// requests that waited through a failed dial fail before the next one
+    /// starts (gRPC fails them on TRANSIENT_FAILURE): so not in the step
+    /// that saw the failure, and, when a driver moves this service, only in
+    /// the driver's step, which comes after the queue has been served.
+    fn may_dial(&self, failing: bool, just_failed: bool, driving: bool) -> bool {
+        !failing || (!just_failed && (driving || !self.driven))
     }
 
     /// Moves the state machine as far as it goes now, registering the task
-    /// for whatever moves it next.
-    fn step<Req>(&mut self, cx: &mut Context<'_>) -> Step
+    /// for whatever moves it next. `driving` when called by the driver
+    /// rather than for a request.
+    fn step<Req>(&mut self, cx: &mut Context<'_>, driving: bool) -> Step
     where
         M::Response: Service<Req>,
         <M::Response as Service<Req>>::Error: Into<BoxError>,
     {
+        let mut just_failed = false;
         loop {
             let now = match &mut self.state {
                 State::Ready { conn, outage } => {
@@ -486,6 +503,7 @@ where
                         }
                     };
                     self.lost(Instant::now(), error);
+                    just_failed = true;
                     continue;
                 }
                 State::Closed(closed) => return Step::Closed(closed.clone()),
@@ -493,35 +511,49 @@ where
             };
             match mem::replace(&mut self.state, State::Idle) {
                 State::Idle => self.state = State::Dial(Outage::new(now, &self.policy)),
-                State::Dial(mut outage) => match self.make.poll_ready(cx) {
-                    Poll::Ready(Ok(())) => self.dial(now, outage),
-                    Poll::Ready(Err(error)) => {
-                        // The factory itself failed: by tower's contract it
-                        // cannot be used again, so this is the end.
-                        let error = share(error.into());
-                        tracing::error!(
-                            target = %self.label,
-                            error = %redact(&error.to_string()),
-                            "connection factory failed; giving up"
-                        );
-                        self.close(Closed::new(outage.attempts, Some(error)));
-                    }
-                    Poll::Pending => {
-                        let step = Self::between_dials(self.fail_fast, &mut outage, cx);
+                State::Dial(mut outage) => {
+                    let failing = self.fail_fast && outage.wait.poll_passed(cx);
+                    if !self.may_dial(failing, just_failed, driving) {
                         self.state = State::Dial(outage);
-                        return step;
+                        return Step::FailFast { due: true };
                     }
-                },
+                    match self.make.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => self.dial(now, outage),
+                        Poll::Ready(Err(error)) => {
+                            // The factory itself failed: by tower's contract it
+                            // cannot be used again, so this is the end.
+                            let error = share(error.into());
+                            tracing::error!(
+                                target = %self.label,
+                                error = %redact(&error.to_string()),
+                                "connection factory failed; giving up"
+                            );
+                            self.close(Closed::new(outage.attempts, Some(error)));
+                        }
+                        Poll::Pending => {
+                            self.state = State::Dial(outage);
+                            return if failing {
+                                Step::FailFast { due: false }
+                            } else {
+                                Step::Pending
+                            };
+                        }
+                    }
+                }
                 State::Connecting {
                     mut future,
                     started,
                     outage,
                 } => match future.as_mut().poll(cx) {
                     Poll::Ready(Ok(service)) => self.connected(now, started, outage, service),
-                    Poll::Ready(Err(error)) => self.dial_failed(now, started, outage, error.into()),
+                    Poll::Ready(Err(error)) => {
+                        self.dial_failed(now, started, outage, error.into());
+                        just_failed = true;
+                    }
                     Poll::Pending if self.timer.poll_expired(cx) => {
                         let timeout = ConnectTimeout::new(self.policy.connect_timeout);
                         self.dial_failed(now, started, outage, timeout.into());
+                        just_failed = true;
                     }
                     Poll::Pending => {
                         self.state = State::Connecting {
@@ -533,16 +565,64 @@ where
                     }
                 },
                 State::Backoff(mut outage) => {
-                    if self.timer.poll_expired(cx) {
+                    let due = self.timer.poll_expired(cx);
+                    let failing = self.fail_fast && outage.wait.poll_passed(cx);
+                    if due && self.may_dial(failing, just_failed, driving) {
                         self.state = State::Dial(outage);
-                    } else {
-                        let step = Self::between_dials(self.fail_fast, &mut outage, cx);
-                        self.state = State::Backoff(outage);
-                        return step;
+                        continue;
                     }
+                    self.state = State::Backoff(outage);
+                    return if failing {
+                        Step::FailFast { due }
+                    } else {
+                        Step::Pending
+                    };
                 }
                 State::Ready { .. } | State::Closed(_) => unreachable!("handled above"),
             }
+        }
+    }
+}
+
+impl<M, T> Reconnect<M, T>
+where
+    M: Service<T>,
+    M::Error: Into<BoxError>,
+    T: Clone,
+{
+    /// A step, published on the state watch if it changed what shows there.
+    fn observed_step<Req>(&mut self, cx: &mut Context<'_>, driving: bool) -> Step
+    where
+        M::Response: Service<Req>,
+        <M::Response as Service<Req>>::Error: Into<BoxError>,
+    {
+        let before = self.signature();
+        let step = self.step(cx, driving);
+        let after = self.signature();
+        if after != before {
+            if after.0 == Phase::FailFast && before.0 != Phase::FailFast {
+                tracing::debug!(target = %self.label, "wait limit passed; failing requests fast");
+            }
+            self.publish();
+        }
+        step
+    }
+}
+
+impl<M, T, Req> Drive<Req> for Reconnect<M, T>
+where
+    M: Service<T>,
+    M::Error: Into<BoxError>,
+    M::Response: Service<Req>,
+    <M::Response as Service<Req>>::Error: Into<BoxError>,
+    T: Clone,
+{
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Drove {
+        match self.observed_step(cx, true) {
+            Step::Ready | Step::FailFast { due: false } => Drove::Ready,
+            Step::FailFast { due: true } => Drove::Flush,
+            Step::Pending => Drove::Waiting,
+            Step::Closed(_) => Drove::Closed,
         }
     }
 }
@@ -560,17 +640,8 @@ where
     type Future = ResponseFuture<<M::Response as Service<Req>>::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        let before = self.signature();
-        let step = self.step(cx);
-        let after = self.signature();
-        if after != before {
-            if after.0 == Phase::FailFast {
-                tracing::debug!(target = %self.label, "wait limit passed; failing requests fast");
-            }
-            self.publish();
-        }
-        match step {
-            Step::Ready | Step::FailFast => Poll::Ready(Ok(())),
+        match self.observed_step(cx, false) {
+            Step::Ready | Step::FailFast { .. } => Poll::Ready(Ok(())),
             Step::Pending => Poll::Pending,
             Step::Closed(closed) => Poll::Ready(Err(closed.into())),
         }

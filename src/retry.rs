@@ -30,6 +30,7 @@ use tower::Service;
 
 use crate::budget::RetryBudget;
 use crate::classify::Classifier;
+use crate::driver::{Drive, Drove};
 use crate::error::{Closed, NotSent, Unavailable};
 use crate::future::BoxResponse;
 use crate::state::{Counter, Observer};
@@ -254,6 +255,18 @@ impl<Req, Res> Policy<Slot<Req>, Res, BoxError> for RetryPolicy<Req> {
 /// connection has been down past the wait limit, or the client is closed.
 fn is_final(error: &(dyn std::error::Error + 'static)) -> bool {
     crate::classify::chain(error).any(|e| e.is::<Unavailable>() || e.is::<Closed>())
+}
+
+impl<S, Req> Drive<Slot<Req>> for Unslot<S>
+where
+    S: Drive<Req, Error = BoxError>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    Req: Send + 'static,
+{
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Drove {
+        self.0.poll_drive(cx)
+    }
 }
 
 /// Runs on the worker: sends each request, taking a shared one out of its

@@ -1,9 +1,12 @@
 //! A scripted connection factory for state-machine tests.
 //!
-//! Each dial takes the next [`Outcome`] from a script (refuse once the script
-//! runs out), records when it happened and what target it was given, and
-//! hands out tower-test mock connections whose handles the test keeps, so it
-//! can answer requests on them or kill them.
+//! Each dial takes the next [`Outcome`] from a script (once the script runs
+//! out: refuse, or follow [`Dialer::down_until`]), records when it happened
+//! and what target it was given, and hands out tower-test mock connections
+//! whose handles the test keeps, so it can answer requests on them or kill
+//! them. Each connection also has a [`CloseWatch`], which
+//! [`Dialer::hang_up`] closes as a connection's IO task does when the peer
+//! goes away: the client notices that with no request.
 
 #![allow(dead_code)]
 
@@ -11,18 +14,51 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tower::Service;
+use tower_redial::connect::CloseWatch;
 use tower_redial::BoxError;
 use tower_test::mock;
 
-/// A mock connection, and the test's end of it.
-pub type Conn = mock::Mock<String, String>;
+/// The test's end of a mock connection.
 pub type ConnHandle = mock::Handle<String, String>;
+
+/// A mock connection that reports its close through a [`CloseWatch`].
+pub struct Conn {
+    mock: mock::Mock<String, String>,
+    closed: CloseWatch,
+}
+
+impl Clone for Conn {
+    fn clone(&self) -> Self {
+        Conn {
+            mock: self.mock.clone(),
+            closed: self.closed.for_clone(),
+        }
+    }
+}
+
+impl Service<String> for Conn {
+    type Response = String;
+    type Error = BoxError;
+    type Future = <mock::Mock<String, String> as Service<String>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if let Poll::Ready(error) = self.closed.poll_closed(cx) {
+            return Poll::Ready(Err(error.into()));
+        }
+        self.mock.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: String) -> Self::Future {
+        self.mock.call(request)
+    }
+}
 
 /// What the next dial does.
 #[derive(Clone, Copy, Debug)]
@@ -35,18 +71,47 @@ pub enum Outcome {
     Connect,
     /// Connects, but the connection is already closed (accept, then close).
     ConnectClosed,
+    /// Connects after this long.
+    ConnectAfter(Duration),
+    /// Fails after this long, with an error of this kind.
+    FailAfter(Duration, io::ErrorKind),
 }
 
 #[derive(Default)]
 struct Inner {
     script: VecDeque<Outcome>,
+    /// Once the script runs out: refuse until then, connect from then on.
+    down_until: Option<Instant>,
     dials: Vec<(Instant, String)>,
     conns: Vec<Option<ConnHandle>>,
+    watches: Vec<CloseWatch>,
+    /// When each connection was made.
+    connected_at: Vec<Instant>,
 }
 
 /// The factory. Clones share the script and the log.
 #[derive(Clone, Default)]
-pub struct Dialer(Arc<Mutex<Inner>>, Arc<tokio::sync::Notify>);
+pub struct Dialer(
+    Arc<Mutex<Inner>>,
+    Arc<tokio::sync::Notify>,
+    Arc<AtomicUsize>,
+);
+
+/// Counts a dial future as live until it is dropped.
+struct Live(Arc<AtomicUsize>);
+
+impl Live {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Live(count.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 impl Dialer {
     pub fn new(script: impl IntoIterator<Item = Outcome>) -> Self {
@@ -57,6 +122,29 @@ impl Dialer {
 
     pub fn push(&self, outcomes: impl IntoIterator<Item = Outcome>) {
         self.0.lock().unwrap().script.extend(outcomes);
+    }
+
+    /// Once the script runs out, dials are refused until `at`, and connect
+    /// from then on: a server that is down until `at`.
+    pub fn down_until(&self, at: Instant) {
+        self.0.lock().unwrap().down_until = Some(at);
+    }
+
+    /// Closes connection `id` as its IO task would when the peer goes away:
+    /// the client is told through the connection's `CloseWatch`.
+    pub fn hang_up(&self, id: usize) {
+        let inner = self.0.lock().unwrap();
+        inner.watches[id].close(io::ErrorKind::UnexpectedEof);
+    }
+
+    /// When connection `id` was made.
+    pub fn connected_at(&self, id: usize) -> Instant {
+        self.0.lock().unwrap().connected_at[id]
+    }
+
+    /// Dial futures still alive: started and neither finished nor dropped.
+    pub fn live_dials(&self) -> usize {
+        self.2.load(Ordering::SeqCst)
     }
 
     /// How many dials were started.
@@ -115,24 +203,60 @@ impl<T: ToString> Service<T> for Dialer {
     }
 
     fn call(&mut self, target: T) -> Self::Future {
-        let mut inner = self.0.lock().unwrap();
-        inner.dials.push((Instant::now(), target.to_string()));
-        let outcome = inner.script.pop_front().unwrap_or(Outcome::Refuse);
+        let now = Instant::now();
+        let mut log = self.0.lock().unwrap();
+        log.dials.push((now, target.to_string()));
+        let outcome = match (log.script.pop_front(), log.down_until) {
+            (Some(outcome), _) => outcome,
+            (None, Some(at)) if now >= at => Outcome::Connect,
+            (None, _) => Outcome::Refuse,
+        };
+        // Counts the dial as live until its future finishes or is dropped.
+        let live = Live::new(&self.2);
+        let (delay, outcome) = match outcome {
+            Outcome::ConnectAfter(delay) => (delay, Outcome::Connect),
+            Outcome::FailAfter(delay, kind) => {
+                return Box::pin(async move {
+                    tokio::time::sleep(delay).await;
+                    drop(live);
+                    Err(io::Error::from(kind).into())
+                })
+            }
+            outcome => (Duration::ZERO, outcome),
+        };
+        drop(log);
         match outcome {
-            Outcome::Refuse => Box::pin(async { Err(refused().into()) }),
-            Outcome::Hang => Box::pin(std::future::pending()),
-            Outcome::Connect | Outcome::ConnectClosed => {
-                let (conn, handle) = mock::pair();
-                let handle = match outcome {
-                    Outcome::Connect => Some(handle),
-                    _ => {
-                        drop(handle);
-                        None
+            Outcome::Refuse => Box::pin(async move {
+                drop(live);
+                Err(refused().into())
+            }),
+            Outcome::Hang => Box::pin(async move {
+                let _live = live;
+                std::future::pending().await
+            }),
+            _ => {
+                let inner = self.0.clone();
+                let made = self.1.clone();
+                let closed_at_once = matches!(outcome, Outcome::ConnectClosed);
+                Box::pin(async move {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
                     }
-                };
-                inner.conns.push(handle);
-                self.1.notify_waiters();
-                Box::pin(async move { Ok(conn) })
+                    drop(live);
+                    let (mock, handle) = mock::pair();
+                    let closed = CloseWatch::new();
+                    let mut inner = inner.lock().unwrap();
+                    if closed_at_once {
+                        drop(handle);
+                        inner.conns.push(None);
+                    } else {
+                        inner.conns.push(Some(handle));
+                    }
+                    inner.watches.push(closed.for_clone());
+                    inner.connected_at.push(Instant::now());
+                    made.notify_waiters();
+                    Ok(Conn { mock, closed })
+                })
             }
         }
     }
