@@ -22,6 +22,11 @@
 //! | [`Decorrelated`](Jitter::Decorrelated) | `min(cap, random in [base, 3 × previous delay])` | `cap` |
 //! | [`Proportional(f)`](Jitter::Proportional) | random in `[raw × (1 - f), raw × (1 + f)]` | `cap × (1 + f)` |
 //!
+//! Each delay runs from the *start* of the dial that failed, as in the gRPC
+//! spec: with `fixed(3 s)`, a server that refuses at once is dialed at 0, 3,
+//! 6 and 9 s, like the `connect()` + `sleep(3)` loop it models, and a dial
+//! that took longer than its delay is followed at once.
+//!
 //! Only proportional jitter goes above the cap: at the cap,
 //! [`ReconnectPolicy::grpc`](crate::ReconnectPolicy::grpc) (120 s,
 //! `Proportional(0.2)`) waits between 96 s and 144 s. A delay too long for a

@@ -25,6 +25,13 @@
 //! `attempts()` is 0 and it has no `source()`: no single dial is to blame)
 //! until any endpoint is ready again.
 //!
+//! Endpoints redial in the background: once the client has been used, its
+//! task polls the balancer whenever a timer or a dial wakes it, so a down
+//! endpoint keeps to its backoff schedule and is back in the ready set as
+//! soon as a dial succeeds, with no request needed. The balancer picks an
+//! endpoint when it is polled; as the client's task polls it too, the pick
+//! it made before an endpoint returned may serve one more request.
+//!
 //! An endpoint whose own attempt or time limit runs out is removed from the
 //! balancer. The client's [`stats`](Client::stats) add up every endpoint's
 //! counters; its [`state`](Client::state) is `Ready` while any endpoint is

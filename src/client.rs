@@ -21,8 +21,11 @@ use crate::{BoxError, ReconnectPolicy};
 ///
 /// Made by [`MakeReconnect::client`](crate::MakeReconnect::client) or
 /// [`MakeReconnect::multiplexed`](crate::MakeReconnect::multiplexed). Each
-/// client owns a worker task that holds a [`Reconnect`] service; clones share
-/// it through a bounded queue (tower's [`Buffer`]). A request that fails
+/// client owns a task that holds a [`Reconnect`] service; clones share it
+/// through a bounded queue (tower's [`Buffer`]). Once the client has been
+/// used (a first request, or [`connected`](Client::connected)), that task
+/// also keeps the connection up with no traffic: see
+/// [Without traffic](crate#the-contract). A request that fails
 /// where a re-send is safe is re-sent through tower's [`Retry`] (see
 /// [`ReconnectLayer`](crate::ReconnectLayer)). A client made by
 /// `multiplexed` calls a connection that has proved healthy directly, and

@@ -3,7 +3,8 @@
 //! `tower-redial` wraps a connection factory (a tower [`MakeService`]) and
 //! turns it into a [`Client`]: a cheap, `Clone`able service that
 //!
-//! - dials lazily, on the first request;
+//! - dials lazily, on the first request (or at once, with
+//!   [`Client::connected`]);
 //! - re-makes the connection when it breaks, following a backoff
 //!   [policy](ReconnectPolicy);
 //! - holds requests in a bounded queue (tower's [`Buffer`]) while it redials,
@@ -62,16 +63,30 @@
 //!
 //! - **Readiness.** [`Client::poll_ready`](tower::Service::poll_ready) waits
 //!   for room in the queue, never for the connection. Requests wait in the
-//!   queue while the connection is redialed. (A [`multiplexed`] client whose
-//!   connection is up polls the connection's own readiness instead.) `poll_ready` fails only once the
-//!   client is [`Closed`] for good. The inner [`Reconnect`] service, as used
+//!   queue while the connection is redialed. (A [`multiplexed`] client
+//!   whose connection is up polls the connection's own readiness instead.)
+//!   `poll_ready` fails only once the client is [`Closed`] for good. The inner [`Reconnect`] service, as used
 //!   on its own (for example under `tower::balance`), is `Pending` while it
 //!   redials and never fakes readiness.
 //! - **Outages.** The first redial after a healthy connection drops is
-//!   immediate; later dials follow the backoff schedule. Every dial has a
-//!   connect timeout. Once the connection has been unavailable for longer
-//!   than the wait limit, queued and new requests fail fast with
-//!   [`Unavailable`] while redialing carries on.
+//!   immediate; later dials follow the backoff schedule, each due a delay
+//!   after the start of the dial that failed. Every dial has a connect
+//!   timeout. Once the connection has been unavailable for longer than the
+//!   wait limit, requests fail fast with [`Unavailable`] between dials,
+//!   with the latest dial error as its `source()`; a request that arrives
+//!   while a dial is in flight waits for that dial, and is served if it
+//!   succeeds (gRPC's CONNECTING and TRANSIENT_FAILURE).
+//! - **Without traffic.** Once used, a client keeps its connection up by
+//!   itself. Each client has a task of its own, which runs tower's
+//!   `Buffer` worker and, beside it, a driver: whenever a timer, a dial or
+//!   the connection wakes the task, the driver moves the state machine on,
+//!   with no request needed. Dials, backoff, connect timeouts and the wait
+//!   limit all advance with zero requests, and an idle connection's death
+//!   is noticed and redialed at once, so the first request after a quiet
+//!   outage finds a connection up. A connection tells the client it has
+//!   closed through its `poll_ready`; see
+//!   [`CloseWatch`](connect::CloseWatch) for what your own connection must
+//!   do. The crate's hyper, redis and PostgreSQL connections do it.
 //! - **At most once.** A request is re-sent only when the connection handed
 //!   it back as [`NotSent`], unless you opt in with
 //!   [`ReconnectLayer::resend_if`]. Re-sends are bounded by an attempt limit
@@ -79,8 +94,8 @@
 //!   [`TpsBudget`](tower::retry::budget::TpsBudget).
 //! - **Errors.** See [`error`] for every error and when it happens, and
 //!   [`classify`] for which errors mean "the connection is dead".
-//! - **Shutdown.** Dropping every clone of a client ends its worker task and
-//!   closes its connection.
+//! - **Shutdown.** Dropping every clone of a client ends its task, and
+//!   with it any dial in flight, and closes its connection.
 //!
 //! The defaults are listed on [`ReconnectPolicy`].
 //!

@@ -739,7 +739,7 @@ impl Error for ConnectionClosed {
 /// - a [`ConnectionClosed`];
 /// - a `tokio_postgres::Error` that [`is_closed`](::tokio_postgres::Error::is_closed):
 ///   the connection ended before the reply came (such errors carry no
-///   [`io::Error`](std::io::Error), so the default classifier misses them);
+///   [`io::Error`], so the default classifier misses them);
 /// - a server error of severity `FATAL` or `PANIC`, after which the server
 ///   ends the session, or of class `08` (connection exception), or
 ///   `57P01 admin_shutdown`, `57P02 crash_shutdown` or

@@ -49,12 +49,11 @@
 //!
 //! # When a dead connection is noticed
 //!
-//! The probe marks the connection dead in the background, but the client
-//! drops it only when it next looks at its connection, that is, at the next
-//! request. That request then goes to a new connection rather than to the
-//! dead one. A [`Reconnect`](crate::Reconnect) used on its own (for example
-//! under a balancer) that is waiting on the connection's readiness is woken
-//! when the probe fails.
+//! The probe marks the connection dead in the background, and wakes the
+//! task that last polled the connection's readiness (see
+//! [`CloseWatch`]): a [`Client`](crate::Client)'s own task, which drops the
+//! connection and redials at once, with no request needed. The next request
+//! goes to the new connection rather than to the dead one.
 //!
 //! # Clone
 //!
@@ -68,10 +67,11 @@
 use std::error::Error;
 use std::fmt;
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::task::{ready, Context, Poll, Waker};
+use std::sync::{Arc, OnceLock};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
@@ -79,6 +79,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
+use crate::connect::CloseWatch;
 use crate::error::{share, SharedError};
 use crate::BoxError;
 
@@ -228,6 +229,8 @@ impl<F, Req> fmt::Debug for MakeIdleProbeFuture<F, Req> {
 pub struct IdleProbe<S> {
     inner: S,
     owner: Arc<Owner>,
+    /// Closed when the probe fails; wakes the client's task.
+    closed: CloseWatch,
 }
 
 /// What the wrapper and the probe task share.
@@ -236,8 +239,8 @@ struct Shared {
     /// Nanoseconds from `base` to the last successful response.
     last_response: AtomicU64,
     dead: OnceLock<ProbeFailed>,
-    /// Woken when the probe fails.
-    waker: Mutex<Option<Waker>>,
+    /// Closed when the probe fails.
+    closed: CloseWatch,
 }
 
 impl Shared {
@@ -254,14 +257,7 @@ impl Shared {
 
     fn die(&self, error: ProbeFailed) {
         let _ = self.dead.set(error);
-        let waker = self
-            .waker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        self.closed.close(io::ErrorKind::TimedOut);
     }
 }
 
@@ -290,11 +286,12 @@ impl<S> IdleProbe<S> {
         S::Future: Send,
         Req: Clone + Send + 'static,
     {
+        let closed = CloseWatch::new();
         let shared = Arc::new(Shared {
             base: Instant::now(),
             last_response: AtomicU64::new(0),
             dead: OnceLock::new(),
-            waker: Mutex::new(None),
+            closed: closed.for_clone(),
         });
         let task = tokio::spawn(run(
             connection.clone(),
@@ -306,6 +303,7 @@ impl<S> IdleProbe<S> {
         Self {
             inner: connection,
             owner: Arc::new(Owner(shared, task.abort_handle())),
+            closed,
         }
     }
 
@@ -379,6 +377,7 @@ impl<S: Clone> Clone for IdleProbe<S> {
         Self {
             inner: self.inner.clone(),
             owner: self.owner.clone(),
+            closed: self.closed.for_clone(),
         }
     }
 }
@@ -402,22 +401,14 @@ where
     type Future = ProbedFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        let shared = &self.owner.0;
-        if let Some(error) = shared.dead.get() {
-            return Poll::Ready(Err(Box::new(error.clone())));
-        }
-        match self.inner.poll_ready(cx) {
-            Poll::Ready(result) => Poll::Ready(result.map_err(Into::into)),
-            Poll::Pending => {
-                *shared.waker.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Some(cx.waker().clone());
-                // The probe may have failed before the waker was in place.
-                match shared.dead.get() {
-                    Some(error) => Poll::Ready(Err(Box::new(error.clone()))),
-                    None => Poll::Pending,
-                }
+        // Watched even while ready: the client's task learns of a failed
+        // probe at once, with no request.
+        if self.closed.poll_closed(cx).is_ready() {
+            if let Some(error) = self.owner.0.dead.get() {
+                return Poll::Ready(Err(Box::new(error.clone())));
             }
         }
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, request: Req) -> Self::Future {

@@ -46,16 +46,22 @@ use crate::error::SharedError;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Phase {
-    /// Not dialed yet: the first request dials.
+    /// Not dialed yet: the first request dials, or
+    /// [`Client::connected`](crate::Client::connected).
     Idle,
-    /// A dial is in progress; requests wait in the queue.
+    /// A dial is in progress (gRPC's CONNECTING); requests wait in the queue
+    /// for its outcome, even past the wait limit.
     Connecting,
-    /// Waiting out a backoff delay before the next dial; requests wait.
+    /// Waiting out a backoff delay before the next dial, within the wait
+    /// limit; requests wait.
     Backoff,
     /// Connected: requests go to the connection.
     Ready,
-    /// Unavailable for longer than the wait limit: requests fail at once with
-    /// [`Unavailable`](crate::Unavailable) while redialing carries on.
+    /// Unavailable for longer than the wait limit, and between dials (gRPC's
+    /// TRANSIENT_FAILURE): requests fail at once with
+    /// [`Unavailable`](crate::Unavailable), whose `source()` is the latest
+    /// dial error. Redialing carries on by the backoff, driven by the
+    /// client's own task, with no request needed.
     FailFast,
     /// Gave up for good, or shut down: requests fail with
     /// [`Closed`](crate::Closed).

@@ -244,8 +244,8 @@ async fn send(client: &LineClient, line: &str) -> Result<String, BoxError> {
 
 /// Blackhole, where no kernel error ever arrives: with no traffic at all,
 /// the idle probe goes unanswered and marks the connection dead (no sooner
-/// than idle + timeout after the last request). The next request is not
-/// sent on it: the client drops it and redials first.
+/// than idle + timeout after the last request), and the client drops it
+/// and redials with no request sent. The next request is not sent on it.
 #[tokio::test]
 async fn blackhole_is_found_by_the_idle_probe() {
     let server = LineServer::start().await;
@@ -272,16 +272,24 @@ async fn blackhole_is_found_by_the_idle_probe() {
     let error = first.ready().await.map(drop).expect_err("dead");
     let failed = error.downcast_ref::<ProbeFailed>().expect("a ProbeFailed");
     assert!(failed.is_timeout());
-    assert_eq!(client.stats().drops, 0, "nothing noticed without a request");
+    // The client's task is woken by the failed probe: it drops the dead
+    // connection and redials with no request sent.
+    deadline("the client drops the dead connection", async {
+        while client.stats().drops == 0 || client.stats().dials < 2 {
+            tokio::time::sleep(ms(10)).await;
+        }
+    })
+    .await;
 
     proxy.clear();
     let reply = deadline("request after the probe failed", send(&client, "PING")).await;
     assert_eq!(reply.unwrap(), "PONG");
     let stats = client.stats();
-    assert_eq!(stats.drops, 1, "the dead connection was dropped");
-    assert_eq!(stats.dials, 2, "and redialed before the request");
-    assert_eq!(lock(&made).len(), 2);
-    assert_eq!(server.accepted(), 2);
+    assert!(
+        stats.drops >= 1,
+        "the dead connection was dropped: {stats:?}"
+    );
+    assert_eq!(stats.retries, 0, "the request was not sent on the dead one");
 }
 
 /// The contrast: without the probe, the same idle blackhole goes unnoticed,
