@@ -42,6 +42,26 @@ use crate::{BoxError, ReconnectPolicy};
 /// queue makes `poll_ready` return ready at once and the request fail with
 /// [`Overloaded`](crate::error::Overloaded) instead.
 ///
+/// As with tower's [`Buffer`], `poll_ready` takes the place in the queue,
+/// not `call`:
+///
+/// - A handle whose `poll_ready` returned `Ready(Ok)` holds a queue slot
+///   until it is called or dropped.
+/// - A handle whose `poll_ready` returned `Pending` keeps its place in the
+///   wait for a slot until it is polled again or dropped, even once its
+///   caller has stopped waiting. A `ready()` abandoned by a timeout leaves
+///   the handle in line: it is handed the next free slot and holds it from
+///   every other caller until it is used or dropped. Neither the client
+///   nor tower's `Buffer` can tell an abandoned wait from a slow one.
+///
+/// So bound a request with [`oneshot`](tower::ServiceExt::oneshot) on a
+/// clone, as in `timeout(limit, client.clone().oneshot(request))`: it polls
+/// and calls in one go, and a timeout drops the handle with its place. Or
+/// drop the handle when a wait for its readiness times out. The client
+/// gives its place back itself wherever the handle will not use the
+/// queue: when load shedding refuses the request, and when a `multiplexed`
+/// handle turns to the connection directly.
+///
 /// A [`multiplexed`](crate::MakeReconnect::multiplexed) client whose
 /// connection is up and proven polls the connection's own `poll_ready`
 /// instead, so backpressure is the connection's (hyper's HTTP/2 stream
@@ -253,7 +273,7 @@ impl<Req, Res> Client<Req, Res> {
         .await;
         let snapshot = match waited {
             Ok(Ok(snapshot)) => snapshot,
-            Ok(Err(_)) => return Err(Closed::new(0, None).into()),
+            Ok(Err(_)) => return Err(Closed::task_ended(None).into()),
             Err(_) => state.borrow().clone(),
         };
         let last_error = snapshot.last_error_shared();
@@ -287,13 +307,20 @@ where
                 match lane.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
                         if std::mem::take(&mut self.queue_waiting) {
-                            // Give up the place this handle is waiting for.
+                            // Going direct: leave the wait for a queue slot,
+                            // so as not to be handed one and hold it unused.
+                            // A fresh clone is not waiting; dropping ours
+                            // leaves the wait.
                             self.queue = self.queue.clone();
                         }
                         self.ready = Readiness::Direct;
                         return Poll::Ready(Ok(()));
                     }
                     Poll::Pending => {
+                        if std::mem::take(&mut self.queue_waiting) {
+                            // Waiting for the connection, not the queue.
+                            self.queue = self.queue.clone();
+                        }
                         // Woken by the connection, or by the lane changing.
                         cell.wake_on_change(self.lane.generation, cx.waker());
                         self.ready = Readiness::NotReady;
@@ -309,11 +336,17 @@ where
         }
         match self.queue.poll_ready(cx) {
             Poll::Pending if self.load_shed => {
-                self.queue_waiting = true;
+                // The request will fail with `Overloaded`, without the
+                // queue: leave the wait for a slot, or this handle would be
+                // handed one and hold it from the next caller until it is
+                // used or dropped.
+                self.queue = self.queue.clone();
+                self.queue_waiting = false;
                 self.ready = Readiness::Shed;
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
+                // Keeps its place in the wait, to be woken when a slot frees.
                 self.queue_waiting = true;
                 self.ready = Readiness::NotReady;
                 Poll::Pending
@@ -324,6 +357,7 @@ where
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(error)) => {
+                self.queue_waiting = false;
                 self.ready = Readiness::NotReady;
                 Poll::Ready(Err(from_buffer(error)))
             }

@@ -7,10 +7,12 @@
 //! | error | when | `source()` |
 //! |---|---|---|
 //! | [`Unavailable`] | the connection has been down longer than the wait limit; the request failed fast | the last dial error |
-//! | [`Closed`] | the client gave up for good (attempt or time limit reached) or was shut down | the last dial error |
+//! | [`Closed`] | the client gave up for good (attempt or time limit reached, or the factory failed), or its task ended | the last dial error |
 //! | [`ConnectTimeout`] | one dial took longer than the connect timeout (seen as the `source()` of the two above) | — |
 //! | [`NotSent`] | the connection refused the request before writing any of it | the connection's error |
 //! | [`Overloaded`] | the queue was full and the policy sheds load instead of waiting | — |
+//! | [`ResponseTimeout`] | the policy's response timeout passed before the response came (off by default) | — |
+//! | [`Panicked`] | user code (the factory, a dial, the connection or its response) panicked while serving the request; the connection counts as dead | — |
 //! | anything else | the connection's own error for a request that may have reached the peer | — |
 //!
 //! [`Dial`](crate::Dial), the connector form, has one error of its own:
@@ -101,12 +103,48 @@ impl Error for Unavailable {
 #[derive(Clone)]
 pub struct Closed {
     attempts: u32,
+    why: Why,
     source: Option<SharedError>,
 }
 
+/// Why a client is closed.
+#[derive(Clone, Copy, Debug)]
+enum Why {
+    /// The backoff's attempt or time limit was reached.
+    GaveUp,
+    /// The factory's `poll_ready` failed: by tower's contract it cannot be
+    /// used again.
+    FactoryFailed,
+    /// The client's task is gone: the runtime shut down.
+    TaskEnded,
+}
+
 impl Closed {
+    /// The client gave up at a limit, after `attempts` dials.
     pub(crate) fn new(attempts: u32, source: Option<SharedError>) -> Self {
-        Self { attempts, source }
+        Self {
+            attempts,
+            why: Why::GaveUp,
+            source,
+        }
+    }
+
+    /// The connection factory failed for good.
+    pub(crate) fn factory_failed(attempts: u32, source: SharedError) -> Self {
+        Self {
+            attempts,
+            why: Why::FactoryFailed,
+            source: Some(source),
+        }
+    }
+
+    /// The client's task ended, so no request can be served.
+    pub(crate) fn task_ended(source: Option<SharedError>) -> Self {
+        Self {
+            attempts: 0,
+            why: Why::TaskEnded,
+            source,
+        }
     }
 
     /// How many dials were made before giving up.
@@ -119,6 +157,7 @@ impl fmt::Debug for Closed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Closed")
             .field("attempts", &self.attempts)
+            .field("why", &self.why)
             .field("source", &self.source)
             .finish()
     }
@@ -126,7 +165,11 @@ impl fmt::Debug for Closed {
 
 impl fmt::Display for Closed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "reconnect gave up after {} dial attempts", self.attempts)
+        match self.why {
+            Why::GaveUp => write!(f, "reconnect gave up after {} dial attempts", self.attempts),
+            Why::FactoryFailed => f.write_str("the connection factory failed for good"),
+            Why::TaskEnded => f.write_str("the client's task has ended"),
+        }
     }
 }
 
@@ -387,3 +430,85 @@ impl fmt::Display for Overloaded {
 }
 
 impl Error for Overloaded {}
+
+/// User code panicked while serving a request: the connection factory, a
+/// dial (and so a handshake), or the connection's `poll_ready`, `call` or
+/// response future.
+///
+/// The panic is caught where it happened. The requests it touched fail with
+/// this error, the connection it came from counts as dead, and the client
+/// redials by its backoff: one bug in a protocol parser does not take the
+/// client down. A request that failed with it may have reached the peer, so
+/// it is not re-sent.
+#[derive(Clone, Debug)]
+pub struct Panicked {
+    site: &'static str,
+    message: Option<String>,
+}
+
+impl Panicked {
+    pub(crate) fn new(site: &'static str, payload: &(dyn Any + Send)) -> Self {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned());
+        Self { site, message }
+    }
+
+    /// Where the panic happened, such as "the connection's `call`".
+    pub fn site(&self) -> &'static str {
+        self.site
+    }
+
+    /// The panic's message, when it was a string.
+    pub fn message(&self) -> Option<&str> {
+        self.message.as_deref()
+    }
+
+    /// Whether `error`, or any error in its `source()` chain, is a `Panicked`.
+    pub fn is_in(error: &(dyn Error + 'static)) -> bool {
+        crate::classify::chain(error).any(|e| e.is::<Panicked>())
+    }
+}
+
+impl fmt::Display for Panicked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.message {
+            Some(message) => write!(f, "{} panicked: {message}", self.site),
+            None => write!(f, "{} panicked", self.site),
+        }
+    }
+}
+
+impl Error for Panicked {}
+
+/// The response did not come within the policy's
+/// [`response_timeout`](crate::ReconnectPolicyBuilder::response_timeout).
+///
+/// The request may have reached the peer, so it is not re-sent by default.
+/// On a connection that serves one request at a time (bound with
+/// [`client`](crate::MakeReconnect::client)), the connection counts as dead
+/// and is redialed: a reply that comes later would answer the wrong request.
+#[derive(Clone, Debug)]
+pub struct ResponseTimeout {
+    after: Duration,
+}
+
+impl ResponseTimeout {
+    pub(crate) fn new(after: Duration) -> Self {
+        Self { after }
+    }
+
+    /// The timeout that passed.
+    pub fn after(&self) -> Duration {
+        self.after
+    }
+}
+
+impl fmt::Display for ResponseTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "no response within {:?}", self.after)
+    }
+}
+
+impl Error for ResponseTimeout {}

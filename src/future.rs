@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tower::buffer::Buffer;
@@ -13,8 +14,9 @@ use tower::util::Oneshot;
 use tower::ServiceExt;
 
 use crate::client::Shared;
-use crate::error::{Closed, NotSent};
+use crate::error::{Closed, NotSent, ResponseTimeout};
 use crate::health::Health;
+use crate::panic::{poll_caught, RESPONSE};
 use crate::retry::{RetryPolicy, Slot};
 use crate::BoxError;
 
@@ -40,6 +42,7 @@ pin_project! {
             #[pin]
             future: F,
             health: Arc<Health>,
+            deadline: Option<Deadline>,
         },
         Failed {
             error: Option<BoxError>,
@@ -47,10 +50,34 @@ pin_project! {
     }
 }
 
-impl<F> ResponseFuture<F> {
-    pub(crate) fn new(future: F, health: Arc<Health>) -> Self {
+/// The policy's response timeout, running for one request.
+pub(crate) struct Deadline {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    after: Duration,
+    /// Whether the connection dies with the request: it serves one request
+    /// at a time, so a late reply would answer the next one.
+    kills: bool,
+}
+
+impl Deadline {
+    pub(crate) fn new(after: Duration, kills: bool) -> Self {
+        let deadline = crate::timer::deadline(tokio::time::Instant::now(), after);
         Self {
-            kind: Kind::Called { future, health },
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            after,
+            kills,
+        }
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn new(future: F, health: Arc<Health>, deadline: Option<Deadline>) -> Self {
+        Self {
+            kind: Kind::Called {
+                future,
+                health,
+                deadline,
+            },
         }
     }
 
@@ -70,17 +97,34 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Called { future, health } => match ready!(future.poll(cx)) {
-                Ok(response) => {
-                    health.succeeded();
-                    Poll::Ready(Ok(response))
+            KindProj::Called {
+                future,
+                health,
+                deadline,
+            } => {
+                let poll = poll_caught(RESPONSE, future, cx);
+                if poll.is_pending() {
+                    if let Some(deadline) = deadline {
+                        if deadline.sleep.as_mut().poll(cx).is_ready() {
+                            let error: BoxError = ResponseTimeout::new(deadline.after).into();
+                            if deadline.kills {
+                                health.kill(&error);
+                            }
+                            return Poll::Ready(Err(error));
+                        }
+                    }
                 }
-                Err(error) => {
-                    let error = error.into();
-                    health.failed(&error);
-                    Poll::Ready(Err(error))
+                match ready!(poll) {
+                    Ok(response) => {
+                        health.succeeded();
+                        Poll::Ready(Ok(response))
+                    }
+                    Err(error) => {
+                        health.failed(&error);
+                        Poll::Ready(Err(error))
+                    }
                 }
-            },
+            }
             KindProj::Failed { error } => {
                 Poll::Ready(Err(error.take().expect("polled after completion")))
             }
@@ -281,7 +325,7 @@ pub(crate) fn from_buffer(error: BoxError) -> BoxError {
         }
     }
     if error.is::<BufferClosed>() {
-        return Box::new(Closed::new(0, Some(crate::error::share(error))));
+        return Box::new(Closed::task_ended(Some(crate::error::share(error))));
     }
     error
 }

@@ -14,6 +14,7 @@ use std::task::Context;
 use futures_util::task::AtomicWaker;
 
 use crate::classify::Classifier;
+use crate::error::Panicked;
 use crate::redact::redact;
 use crate::BoxError;
 
@@ -98,10 +99,15 @@ impl Health {
     /// connection; any other is the peer's answer, a full round trip that
     /// proves the connection as well as a success.
     pub(crate) fn failed(&self, error: &BoxError) {
-        if !self.classifier.is_dead(&**error) {
+        if !Panicked::is_in(&**error) && !self.classifier.is_dead(&**error) {
             self.succeeded();
             return;
         }
+        self.kill(error);
+    }
+
+    /// Kills the connection for `error`, whatever the classifier says.
+    pub(crate) fn kill(&self, error: &BoxError) {
         let _ = self.cause.set(redact(&error.to_string()));
         if !self.dead.swap(true, Ordering::AcqRel) {
             self.withdraw();

@@ -157,6 +157,7 @@ mod health;
 pub mod hyper;
 mod lane;
 mod layer;
+mod panic;
 mod policy;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
@@ -177,7 +178,10 @@ pub use crate::client::Client;
 pub use crate::connect::Handshake;
 pub use crate::dial::{Dial, DialLayer};
 pub use crate::error::DialError;
-pub use crate::error::{Closed, ConnectTimeout, InvalidPolicy, NotSent, Overloaded, Unavailable};
+pub use crate::error::{
+    Closed, ConnectTimeout, InvalidPolicy, NotSent, Overloaded, Panicked, ResponseTimeout,
+    Unavailable,
+};
 pub use crate::layer::{MakeReconnect, ReconnectLayer};
 pub use crate::policy::{ReconnectPolicy, ReconnectPolicyBuilder};
 pub use crate::probe::{IdleProbe, IdleProbeLayer};

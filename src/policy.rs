@@ -26,6 +26,7 @@ use crate::error::InvalidPolicy;
 /// | retry budget | as tower's `TpsBudget::default()`: 10 s window, 10 re-sends/s floor, 20 % of requests | Finagle's requeue budget |
 /// | classifier | [`is_transport_error`](crate::classify::is_transport_error) | by type, never by message text |
 /// | jitter seed | random | set one for repeatable tests |
+/// | response timeout | none | a silent server is found by the idle probe or TCP settings; see [`response_timeout`](ReconnectPolicyBuilder::response_timeout) |
 ///
 /// # Example
 ///
@@ -58,6 +59,7 @@ pub struct ReconnectPolicy {
     pub(crate) budget: Budget,
     pub(crate) classifier: Classifier,
     pub(crate) seed: Option<u64>,
+    pub(crate) response_timeout: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -123,6 +125,11 @@ impl ReconnectPolicy {
         self.healthy_after
     }
 
+    /// How long a response may take, if limited.
+    pub fn response_timeout(&self) -> Option<Duration> {
+        self.response_timeout
+    }
+
     /// How many times a request may be sent in all.
     pub fn retry_attempts(&self) -> u32 {
         self.retry_attempts
@@ -160,6 +167,7 @@ impl Default for ReconnectPolicy {
             },
             classifier: Classifier::default(),
             seed: None,
+            response_timeout: None,
         }
     }
 }
@@ -176,6 +184,7 @@ impl fmt::Debug for ReconnectPolicy {
             .field("retry_attempts", &self.retry_attempts)
             .field("budget", &self.budget)
             .field("seed", &self.seed)
+            .field("response_timeout", &self.response_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -261,6 +270,27 @@ impl ReconnectPolicyBuilder {
         self
     }
 
+    /// Fails a request whose response has not come within `timeout` with
+    /// [`ResponseTimeout`](crate::ResponseTimeout). Off by default. Must be
+    /// above zero; `Duration::MAX` means never.
+    ///
+    /// On a connection that serves one request at a time (bound with
+    /// [`client`](crate::MakeReconnect::client)), the connection then counts
+    /// as dead and is redialed: a server that accepts and reads but never
+    /// answers would otherwise hold every request until the caller's own
+    /// timeout, and a late reply would answer the next request. On a
+    /// [`multiplexed`](crate::MakeReconnect::multiplexed) connection only
+    /// the request fails; to find a silent multiplexed peer, use the
+    /// [idle probe](crate::probe) or transport keep-alives.
+    ///
+    /// The request may have reached the peer, so it is re-sent only if you
+    /// opted in with [`resend_if`](crate::ReconnectLayer::resend_if) and the
+    /// connection was found dead.
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.policy.response_timeout = Some(timeout);
+        self
+    }
+
     /// Seeds the jitter's random source, so that delays are repeatable.
     pub fn seed(mut self, seed: u64) -> Self {
         self.policy.seed = Some(seed);
@@ -282,6 +312,12 @@ impl ReconnectPolicyBuilder {
             ("wait limit", p.wait_limit),
             ("healthy after", p.healthy_after),
         ];
+        if p.response_timeout == Some(Duration::ZERO) {
+            return Err(InvalidPolicy::new(
+                "response timeout",
+                "must be greater than zero",
+            ));
+        }
         for (setting, value) in positive {
             if value.is_zero() {
                 return Err(InvalidPolicy::new(setting, "must be greater than zero"));

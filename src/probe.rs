@@ -55,6 +55,17 @@
 //! connection and redials at once, with no request needed. The next request
 //! goes to the new connection rather than to the dead one.
 //!
+//! # Or a response timeout
+//!
+//! A server that accepts and reads but never answers is silent only while
+//! a request waits on it. The policy's
+//! [`response_timeout`](crate::ReconnectPolicyBuilder::response_timeout)
+//! (off by default) fails such a request with
+//! [`ResponseTimeout`](crate::ResponseTimeout) and, on a connection that
+//! serves one request at a time, counts the connection as dead, so it is
+//! redialed. The probe finds a silent peer before a request is sent; the
+//! timeout bounds the request that finds it first. They work together.
+//!
 //! # Clone
 //!
 //! The probe runs on a task of its own, which holds a clone of the

@@ -1,7 +1,6 @@
 //! The reconnecting service and its state machine.
 
 use std::fmt;
-use std::future::Future;
 use std::mem;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,9 +13,10 @@ use tower::Service;
 use crate::backoff::Schedule;
 use crate::driver::{Drive, Drove};
 use crate::error::{share, Closed, ConnectTimeout, SharedError, Unavailable};
-use crate::future::ResponseFuture;
+use crate::future::{Deadline, ResponseFuture};
 use crate::health::Health;
 use crate::lane::Publish;
+use crate::panic::{catch, poll_caught, CALL, POLL_READY};
 use crate::policy::ReconnectPolicy;
 use crate::redact::{redact, redacted};
 use crate::state::{Counter, Down, Observer, Phase, Snapshot, Stats};
@@ -180,6 +180,11 @@ struct Connection<S> {
     health: Arc<Health>,
 }
 
+/// Where a factory's or a dial's panic came from.
+const FACTORY_POLL_READY: &str = "the connection factory's `poll_ready`";
+const FACTORY_CALL: &str = "the connection factory's `call`";
+const DIAL: &str = "the dial";
+
 /// What the state machine tells `poll_ready`.
 enum Step {
     /// The connection is ready.
@@ -313,20 +318,30 @@ where
     M::Error: Into<BoxError>,
     T: Clone,
 {
-    /// Starts a dial: the factory was polled ready.
-    fn dial(&mut self, now: Instant, mut outage: Outage) {
+    /// Starts a dial: the factory was polled ready. Returns whether the
+    /// dial failed at once (the factory panicked).
+    fn dial(&mut self, now: Instant, mut outage: Outage) -> bool {
         outage.attempts += 1;
         self.observer.count(Counter::Dials);
         tracing::debug!(target = %self.label, attempt = outage.attempts, "dialing");
         // A fresh clone of the target each time: the factory resolves it
         // afresh, so DNS changes are followed.
-        let future = Box::pin(self.make.call(self.target.clone()));
-        self.timer.arm(deadline(now, self.policy.connect_timeout));
-        self.state = State::Connecting {
-            future,
-            started: now,
-            outage,
-        };
+        let target = self.target.clone();
+        match catch(FACTORY_CALL, || self.make.call(target)) {
+            Ok(future) => {
+                self.timer.arm(deadline(now, self.policy.connect_timeout));
+                self.state = State::Connecting {
+                    future: Box::pin(future),
+                    started: now,
+                    outage,
+                };
+                false
+            }
+            Err(panicked) => {
+                self.dial_failed(now, now, outage, panicked.into());
+                true
+            }
+        }
     }
 
     fn dial_failed(&mut self, now: Instant, started: Instant, mut outage: Outage, error: BoxError) {
@@ -482,7 +497,10 @@ where
                     let error = if conn.health.poll_dead(cx) {
                         None
                     } else {
-                        match conn.service.poll_ready(cx) {
+                        let ready = catch(POLL_READY, || {
+                            conn.service.poll_ready(cx).map_err(Into::<BoxError>::into)
+                        });
+                        match ready.unwrap_or_else(|panicked| Poll::Ready(Err(panicked.into()))) {
                             // The hot path: no clock read once proven.
                             Poll::Ready(Ok(())) if outage.is_none() => return Step::Ready,
                             Poll::Ready(Ok(())) => {
@@ -499,7 +517,7 @@ where
                                 }
                                 return Step::Pending;
                             }
-                            Poll::Ready(Err(error)) => Some(error.into()),
+                            Poll::Ready(Err(error)) => Some(error),
                         }
                     };
                     self.lost(Instant::now(), error);
@@ -517,9 +535,13 @@ where
                         self.state = State::Dial(outage);
                         return Step::FailFast { due: true };
                     }
-                    match self.make.poll_ready(cx) {
-                        Poll::Ready(Ok(())) => self.dial(now, outage),
-                        Poll::Ready(Err(error)) => {
+                    match catch(FACTORY_POLL_READY, || self.make.poll_ready(cx)) {
+                        Err(panicked) => {
+                            self.dial_failed(now, now, outage, panicked.into());
+                            just_failed = true;
+                        }
+                        Ok(Poll::Ready(Ok(()))) => just_failed |= self.dial(now, outage),
+                        Ok(Poll::Ready(Err(error))) => {
                             // The factory itself failed: by tower's contract it
                             // cannot be used again, so this is the end.
                             let error = share(error.into());
@@ -528,9 +550,9 @@ where
                                 error = %redact(&error.to_string()),
                                 "connection factory failed; giving up"
                             );
-                            self.close(Closed::new(outage.attempts, Some(error)));
+                            self.close(Closed::factory_failed(outage.attempts, error));
                         }
-                        Poll::Pending => {
+                        Ok(Poll::Pending) => {
                             self.state = State::Dial(outage);
                             return if failing {
                                 Step::FailFast { due: false }
@@ -544,10 +566,10 @@ where
                     mut future,
                     started,
                     outage,
-                } => match future.as_mut().poll(cx) {
+                } => match poll_caught(DIAL, future.as_mut(), cx) {
                     Poll::Ready(Ok(service)) => self.connected(now, started, outage, service),
                     Poll::Ready(Err(error)) => {
-                        self.dial_failed(now, started, outage, error.into());
+                        self.dial_failed(now, started, outage, error);
                         just_failed = true;
                     }
                     Poll::Pending if self.timer.poll_expired(cx) => {
@@ -650,7 +672,20 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         match &mut self.state {
             State::Ready { conn, .. } => {
-                ResponseFuture::new(conn.service.call(request), conn.health.clone())
+                match catch(CALL, || conn.service.call(request)) {
+                    Ok(future) => {
+                        let deadline = self.policy.response_timeout.map(|after| {
+                            // A connection without a direct lane serves one
+                            // request at a time.
+                            Deadline::new(after, self.lane.is_none())
+                        });
+                        ResponseFuture::new(future, conn.health.clone(), deadline)
+                    }
+                    Err(panicked) => {
+                        conn.health.mark_dead();
+                        ResponseFuture::failed(panicked.into())
+                    }
+                }
             }
             State::Closed(closed) => ResponseFuture::failed(closed.clone().into()),
             State::Dial(outage) | State::Backoff(outage) if outage.wait.passed() => {
