@@ -20,12 +20,13 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::{timeout, Instant};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_redial::connect::TcpConnector;
 use tower_redial::hyper::{classifier, http1, http2, is_hyper_transport_error};
 use tower_redial::{
     Backoff, BoxError, Client, Closed, Handshake, NotSent, Phase, ReconnectLayer, ReconnectPolicy,
-    ResendPolicy, Unavailable,
+    ResendPolicy, Snapshot, Unavailable,
 };
 
 type Body = Full<Bytes>;
@@ -657,6 +658,166 @@ async fn http1_hands_back_a_request_on_a_closed_connection() {
         assert!(tower_redial::classify::is_transport_error(&*error));
         assert_eq!(server.incr(), 0);
     })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// An idle connection's death
+// ---------------------------------------------------------------------------
+
+/// How long the client may take to be ready again after a restart: a hang
+/// guard, not a speed assumption.
+const NOTICE_GUARD: Duration = Duration::from_secs(10);
+
+/// Records each state the client's watch shows (changes in quick
+/// succession may show as one), with when, for the test's messages.
+fn record_phases(mut state: watch::Receiver<Snapshot>) -> Arc<Mutex<Vec<String>>> {
+    let start = Instant::now();
+    let show = move |s: &Snapshot| {
+        let error = s.last_error().map(ToString::to_string);
+        format!(
+            "{:?} {} attempt {} {error:?}",
+            start.elapsed(),
+            s.phase(),
+            s.attempt()
+        )
+    };
+    let seen = Arc::new(Mutex::new(vec![show(&state.borrow_and_update())]));
+    tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            while state.changed().await.is_ok() {
+                let shown = show(&state.borrow_and_update());
+                lock(&seen).push(shown);
+            }
+        }
+    });
+    seen
+}
+
+/// Waits, sending nothing, until the client has dropped a connection and
+/// is ready again; returns when it was.
+async fn ready_after_a_drop<Req, Res>(
+    client: &Client<Req, Res>,
+    phases: &Mutex<Vec<String>>,
+) -> Instant {
+    let mut state = client.state();
+    let ready = state.wait_for(|s| s.phase() == Phase::Ready && client.stats().drops >= 1);
+    let waited = timeout(NOTICE_GUARD, ready)
+        .await
+        .map(|ready| ready.is_ok());
+    let ready_at = Instant::now();
+    match waited {
+        Ok(true) => ready_at,
+        Ok(false) => panic!("the client's state watch closed"),
+        Err(_) => panic!(
+            "not ready again after a drop within {NOTICE_GUARD:?}: now {:?}, {:?}; seen {:#?}",
+            *client.state().borrow(),
+            client.stats(),
+            lock(phases)
+        ),
+    }
+}
+
+/// Restarts the server while the client's connection is idle, and sends
+/// nothing: the client notices, counts the drop, redials and is ready
+/// again, connected to the new server; the next request then goes out once,
+/// on that connection.
+async fn idle_connection_death_is_noticed_without_traffic(proto: Proto) {
+    let server = Server::start().await;
+    let addr = server.addr();
+    let client = client(proto, addr, ReconnectLayer::new(policy()));
+    let phases = record_phases(client.state());
+
+    let reply = send(client.clone(), request(proto, addr, Method::POST, "/incr"))
+        .await
+        .expect("the first request");
+    assert_eq!(
+        reply,
+        Reply {
+            generation: 1,
+            n: 1
+        }
+    );
+    let mut state = client.state();
+    timeout(NOTICE_GUARD, state.wait_for(|s| s.phase() == Phase::Ready))
+        .await
+        .expect("ready after a request")
+        .unwrap();
+    let before = client.stats();
+    assert_eq!((before.dials, before.drops), (1, 0), "{before:?}");
+
+    // Kill every connection and start again on the same port; no request.
+    let restarted = Instant::now();
+    let (back, ready_at) = tokio::join!(
+        async {
+            server.restart().await;
+            restarted.elapsed()
+        },
+        ready_after_a_drop(&client, &phases),
+    );
+    let took = ready_at - restarted;
+    let stats = client.stats();
+    println!(
+        "{proto:?}: ready {took:?} after the restart began (server listening again after \
+         {back:?}); {stats:?}; states seen: {:#?}",
+        lock(&phases)
+    );
+    assert_eq!(stats.drops, 1, "{stats:?}");
+    // The first redial is immediate, so it may find the port not yet bound
+    // again: refused dials are allowed, one more connection is not.
+    assert_eq!(
+        stats.dials - stats.dial_failures,
+        2,
+        "two connections made: {stats:?}"
+    );
+    assert_eq!(stats.retries, 0, "{stats:?}");
+    // The new connection is open at the new server, and nothing was sent.
+    let mut open = server.books.open.subscribe();
+    timeout(NOTICE_GUARD, open.wait_for(|n| *n == 1))
+        .await
+        .expect("the new server to see the connection")
+        .unwrap();
+    assert_eq!(server.incr(), 1, "no request was sent");
+
+    let reply = timeout(
+        NOTICE_GUARD,
+        send(client.clone(), request(proto, addr, Method::POST, "/incr")),
+    )
+    .await
+    .expect("the request after the restart hung")
+    .expect("the request after the restart succeeds");
+    assert_eq!(
+        reply,
+        Reply {
+            generation: 2,
+            n: 2
+        }
+    );
+    let after = client.stats();
+    assert_eq!(after.retries, 0, "not a re-send: {after:?}");
+    assert_eq!(after, stats, "sent once, on the connection made while idle");
+    assert_eq!(*open.borrow(), 1, "on the connection made while idle");
+    println!("{proto:?}: states seen by the end: {:#?}", lock(&phases));
+}
+
+/// HTTP/1: a restart of the server under an idle connection is noticed, and
+/// the client is connected again, with no request sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_idle_connection_death_is_noticed_without_traffic() {
+    guard(idle_connection_death_is_noticed_without_traffic(
+        Proto::Http1,
+    ))
+    .await;
+}
+
+/// HTTP/2: a restart of the server under an idle connection is noticed, and
+/// the client is connected again, with no request sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_idle_connection_death_is_noticed_without_traffic() {
+    guard(idle_connection_death_is_noticed_without_traffic(
+        Proto::Http2,
+    ))
     .await;
 }
 

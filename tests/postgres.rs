@@ -10,18 +10,20 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use pg_server::PgServer;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_redial::postgres::{self, MakePostgres, PgClient, Query, Rows};
 use tower_redial::{
-    Backoff, BoxError, Closed, NotSent, Phase, ReconnectLayer, ReconnectPolicy,
-    ReconnectPolicyBuilder, Unavailable,
+    Backoff, BoxError, Client, Closed, NotSent, Phase, ReconnectLayer, ReconnectPolicy,
+    ReconnectPolicyBuilder, Snapshot, Unavailable,
 };
 
 fn ms(n: u64) -> Duration {
@@ -353,6 +355,146 @@ async fn queries_succeed_across_a_restart() {
     assert!(stats.dials >= 2, "{stats:?}");
     assert_eq!(stats.fail_fast, 0, "{stats:?}");
     assert_eq!(client.state().borrow().phase(), Phase::Ready);
+}
+
+/// How long the client may take to be ready again after a restart: a hang
+/// guard, not a speed assumption.
+const NOTICE_GUARD: Duration = Duration::from_secs(10);
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Records each state the client's watch shows (changes in quick
+/// succession may show as one), with when, for the test's messages.
+fn record_phases(mut state: watch::Receiver<Snapshot>) -> Arc<Mutex<Vec<String>>> {
+    let start = Instant::now();
+    let show = move |s: &Snapshot| {
+        let error = s.last_error().map(ToString::to_string);
+        format!(
+            "{:?} {} attempt {} {error:?}",
+            start.elapsed(),
+            s.phase(),
+            s.attempt()
+        )
+    };
+    let seen = Arc::new(Mutex::new(vec![show(&state.borrow_and_update())]));
+    tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            while state.changed().await.is_ok() {
+                let shown = show(&state.borrow_and_update());
+                lock(&seen).push(shown);
+            }
+        }
+    });
+    seen
+}
+
+/// Waits, sending nothing, until the client has dropped a connection and
+/// is ready again; returns when it was.
+async fn ready_after_a_drop<Req, Res>(
+    client: &Client<Req, Res>,
+    phases: &Mutex<Vec<String>>,
+) -> Instant {
+    let mut state = client.state();
+    let ready = state.wait_for(|s| s.phase() == Phase::Ready && client.stats().drops >= 1);
+    let waited = tokio::time::timeout(NOTICE_GUARD, ready)
+        .await
+        .map(|ready| ready.is_ok());
+    let ready_at = Instant::now();
+    match waited {
+        Ok(true) => ready_at,
+        Ok(false) => panic!("the client's state watch closed"),
+        Err(_) => panic!(
+            "not ready again after a drop within {NOTICE_GUARD:?}: now {:?}, {:?}; seen {:#?}",
+            *client.state().borrow(),
+            client.stats(),
+            lock(phases)
+        ),
+    }
+}
+
+/// A `pg_ctl restart -m immediate` under an idle connection, with no query
+/// sent: the client notices, counts the drop, redials and is ready again,
+/// with a session on the new server; the next query then goes out once, in
+/// that session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connection_death_is_noticed_without_traffic() {
+    let server = PgServer::start().await;
+    let client = client(&server);
+    let phases = record_phases(client.state());
+    let limit = Duration::from_secs(30);
+    let session = Query::new("SELECT pg_backend_pid()");
+
+    let pid_before: i32 = within(limit, "the first query", one(&client, session.clone())).await;
+    let mut state = client.state();
+    within(
+        NOTICE_GUARD,
+        "ready after a query",
+        state.wait_for(|s| s.phase() == Phase::Ready),
+    )
+    .await
+    .unwrap();
+    let before = client.stats();
+    assert_eq!((before.dials, before.drops), (1, 0), "{before:?}");
+
+    // Every session is cut and the server starts again; no query.
+    let restarted = Instant::now();
+    let (back, ready_at) = tokio::join!(
+        async {
+            within(limit, "pg_ctl restart", server.restart()).await;
+            restarted.elapsed()
+        },
+        ready_after_a_drop(&client, &phases),
+    );
+    let took = ready_at - restarted;
+    let stats = client.stats();
+    println!(
+        "ready {took:?} after the restart began (pg_ctl restart returned after {back:?}); \
+         {stats:?}; states seen: {:#?}",
+        lock(&phases)
+    );
+    assert_eq!(stats.drops, 1, "{stats:?}");
+    // The first redial is immediate, so it finds the server down or still
+    // starting: refused dials are allowed, one more connection is not.
+    assert_eq!(
+        stats.dials - stats.dial_failures,
+        2,
+        "two connections made: {stats:?}"
+    );
+    assert_eq!(stats.retries, 0, "{stats:?}");
+
+    // The client's new session is on the new server, made while nothing was
+    // sent: seen from another session.
+    let (observer, connection) = within(limit, "an observer session", async {
+        server.config().connect(NoTls).await.unwrap()
+    })
+    .await;
+    tokio::spawn(connection);
+    let sessions: Vec<i32> = within(
+        limit,
+        "the observer's query",
+        observer.query(
+            "SELECT pid FROM pg_stat_activity \
+             WHERE application_name = 'tower-redial-test' AND pid <> pg_backend_pid()",
+            &[],
+        ),
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| row.get(0))
+    .collect();
+    assert_eq!(sessions.len(), 1, "one session of ours: {sessions:?}");
+
+    let pid_after: i32 = within(limit, "the query after the restart", one(&client, session)).await;
+    assert_ne!(pid_after, pid_before, "a new session");
+    assert_eq!(pid_after, sessions[0], "in the session made while idle");
+    let after = client.stats();
+    assert_eq!(after.retries, 0, "not a re-send: {after:?}");
+    assert_eq!(after, stats, "sent once, in the session made while idle");
+    println!("states seen by the end: {:#?}", lock(&phases));
 }
 
 /// Queries issued while the server is down wait in the queue through

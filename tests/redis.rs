@@ -29,7 +29,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_redial::redis::{redis_error, MakeRedis, RedisClient, RedisConnection};
 use tower_redial::{
     Backoff, BoxError, Client, Closed, Jitter, NotSent, Phase, ReconnectLayer, ReconnectPolicy,
-    Unavailable,
+    Snapshot, Unavailable,
 };
 
 /// Concurrent callers in the chaos run.
@@ -688,6 +688,126 @@ async fn side_by_side_with_connection_manager() {
     assert!(count(&theirs.long, Outcome::Ambiguous) >= 1, "{theirs:?}");
     ours_server.kill().await;
     manager_server.kill().await;
+}
+
+// ---------------------------------------------------------------------------
+// An idle connection's death
+// ---------------------------------------------------------------------------
+
+/// Records each state the client's watch shows (changes in quick
+/// succession may show as one), with when, for the test's messages.
+fn record_phases(mut state: watch::Receiver<Snapshot>) -> Arc<Mutex<Vec<String>>> {
+    let start = Instant::now();
+    let show = move |s: &Snapshot| {
+        let error = s.last_error().map(ToString::to_string);
+        format!(
+            "{:?} {} attempt {} {error:?}",
+            start.elapsed(),
+            s.phase(),
+            s.attempt()
+        )
+    };
+    let seen = Arc::new(Mutex::new(vec![show(&state.borrow_and_update())]));
+    tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            while state.changed().await.is_ok() {
+                let shown = show(&state.borrow_and_update());
+                lock(&seen).push(shown);
+            }
+        }
+    });
+    seen
+}
+
+/// Waits, sending nothing, until the client has dropped a connection and
+/// is ready again; returns when it was.
+async fn ready_after_a_drop<Req, Res>(
+    client: &Client<Req, Res>,
+    phases: &Mutex<Vec<String>>,
+) -> Instant {
+    let mut state = client.state();
+    let ready = state.wait_for(|s| s.phase() == Phase::Ready && client.stats().drops >= 1);
+    let waited = timeout(HANG_GUARD, ready).await.map(|ready| ready.is_ok());
+    let ready_at = Instant::now();
+    match waited {
+        Ok(true) => ready_at,
+        Ok(false) => panic!("the client's state watch closed"),
+        Err(_) => panic!(
+            "not ready again after a drop within {HANG_GUARD:?}: now {:?}, {:?}; seen {:#?}",
+            *client.state().borrow(),
+            client.stats(),
+            lock(phases)
+        ),
+    }
+}
+
+/// A `kill -9` and restart of the server under an idle connection, with no
+/// command sent: the client notices, counts the drop, redials and is ready
+/// again, connected to the new server; the next command then goes out once,
+/// on that connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connection_death_is_noticed_without_traffic() {
+    let mut server = RedisServer::start().await;
+    let client = client_for(&server, MakeRedis::new(), policy(Duration::from_secs(10)));
+    let phases = record_phases(client.state());
+
+    let reply = deadline("the first command", client.clone().oneshot(incr()))
+        .await
+        .expect("the first command");
+    assert_eq!(reply, Value::Int(1));
+    let mut state = client.state();
+    deadline(
+        "ready after a command",
+        state.wait_for(|s| s.phase() == Phase::Ready),
+    )
+    .await
+    .expect("the client is alive");
+    let before = client.stats();
+    assert_eq!((before.dials, before.drops), (1, 0), "{before:?}");
+
+    // `kill -9`, and start again on the same port; no command.
+    let restarted = Instant::now();
+    let (down, ready_at) = tokio::join!(
+        server.kill_and_restart(),
+        ready_after_a_drop(&client, &phases),
+    );
+    let took = ready_at - restarted;
+    let stats = client.stats();
+    println!(
+        "ready {took:?} after the kill (server down for {down:?}); {stats:?}; states seen: {:#?}",
+        lock(&phases)
+    );
+    assert_eq!(stats.drops, 1, "{stats:?}");
+    // The first redial is immediate, so it finds the port closed until the
+    // server is back: refused dials are allowed, one more connection is not.
+    assert_eq!(
+        stats.dials - stats.dial_failures,
+        2,
+        "two connections made: {stats:?}"
+    );
+    assert_eq!(stats.retries, 0, "{stats:?}");
+    // The new server has the connection (and the one asking), made while
+    // nothing was sent.
+    deadline("the new server to count the connection", async {
+        while server.info_field("connected_clients").await.as_deref() != Some("2") {
+            sleep(ms(10)).await;
+        }
+    })
+    .await;
+
+    let reply = deadline(
+        "the command after the restart",
+        client.clone().oneshot(incr()),
+    )
+    .await
+    .expect("the command after the restart succeeds");
+    assert_eq!(reply, Value::Int(1), "answered by the new server");
+    let after = client.stats();
+    assert_eq!(after.retries, 0, "not a re-send: {after:?}");
+    assert_eq!(after, stats, "sent once, on the connection made while idle");
+    println!("states seen by the end: {:#?}", lock(&phases));
+    server.kill().await;
 }
 
 // ---------------------------------------------------------------------------
