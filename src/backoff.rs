@@ -517,4 +517,36 @@ mod tests {
         }
         assert!(Backoff::default().validate().is_ok());
     }
+
+    /// Decorrelated jitter grows from the base towards the cap: each delay
+    /// is drawn up to three times the one before.
+    #[test]
+    fn decorrelated_jitter_grows() {
+        let b =
+            Backoff::exponential(ms(10), 2.0, Duration::from_secs(10)).jitter(Jitter::Decorrelated);
+        for seed in 0..20 {
+            let delays: Vec<_> = b.schedule(seed).take(30).collect();
+            assert!(delays
+                .iter()
+                .all(|d| *d >= ms(10) && *d <= Duration::from_secs(10)));
+            assert!(
+                delays.iter().any(|d| *d > ms(100)),
+                "seed {seed}: never grew past 10 × the base: {delays:?}"
+            );
+        }
+    }
+
+    /// A cap equal to the base, or a multiplier of exactly 1, is a constant
+    /// schedule: accepted, and constant.
+    #[test]
+    fn constant_exponential_schedules_are_accepted() {
+        for b in [
+            Backoff::exponential(ms(50), 2.0, ms(50)),
+            Backoff::exponential(ms(50), 1.0, Duration::from_secs(1)),
+        ] {
+            assert!(b.validate().is_ok(), "{b:?}");
+            let delays: Vec<_> = b.schedule(1).take(5).collect();
+            assert_eq!(delays, [ms(50); 5]);
+        }
+    }
 }

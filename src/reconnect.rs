@@ -724,3 +724,63 @@ where
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::task::Context;
+    use std::time::Duration;
+
+    use futures_util::task::noop_waker;
+    use tower::service_fn;
+
+    use super::*;
+    use crate::Backoff;
+
+    type Make = tower::util::ServiceFn<
+        fn(
+            (),
+        ) -> std::future::Ready<
+            Result<
+                tower::util::ServiceFn<fn(u8) -> std::future::Ready<Result<u8, BoxError>>>,
+                BoxError,
+            >,
+        >,
+    >;
+
+    fn refusing() -> Make {
+        service_fn(|()| {
+            std::future::ready(Err(io::Error::from(io::ErrorKind::ConnectionRefused).into()))
+        })
+    }
+
+    /// `call` before `poll_ready` returned ready is a bug in the caller, and
+    /// panics with a clear message, as tower's contract says.
+    #[tokio::test]
+    #[should_panic(expected = "called before poll_ready")]
+    async fn call_before_ready_panics() {
+        let mut reconnect = Reconnect::new(refusing(), (), ReconnectPolicy::default());
+        let _ = Service::<u8>::call(&mut reconnect, 1);
+    }
+
+    /// Once closed, `poll_ready` fails with `Closed`, and a `call` made
+    /// anyway fails with it too instead of panicking.
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_service_fails_calls_with_closed() {
+        let policy = ReconnectPolicy::builder()
+            .backoff(Backoff::fixed(Duration::from_millis(1)).max_attempts(1))
+            .build()
+            .unwrap();
+        let mut reconnect = Reconnect::new(refusing(), (), policy);
+        let waker = noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let ready = Service::<u8>::poll_ready(&mut reconnect, &mut cx);
+        let Poll::Ready(Err(error)) = ready else {
+            panic!("closed after one refused dial: {ready:?}");
+        };
+        assert!(error.is::<Closed>());
+        let error = Service::<u8>::call(&mut reconnect, 1).await.unwrap_err();
+        let closed = error.downcast_ref::<Closed>().expect("Closed");
+        assert_eq!(closed.attempts(), 1);
+    }
+}

@@ -316,3 +316,122 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A policy with no reserve: re-sends are paid for by successes only,
+    /// one per success (100 %).
+    fn policy(copier: Option<Copier<String>>) -> RetryPolicy<String> {
+        RetryPolicy::new(
+            3,
+            RetryBudget::new(Duration::from_secs(10), 0, 1.0),
+            Classifier::default(),
+            copier,
+            Arc::new(Observer::new()),
+        )
+    }
+
+    fn not_sent(request: &str) -> Result<String, BoxError> {
+        Err(NotSent::with_request(request.to_string(), "closed").into())
+    }
+
+    fn reset() -> Result<String, BoxError> {
+        Err(io::Error::from(io::ErrorKind::ConnectionReset).into())
+    }
+
+    /// Successes earn re-sends: with no reserve, a handed-back request is
+    /// re-sent only once a success has paid into the budget.
+    #[test]
+    fn successes_earn_resends() {
+        let mut policy = policy(None);
+        let mut slot = Slot::shared(Some("GET".to_string()), None);
+        assert!(
+            policy.retry(&mut slot, &mut not_sent("GET")).is_none(),
+            "nothing earned yet"
+        );
+        policy.succeeded();
+        assert!(policy.retry(&mut slot, &mut not_sent("GET")).is_some());
+    }
+
+    /// Only a request that is back in its slot and was handed back unsent is
+    /// re-sent by default: a transport error alone, or a `NotSent` whose
+    /// request did not come back, is not enough.
+    #[test]
+    fn handed_back_needs_the_request_and_not_sent() {
+        let mut policy = policy(None);
+        for _ in 0..10 {
+            policy.succeeded();
+        }
+        let mut full = Slot::shared(Some("INCR".to_string()), None);
+        assert!(
+            policy.retry(&mut full, &mut reset()).is_none(),
+            "may have been sent"
+        );
+        let mut empty = Slot::shared(None, None);
+        assert!(!empty.has_request());
+        assert!(
+            policy.retry(&mut empty, &mut not_sent("INCR")).is_none(),
+            "nothing to send"
+        );
+        assert!(full.has_request());
+        assert!(policy.retry(&mut full, &mut not_sent("INCR")).is_some());
+    }
+
+    /// Opted-in re-sends use the spare copy, only for errors that mean the
+    /// connection is dead, and keep a fresh spare for the next re-send.
+    #[test]
+    fn opted_in_resends_use_the_spare_copy() {
+        let copier: Copier<String> = Arc::new(|r: &String| Some(r.clone()));
+        let mut policy = policy(Some(copier));
+        for _ in 0..10 {
+            policy.succeeded();
+        }
+        let mut slot = Slot::shared(None, Some("GET".to_string()));
+        let mut refused: Result<String, BoxError> = Err(io::Error::other("ERR no such key").into());
+        assert!(
+            policy.retry(&mut slot, &mut refused).is_none(),
+            "the peer's answer"
+        );
+        assert!(policy.retry(&mut slot, &mut reset()).is_some());
+        assert!(slot.has_request(), "the spare moved into place");
+        assert!(slot.use_spare(&(Arc::new(|r: &String| Some(r.clone())) as Copier<String>)));
+    }
+
+    /// The client's own answers are final: a request that failed fast, or on
+    /// a closed client, is never re-sent.
+    #[test]
+    fn fail_fast_and_closed_are_final() {
+        let mut policy = policy(None);
+        for _ in 0..10 {
+            policy.succeeded();
+        }
+        let mut slot = Slot::shared(Some("GET".to_string()), None);
+        let unavailable = NotSent::with_request(
+            "GET".to_string(),
+            Unavailable::new(Duration::from_secs(1), 1, None),
+        );
+        let mut result: Result<String, BoxError> = Err(unavailable.into());
+        assert!(policy.retry(&mut slot, &mut result).is_none());
+        let closed = NotSent::with_request("GET".to_string(), Closed::new(1, None));
+        let mut result: Result<String, BoxError> = Err(closed.into());
+        assert!(policy.retry(&mut slot, &mut result).is_none());
+    }
+
+    /// Re-sends stop when the attempts are spent: three sends in all.
+    #[test]
+    fn attempts_bound_resends() {
+        let mut policy = policy(None);
+        for _ in 0..10 {
+            policy.succeeded();
+        }
+        let mut slot = Slot::shared(Some("GET".to_string()), None);
+        assert!(policy.retry(&mut slot, &mut not_sent("GET")).is_some());
+        assert!(policy.retry(&mut slot, &mut not_sent("GET")).is_some());
+        assert!(policy.retry(&mut slot, &mut not_sent("GET")).is_none());
+    }
+}

@@ -269,3 +269,55 @@ impl Observer {
         self.state.subscribe()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The watch changes only when what it shows changes: the same phase,
+    /// attempt and error twice is one change.
+    #[tokio::test(start_paused = true)]
+    async fn publishing_the_same_state_twice_is_one_change() {
+        let observer = Observer::new();
+        let mut watch = observer.subscribe();
+        observer.publish(Phase::Connecting, None);
+        assert!(watch.has_changed().unwrap());
+        watch.borrow_and_update();
+        observer.publish(Phase::Connecting, None);
+        assert!(!watch.has_changed().unwrap(), "nothing new");
+
+        let error: SharedError = Arc::new(std::io::Error::other("refused"));
+        let since = Instant::now();
+        let down = |attempts, last_error| Down {
+            since,
+            attempts,
+            last_error,
+        };
+        observer.publish(Phase::Backoff, Some(down(1, Some(&error))));
+        assert!(watch.has_changed().unwrap());
+        watch.borrow_and_update();
+        observer.publish(Phase::Backoff, Some(down(1, Some(&error))));
+        assert!(!watch.has_changed().unwrap(), "the same error");
+        let other: SharedError = Arc::new(std::io::Error::other("reset"));
+        observer.publish(Phase::Backoff, Some(down(1, Some(&other))));
+        assert!(watch.has_changed().unwrap(), "a new latest error");
+        let snapshot = watch.borrow_and_update();
+        assert_eq!(snapshot.attempt(), 1);
+        assert_eq!(snapshot.last_error().unwrap().to_string(), "reset");
+    }
+
+    /// Counters count, in the observer and in its parent.
+    #[test]
+    fn counters_count_in_the_parent_too() {
+        let parent = Arc::new(Observer::new());
+        let child = Observer::with_parent(Some(parent.clone()));
+        child.count(Counter::Dials);
+        child.count(Counter::Drops);
+        parent.count(Counter::Retries);
+        assert_eq!(child.stats().dials, 1);
+        assert_eq!(parent.stats().dials, 1);
+        assert_eq!(parent.stats().drops, 1);
+        assert_eq!(parent.stats().retries, 1);
+        assert_eq!(child.stats().retries, 0);
+    }
+}
