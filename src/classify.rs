@@ -66,6 +66,13 @@ impl Classifier {
     pub fn is_dead(&self, error: &(dyn Error + 'static)) -> bool {
         (self.is_dead)(error)
     }
+
+    /// The one "is the connection dead" decision: a caught panic always
+    /// kills the connection it came from; anything else is the classifier's
+    /// call.
+    pub(crate) fn finds_dead(&self, error: &(dyn Error + 'static)) -> bool {
+        crate::error::Panicked::is_in(error) || self.is_dead(error)
+    }
 }
 
 impl Default for Classifier {

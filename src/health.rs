@@ -14,7 +14,6 @@ use std::task::Context;
 use futures_util::task::AtomicWaker;
 
 use crate::classify::Classifier;
-use crate::error::Panicked;
 use crate::redact::redact;
 use crate::BoxError;
 
@@ -99,7 +98,7 @@ impl Health {
     /// connection; any other is the peer's answer, a full round trip that
     /// proves the connection as well as a success.
     pub(crate) fn failed(&self, error: &BoxError) {
-        if !Panicked::is_in(&**error) && !self.classifier.is_dead(&**error) {
+        if !self.classifier.finds_dead(&**error) {
             self.succeeded();
             return;
         }

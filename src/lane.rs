@@ -18,18 +18,27 @@
 //! the connection's readiness is also woken by every change, so it is never
 //! left waiting on a connection that has been replaced.
 //!
+//! The waiting list is bounded by the live handles. A handle's clone of the
+//! connection ([`Watched`]) keeps one place in it while its `poll_ready` is
+//! pending, with the latest waker, and gives it back when it turns ready,
+//! when the lane changes, or when the handle is dropped: handles dropped
+//! while the connection is busy leave no wakers behind.
+//!
 //! A handle keeps its clone of a replaced connection until its next
 //! `poll_ready` or until it is dropped.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::Waker;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use tower::util::BoxCloneSyncService;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 use crate::health::Health;
+use crate::panic::CatchPanic;
 use crate::BoxError;
 
 /// A clone of the published connection, as the handles call it.
@@ -47,7 +56,73 @@ struct Published<Req, Res> {
     generation: u64,
     lane: Option<(Lane<Req, Res>, Arc<Health>)>,
     /// Handles waiting on the published connection's readiness.
+    waiting: Waiting,
+}
+
+/// The wakers of the handles waiting on the published connection, one per
+/// waiting [`Watched`] clone, by the key it was given.
+#[derive(Default)]
+struct Waiting {
+    wakers: HashMap<u64, Waker>,
+    next_key: u64,
+}
+
+impl Waiting {
+    /// Below this capacity the map is not shrunk.
+    const KEEP: usize = 64;
+
+    /// Keeps `waker` under `key`, or under a new key if there is none.
+    /// Returns the key, and the waker it replaced, to drop once the lock is
+    /// released.
+    fn register(&mut self, key: Option<u64>, waker: &Waker) -> (u64, Option<Waker>) {
+        if let Some(key) = key {
+            if let Some(held) = self.wakers.get_mut(&key) {
+                if held.will_wake(waker) {
+                    return (key, None);
+                }
+                return (key, Some(std::mem::replace(held, waker.clone())));
+            }
+        }
+        let key = self.next_key;
+        self.next_key += 1;
+        self.wakers.insert(key, waker.clone());
+        (key, None)
+    }
+
+    /// Gives back the place under `key`, and memory once most places are
+    /// free. Returns the waker, to drop once the lock is released.
+    fn remove(&mut self, key: u64) -> Option<Waker> {
+        let waker = self.wakers.remove(&key);
+        let capacity = self.wakers.capacity();
+        if capacity > Self::KEEP && self.wakers.len() < capacity / 4 {
+            self.wakers.shrink_to(self.wakers.len() * 2);
+        }
+        waker
+    }
+
+    /// Empties the list, memory and all.
+    fn take(&mut self) -> Vec<Waker> {
+        std::mem::take(&mut self.wakers).into_values().collect()
+    }
+}
+
+/// What a change of the lane leaves to do once the lock is released: drop
+/// the connection it replaced and wake the handles that waited on it. Done
+/// outside the lock, as dropping a waker or a connection may drop a handle,
+/// which takes the lock to give back its place.
+#[must_use = "finish once the lock is released"]
+struct Changed<Req, Res> {
+    replaced: Option<(Lane<Req, Res>, Arc<Health>)>,
     waiting: Vec<Waker>,
+}
+
+impl<Req, Res> Changed<Req, Res> {
+    fn finish(self) {
+        drop(self.replaced);
+        for waker in self.waiting {
+            waker.wake();
+        }
+    }
 }
 
 /// One handle's copy of the lane, refreshed when the generation moves on.
@@ -90,7 +165,7 @@ impl<Req, Res> LaneCell<Req, Res> {
             published: Mutex::new(Published {
                 generation: 0,
                 lane: None,
-                waiting: Vec::new(),
+                waiting: Waiting::default(),
             }),
         }
     }
@@ -101,30 +176,31 @@ impl<Req, Res> LaneCell<Req, Res> {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Replaces what is published (`None` withdraws it), moves the
-    /// generation on so that every handle drops its copy, and wakes the
-    /// handles waiting on the old connection.
+    /// Replaces what is published (`None` withdraws it) and moves the
+    /// generation on so that every handle drops its copy. The handles
+    /// waiting on the old connection lose their places, and are woken by
+    /// [`Changed::finish`].
     fn set(
         published: &mut Published<Req, Res>,
         generation: &AtomicU64,
         lane: Option<(Lane<Req, Res>, Arc<Health>)>,
-    ) {
+    ) -> Changed<Req, Res> {
         published.generation += 1;
-        published.lane = lane;
+        let replaced = std::mem::replace(&mut published.lane, lane);
         generation.store(published.generation, Ordering::Release);
-        for waker in published.waiting.drain(..) {
-            waker.wake();
+        Changed {
+            replaced,
+            waiting: published.waiting.take(),
         }
     }
 
-    /// Wakes `waker` when the lane changes, unless it already has: the
-    /// handle saw `generation` and the connection was not ready.
+    /// Wakes `waker` at once if the lane has changed since the handle saw
+    /// `generation`. Nothing is kept here: the handle's clone of the
+    /// connection has registered the waker already, as its `poll_ready` was
+    /// pending (see [`Watched`]).
     pub(crate) fn wake_on_change(&self, generation: u64, waker: &Waker) {
-        let mut published = self.lock();
-        if published.generation != generation {
+        if self.generation.load(Ordering::Acquire) != generation {
             waker.wake_by_ref();
-        } else if !published.waiting.iter().any(|w| w.will_wake(waker)) {
-            published.waiting.push(waker.clone());
         }
     }
 
@@ -132,7 +208,9 @@ impl<Req, Res> LaneCell<Req, Res> {
     pub(crate) fn withdraw(&self) {
         let mut published = self.lock();
         if published.lane.is_some() {
-            Self::set(&mut published, &self.generation, None);
+            let changed = Self::set(&mut published, &self.generation, None);
+            drop(published);
+            changed.finish();
         }
     }
 
@@ -146,8 +224,38 @@ impl<Req, Res> LaneCell<Req, Res> {
         }
         if let Some((_, health)) = &published.lane {
             health.mark_dead();
-            Self::set(&mut published, &self.generation, None);
+            let changed = Self::set(&mut published, &self.generation, None);
+            drop(published);
+            changed.finish();
         }
+    }
+
+    /// Keeps `waker` for the clone of the connection published at
+    /// `generation` until the lane changes; at once if it has. Returns the
+    /// clone's key, if it has a place now.
+    fn wait(&self, generation: u64, key: Option<u64>, waker: &Waker) -> Option<u64> {
+        let mut published = self.lock();
+        if published.generation != generation {
+            drop(published);
+            waker.wake_by_ref();
+            return None;
+        }
+        let (key, replaced) = published.waiting.register(key, waker);
+        drop(published);
+        drop(replaced);
+        Some(key)
+    }
+
+    /// Gives back the place under `key` of the clone published at
+    /// `generation`. A change of the lane has emptied the list already.
+    fn stop_waiting(&self, generation: u64, key: u64) {
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        let mut published = self.lock();
+        let removed = published.waiting.remove(key);
+        drop(published);
+        drop(removed);
     }
 }
 
@@ -165,7 +273,11 @@ where
         if self.generation.load(Ordering::Acquire) != cache.generation {
             let published = self.lock();
             cache.generation = published.generation;
-            cache.lane = published.lane.as_ref().map(|(lane, _)| lane.clone());
+            let fresh = published.lane.as_ref().map(|(lane, _)| lane.clone());
+            drop(published);
+            // The old copy is dropped outside the lock: it may give back
+            // a place among the waiting.
+            cache.lane = fresh;
         }
         cache.lane.as_mut()
     }
@@ -183,7 +295,7 @@ impl<Req, Res> fmt::Debug for LaneCell<Req, Res> {
 /// `S`, whatever the request type.
 pub(crate) trait Publish<S>: Send {
     /// The connection proved healthy: let the handles call it directly.
-    fn publish(&self, connection: &S, health: &Arc<Health>);
+    fn publish(&self, connection: &S, health: &Arc<Health>, response_timeout: Option<Duration>);
 
     /// The connection is gone: back to the queue.
     fn withdraw(&self);
@@ -197,14 +309,19 @@ where
     Req: Send + 'static,
     Res: Send + 'static,
 {
-    fn publish(&self, connection: &S, health: &Arc<Health>) {
-        let lane = BoxCloneSyncService::new(connection.clone().map_err(Into::into));
-        let generation = {
-            let mut published = self.lock();
-            let lane = Some((lane, health.clone()));
-            LaneCell::set(&mut published, &self.generation, lane);
-            published.generation
-        };
+    fn publish(&self, connection: &S, health: &Arc<Health>, response_timeout: Option<Duration>) {
+        // Called on the callers' tasks: a panic fails that request and the
+        // connection is reported dead; the response timeout fails the
+        // request only, as the connection is multiplexed.
+        let connection = CatchPanic::new(connection.clone(), response_timeout);
+        let mut published = self.lock();
+        // The generation `set` moves on to.
+        let generation = published.generation + 1;
+        let lane = Watched::new(connection, Arc::downgrade(self), generation);
+        let lane = Some((BoxCloneSyncService::new(lane), health.clone()));
+        let changed = LaneCell::set(&mut published, &self.generation, lane);
+        drop(published);
+        changed.finish();
         // A response that finds the connection dead withdraws it at once.
         // Weak: the cell holds the health, which holds this.
         let cell = Arc::downgrade(self);
@@ -217,5 +334,83 @@ where
 
     fn withdraw(&self) {
         LaneCell::withdraw(self);
+    }
+}
+
+/// A clone of the published connection that keeps its task's place among
+/// the waiting while its `poll_ready` is pending: one place per clone, so
+/// one per handle, given back when it turns ready or is dropped.
+///
+/// # Clone
+///
+/// A clone starts with no place: readiness, and waiting for it, do not
+/// survive `Clone`.
+struct Watched<S, Req, Res> {
+    connection: S,
+    /// Weak: the cell holds the published clone.
+    cell: Weak<LaneCell<Req, Res>>,
+    /// The generation this connection was published at.
+    generation: u64,
+    /// This clone's place among the waiting, while it has one.
+    key: Option<u64>,
+}
+
+impl<S, Req, Res> Watched<S, Req, Res> {
+    fn new(connection: S, cell: Weak<LaneCell<Req, Res>>, generation: u64) -> Self {
+        Self {
+            connection,
+            cell,
+            generation,
+            key: None,
+        }
+    }
+
+    fn stop_waiting(&mut self) {
+        if let Some(key) = self.key.take() {
+            if let Some(cell) = self.cell.upgrade() {
+                cell.stop_waiting(self.generation, key);
+            }
+        }
+    }
+}
+
+impl<S, Req, Res> Service<Req> for Watched<S, Req, Res>
+where
+    S: Service<Req, Response = Res>,
+{
+    type Response = Res;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        match self.connection.poll_ready(cx) {
+            Poll::Pending => {
+                // Woken by the connection, or by the lane changing.
+                if let Some(cell) = self.cell.upgrade() {
+                    self.key = cell.wait(self.generation, self.key, cx.waker());
+                }
+                Poll::Pending
+            }
+            ready => {
+                self.stop_waiting();
+                ready
+            }
+        }
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        self.connection.call(request)
+    }
+}
+
+impl<S: Clone, Req, Res> Clone for Watched<S, Req, Res> {
+    fn clone(&self) -> Self {
+        Self::new(self.connection.clone(), self.cell.clone(), self.generation)
+    }
+}
+
+impl<S, Req, Res> Drop for Watched<S, Req, Res> {
+    fn drop(&mut self) {
+        self.stop_waiting();
     }
 }

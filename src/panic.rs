@@ -10,11 +10,14 @@ use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
 use tower::Service;
 
-use crate::error::Panicked;
+use crate::error::{Panicked, ResponseTimeout};
+use crate::timer::deadline;
 use crate::BoxError;
 
 /// Runs `f`, turning a panic into a [`Panicked`] error from `site`.
@@ -42,10 +45,23 @@ where
 }
 
 /// A connection whose `poll_ready`, `call` and response futures turn panics
-/// into [`Panicked`] errors: the direct lane calls connections on the
-/// callers' tasks through it.
+/// into [`Panicked`] errors, and whose responses fail with
+/// [`ResponseTimeout`] past the policy's response timeout, if it has one:
+/// the direct lane calls connections on the callers' tasks through it.
 #[derive(Clone, Debug)]
-pub(crate) struct CatchPanic<S>(pub(crate) S);
+pub(crate) struct CatchPanic<S> {
+    inner: S,
+    response_timeout: Option<Duration>,
+}
+
+impl<S> CatchPanic<S> {
+    pub(crate) fn new(inner: S, response_timeout: Option<Duration>) -> Self {
+        Self {
+            inner,
+            response_timeout,
+        }
+    }
+}
 
 impl<S, Req> Service<Req> for CatchPanic<S>
 where
@@ -57,15 +73,21 @@ where
     type Future = Caught<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        match catch(POLL_READY, || self.0.poll_ready(cx)) {
+        match catch(POLL_READY, || self.inner.poll_ready(cx)) {
             Ok(poll) => poll.map_err(Into::into),
             Err(panicked) => Poll::Ready(Err(panicked.into())),
         }
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        match catch(CALL, || self.0.call(request)) {
-            Ok(future) => Caught::Running { future },
+        match catch(CALL, || self.inner.call(request)) {
+            Ok(future) => Caught::Running {
+                future,
+                deadline: self.response_timeout.map(|after| {
+                    let at = deadline(Instant::now(), after);
+                    (Box::pin(tokio::time::sleep_until(at)), after)
+                }),
+            },
             Err(panicked) => Caught::Failed {
                 error: Some(panicked),
             },
@@ -82,7 +104,11 @@ pin_project! {
     /// A response future whose panics become errors.
     #[project = CaughtProj]
     pub(crate) enum Caught<F> {
-        Running { #[pin] future: F },
+        Running {
+            #[pin]
+            future: F,
+            deadline: Option<(Pin<Box<Sleep>>, Duration)>,
+        },
         Failed { error: Option<Panicked> },
     }
 }
@@ -96,7 +122,15 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            CaughtProj::Running { future } => poll_caught(RESPONSE, future, cx),
+            CaughtProj::Running { future, deadline } => {
+                let poll = poll_caught(RESPONSE, future, cx);
+                if let (Poll::Pending, Some((sleep, after))) = (&poll, deadline) {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(ResponseTimeout::new(*after).into()));
+                    }
+                }
+                poll
+            }
             CaughtProj::Failed { error } => {
                 Poll::Ready(Err(error.take().expect("polled after completion").into()))
             }

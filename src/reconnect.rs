@@ -409,7 +409,7 @@ where
             return;
         };
         if let Some(lane) = &self.lane {
-            lane.publish(&conn.service, &conn.health);
+            lane.publish(&conn.service, &conn.health, self.policy.response_timeout);
         }
         self.recovered(now, &outage);
     }
@@ -760,7 +760,7 @@ mod tests {
     #[should_panic(expected = "called before poll_ready")]
     async fn call_before_ready_panics() {
         let mut reconnect = Reconnect::new(refusing(), (), ReconnectPolicy::default());
-        let _ = Service::<u8>::call(&mut reconnect, 1);
+        drop(Service::<u8>::call(&mut reconnect, 1));
     }
 
     /// Once closed, `poll_ready` fails with `Closed`, and a `call` made

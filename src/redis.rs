@@ -41,24 +41,33 @@
 //! reports end-of-file or an error, or redis-rs's connection task ends, the
 //! connection is known to be closed:
 //!
-//! - **Commands that were sent** fail with the transport error (an
-//!   [`io::Error`], see [Errors](#errors)). They may or may not have run on
-//!   the server, so they are not sent again (at most once), unless you opt
-//!   in with [`ReconnectLayer::resend_if`](crate::ReconnectLayer::resend_if).
+//! - **Commands that were sent**, and are still awaiting their replies, fail
+//!   at once with the transport error (an [`io::Error`], see
+//!   [Errors](#errors)). They may or may not have run on the server, so they
+//!   are not sent again (at most once), unless you opt in with
+//!   [`ReconnectLayer::resend_if`](crate::ReconnectLayer::resend_if).
 //! - **Commands issued afterwards** are not written to the dead socket:
 //!   `poll_ready` fails, the client drops the connection and redials, and
 //!   the commands wait in the client's queue, to be sent on the new
 //!   connection. Past the policy's wait limit they fail fast with
 //!   [`Unavailable`](crate::Unavailable) instead, and never run.
 //! - **A command that reaches a connection already known to be closed** (in
-//!   the instant between `poll_ready` and `call`) comes back as [`NotSent`],
-//!   with the command inside, and the client sends it on the next
-//!   connection.
+//!   the instant between `poll_ready` and the first poll of its response
+//!   future) comes back as [`NotSent`], with the command inside, and the
+//!   client sends it on the next connection.
 //!
 //! One case cannot be told apart: commands that redis-rs had queued inside
 //! its connection task, but not yet written, when the socket died. redis-rs
 //! reports them exactly like commands that were written (a `BrokenPipe`), so
 //! they too count as possibly sent, and are not re-sent.
+//!
+//! A command never waits for its reply on a connection known to be closed.
+//! redis-rs alone does not promise this: a command handed to its connection
+//! task in the very instant the task ends can be neither written nor
+//! failed, and waits out the response timeout (tokio's channel keeps a value
+//! sent with a permit taken just before its receiver was dropped; tokio
+//! issue 7714). Here such a command fails with the transport error as soon
+//! as the connection is known to be closed, like the others in flight.
 //!
 //! # Compared with redis-rs's `ConnectionManager`
 //!
@@ -132,7 +141,7 @@ use std::error::Error;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -143,6 +152,7 @@ use ::redis::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower::Service;
 
@@ -268,11 +278,55 @@ impl Clone for RedisConnection {
 struct Watch {
     /// redis-rs's connection task, aborted when the last clone is dropped.
     task: JoinHandle<()>,
+    /// Tells when the connection closes; the commands awaiting replies
+    /// watch it.
+    closer: Closer,
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Tells, once, that a watched connection has closed, and with what kind of
+/// error: to the client, through the [`CloseWatch`] that `poll_ready`
+/// polls, and to every command awaiting its reply.
+#[derive(Clone)]
+struct Closer {
+    /// A copy of the connection's `CloseWatch`, which only closes it.
+    client: CloseWatch,
+    replies: watch::Sender<Option<io::ErrorKind>>,
+}
+
+impl Closer {
+    /// A closer, and the `CloseWatch` that the connection as dialed polls.
+    fn new() -> (Self, CloseWatch) {
+        let closed = CloseWatch::new();
+        let (replies, _) = watch::channel(None);
+        let closer = Self {
+            client: closed.for_clone(),
+            replies,
+        };
+        (closer, closed)
+    }
+
+    /// Marks the connection closed with `kind`. Only the first call counts.
+    fn close(&self, kind: io::ErrorKind) {
+        // The commands first: whoever sees the client's watch closed then
+        // finds the commands' closed too.
+        self.replies.send_if_modified(|closed| {
+            let first = closed.is_none();
+            if first {
+                *closed = Some(kind);
+            }
+            first
+        });
+        self.client.close(kind);
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Option<io::ErrorKind>> {
+        self.replies.subscribe()
     }
 }
 
@@ -287,23 +341,23 @@ impl RedisConnection {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let closed = CloseWatch::new();
+        let (closer, closed) = Closer::new();
         let stream = Watched {
             io: stream,
-            closed: closed.clone(),
+            closer: closer.clone(),
         };
         let (connection, task) =
             MultiplexedConnection::new_with_config(info.redis_settings(), stream, config)
                 .await
                 .map_err(into_box)?;
-        let ended = closed.for_clone();
+        let ended = closer.clone();
         let task = tokio::spawn(async move {
             task.await;
             ended.close(io::ErrorKind::NotConnected);
         });
         Ok(Self {
             connection,
-            watch: Some(Arc::new(Watch { task })),
+            watch: Some(Arc::new(Watch { task, closer })),
             closed: Some(closed),
         })
     }
@@ -320,25 +374,93 @@ impl RedisConnection {
     /// The error that closed the connection, if it is known to be closed.
     fn closed(&self) -> Option<io::Error> {
         let kind = self.closed.as_ref()?.closed()?.kind();
-        Some(io::Error::new(kind, "redis connection closed"))
+        Some(closed_error(kind))
     }
 
-    /// Sends `request`, or hands it back if the connection is known to be
-    /// closed.
+    /// Sends `request`: hands it back unsent if the connection is known to
+    /// be closed when the response future is first polled, and fails it at
+    /// once if the connection closes before its reply comes.
     fn send<R: Query>(&mut self, request: R) -> ResponseFuture {
-        if let Some(error) = self.closed() {
-            let error: BoxError = Box::new(NotSent::with_request(request, error));
-            return ResponseFuture(Box::pin(std::future::ready(Err(error))));
-        }
         let mut connection = self.connection.clone();
-        // Keeps the connection's task alive while the reply is awaited.
-        let watch = self.watch.clone();
+        let Some(watch) = self.watch.clone() else {
+            // Dialed by redis-rs: there is no close to watch.
+            return ResponseFuture(Box::pin(async move {
+                request.query(&mut connection).await.map_err(into_box)
+            }));
+        };
         ResponseFuture(Box::pin(async move {
-            let result = request.query(&mut connection).await;
+            let mut ended = watch.closer.subscribe();
+            // Looked at just before the command goes to redis-rs: a command
+            // that has not gone there has not reached the socket.
+            let closed = *ended.borrow();
+            if let Some(kind) = closed {
+                let error = NotSent::with_request(request, closed_error(kind));
+                return Err(error.into());
+            }
+            let result = reply_or_close(request.query(&mut connection), &mut ended).await;
+            // Keeps the connection's task alive while the reply is awaited.
             drop(watch);
-            result.map_err(into_box)
+            result
         }))
     }
+}
+
+/// The reply, or, if the connection closes before it comes, a transport
+/// error of the close's kind: the command may have been written, so it may
+/// have run.
+async fn reply_or_close<F>(
+    reply: F,
+    ended: &mut watch::Receiver<Option<io::ErrorKind>>,
+) -> Result<Value, BoxError>
+where
+    F: Future<Output = Result<Value, RedisError>>,
+{
+    let mut reply = pin!(reply);
+    let mut closed = pin!(ended.wait_for(Option::is_some));
+    std::future::poll_fn(|cx| {
+        // The close first. redis-rs hands over each reply it reads before
+        // it reads on, and the socket is seen to close only by reading on
+        // (or by a failed write, after which redis-rs hands over nothing):
+        // a reply that came before the close shows in the look below.
+        let closed = closed.as_mut().poll(cx).map(|seen| {
+            seen.ok()
+                .and_then(|kind| *kind)
+                .unwrap_or(io::ErrorKind::NotConnected)
+        });
+        let look = match closed {
+            // The look that decides is made outside tokio's budget, which
+            // could otherwise make a reply that came look pending.
+            Poll::Ready(_) => pin!(unbudgeted(reply.as_mut())).poll(cx),
+            Poll::Pending => reply.as_mut().poll(cx),
+        };
+        match look {
+            Poll::Ready(result) => Poll::Ready(result.map_err(into_box)),
+            Poll::Pending => closed.map(|kind| Err(closed_before_reply(kind))),
+        }
+    })
+    .await
+}
+
+/// `future`, polled outside tokio's cooperative budget.
+// `tokio::task::coop::unconstrained` needs tokio 1.44; this crate allows
+// 1.40, where the function is `tokio::task::unconstrained`.
+#[allow(deprecated)]
+fn unbudgeted<F: Future>(future: F) -> impl Future<Output = F::Output> {
+    tokio::task::unconstrained(future)
+}
+
+/// The error of a command called on a closed connection.
+fn closed_error(kind: io::ErrorKind) -> io::Error {
+    io::Error::new(kind, "redis connection closed")
+}
+
+/// The error of a command whose connection closed before its reply came: a
+/// transport failure, as redis-rs reports the others.
+fn closed_before_reply(kind: io::ErrorKind) -> BoxError {
+    into_box(RedisError::from(io::Error::new(
+        kind,
+        "redis connection closed before the reply came",
+    )))
 }
 
 /// A request that a [`RedisConnection`] sends: [`Cmd`] and [`Pipeline`],
@@ -494,13 +616,13 @@ fn apply_tcp_settings(
 /// A socket that records the first end-of-file or error it reports.
 struct Watched<S> {
     io: S,
-    closed: CloseWatch,
+    closer: Closer,
 }
 
 impl<S> Watched<S> {
     fn check<T>(&self, result: io::Result<T>) -> io::Result<T> {
         if let Err(error) = &result {
-            self.closed.close(error.kind());
+            self.closer.close(error.kind());
         }
         result
     }
@@ -517,7 +639,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let result = std::task::ready!(Pin::new(&mut self.io).poll_read(cx, buf));
         if result.is_ok() && room > 0 && buf.filled().len() == before {
             // End of file: the server closed the connection.
-            self.closed.close(io::ErrorKind::UnexpectedEof);
+            self.closer.close(io::ErrorKind::UnexpectedEof);
         }
         Poll::Ready(self.check(result))
     }
@@ -610,7 +732,6 @@ pub fn redis_error<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a RedisErro
 mod tests {
     use super::*;
     use crate::classify::is_transport_error;
-    use crate::connect::CloseWatch;
 
     /// Transport failures become IO errors of the precise kind, which the
     /// default classifier calls dead; the redis error stays reachable.
@@ -648,17 +769,16 @@ mod tests {
         );
     }
 
-    /// A socket that reports end-of-file marks the connection closed.
+    /// A socket that reports end-of-file marks the connection closed, for
+    /// the client and for the commands awaiting replies alike.
     #[tokio::test]
     async fn end_of_file_closes_the_watch() {
         use tokio::io::AsyncReadExt;
 
         let (client, server) = tokio::io::duplex(64);
-        let closed = CloseWatch::new();
-        let mut watched = Watched {
-            io: client,
-            closed: closed.clone(),
-        };
+        let (closer, closed) = Closer::new();
+        let replies = closer.subscribe();
+        let mut watched = Watched { io: client, closer };
         drop(server);
         let mut buf = [0; 8];
         assert_eq!(watched.read(&mut buf).await.unwrap(), 0);
@@ -666,5 +786,113 @@ mod tests {
             closed.closed().map(|e| e.kind()),
             Some(io::ErrorKind::UnexpectedEof)
         );
+        assert_eq!(*replies.borrow(), Some(io::ErrorKind::UnexpectedEof));
+    }
+
+    const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
+
+    /// A watched connection over an in-memory socket, and the socket's far
+    /// end. Its handshake sends nothing (no password, database 0, no client
+    /// name), and it has no response timeout: only a reply or a close ends
+    /// a command's wait.
+    async fn connection_over_duplex() -> (RedisConnection, tokio::io::DuplexStream) {
+        let (client, server) = tokio::io::duplex(4096);
+        let settings = ::redis::RedisConnectionInfo::default().set_skip_set_lib_name();
+        let info = "redis://127.0.0.1/"
+            .into_connection_info()
+            .expect("a valid URL")
+            .set_redis_settings(settings);
+        let config = AsyncConnectionConfig::new().set_response_timeout(None);
+        let connection = RedisConnection::handshake(client, &info, config)
+            .await
+            .expect("a handshake with nothing to say");
+        (connection, server)
+    }
+
+    fn closer(connection: &RedisConnection) -> &Closer {
+        &connection.watch.as_ref().expect("watched").closer
+    }
+
+    /// The hang of project issue 11: a command that redis-rs holds, neither
+    /// answered nor failed, on a connection known to be closed waited out
+    /// the response timeout. (redis-rs can lose a command so: one sent into
+    /// its task's channel as the task ends stays there, tokio issue 7714.)
+    /// Here the connection closes under redis-rs, whose socket stays open:
+    /// the written command fails at once, with the close's kind, as a
+    /// transport error (it may have run), not as `NotSent`.
+    #[tokio::test]
+    async fn a_command_awaiting_its_reply_fails_when_the_connection_closes() {
+        use tokio::io::AsyncReadExt;
+
+        let (mut connection, mut server) = connection_over_duplex().await;
+        let call = Service::<Cmd>::call(&mut connection, ::redis::cmd("PING"));
+        let mut reply = tokio_test::task::spawn(call);
+        tokio_test::assert_pending!(reply.poll());
+        let mut written = [0; PING.len()];
+        server.read_exact(&mut written).await.unwrap();
+        assert_eq!(written, PING);
+        tokio_test::assert_pending!(reply.poll(), "no reply and no close yet");
+
+        closer(&connection).close(io::ErrorKind::ConnectionReset);
+        assert!(reply.is_woken());
+        let error = tokio_test::assert_ready_err!(reply.poll());
+        assert!(!NotSent::is_in(&*error), "{error:?}");
+        let kind = error.downcast_ref::<io::Error>().map(io::Error::kind);
+        assert_eq!(kind, Some(io::ErrorKind::ConnectionReset), "{error:?}");
+        assert!(redis_error(&*error).is_some_and(RedisError::is_io_error));
+        assert!(is_transport_error(&*error));
+    }
+
+    /// A reply that redis-rs handed over before the connection closed is
+    /// the command's answer, even when the close is seen first.
+    #[tokio::test]
+    async fn a_reply_that_came_before_the_close_is_kept() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let (mut connection, mut server) = connection_over_duplex().await;
+        let call = Service::<Cmd>::call(&mut connection, ::redis::cmd("PING"));
+        let mut reply = tokio_test::task::spawn(call);
+        tokio_test::assert_pending!(reply.poll());
+        let mut written = [0; PING.len()];
+        server.read_exact(&mut written).await.unwrap();
+        server.write_all(b"+PONG\r\n").await.unwrap();
+        // Until redis-rs's task has read the reply and handed it over.
+        for _ in 0..1000 {
+            if reply.is_woken() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(reply.is_woken(), "redis-rs handed the reply over");
+
+        closer(&connection).close(io::ErrorKind::ConnectionReset);
+        let value = tokio_test::assert_ready_ok!(reply.poll());
+        assert_eq!(value, Value::SimpleString("PONG".into()));
+    }
+
+    /// A command whose response future is first polled after the close is
+    /// handed back unsent, with the command inside, and nothing is written.
+    #[tokio::test]
+    async fn a_command_first_polled_after_the_close_is_handed_back() {
+        use tokio::io::AsyncReadExt;
+
+        let (mut connection, mut server) = connection_over_duplex().await;
+        let command = ::redis::cmd("PING");
+        let reply = Service::<Cmd>::call(&mut connection, command.clone());
+        closer(&connection).close(io::ErrorKind::ConnectionReset);
+        let mut error = reply.await.expect_err("not sent");
+        let not_sent = error.downcast_mut::<NotSent>().expect("NotSent");
+        let handed_back = not_sent.take_request::<Cmd>().expect("the command");
+        assert_eq!(
+            handed_back.get_packed_command(),
+            command.get_packed_command()
+        );
+
+        // The last clone gone, the task ends and the socket closes: with
+        // nothing written on it.
+        drop(connection);
+        let mut written = Vec::new();
+        server.read_to_end(&mut written).await.unwrap();
+        assert!(written.is_empty(), "{written:?}");
     }
 }

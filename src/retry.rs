@@ -181,9 +181,11 @@ impl<Req> RetryPolicy<Req> {
         self.budget.deposit();
     }
 
-    /// Whether `error` means the connection is dead.
+    /// Whether `error` means the connection is dead: a panic, or what the
+    /// classifier calls dead. (A panicked request is still not re-sent: it
+    /// may have reached the peer.)
     pub(crate) fn is_dead(&self, error: &(dyn std::error::Error + 'static)) -> bool {
-        self.classifier.is_dead(error)
+        self.classifier.finds_dead(error)
     }
 }
 

@@ -4,6 +4,7 @@
 
 #![cfg(feature = "hyper")]
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +17,18 @@ use tower_redial::{Handshake, Overloaded, ReconnectLayer, ReconnectPolicy};
 
 const QUEUE: usize = 64;
 const SENT: usize = 2_000;
+
+/// How long a test waits on the client before it fails, in real time: far
+/// past anything the client does on loopback.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Awaits `future`, or panics saying `what` did not happen within `limit`:
+/// a test that waits on the client fails instead of hanging.
+async fn within<F: Future>(limit: Duration, what: &str, future: F) -> F::Output {
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within {limit:?}"))
+}
 
 /// A server that accepts and then never reads nor writes: requests sent to
 /// it never end. With load shedding, at most the queue plus the one request
@@ -50,7 +63,8 @@ async fn never_answering_server_holds_at_most_the_queue() {
     let mut outstanding = Vec::new();
     let mut overloaded = 0;
     for _ in 0..SENT {
-        let mut response = client.ready().await.unwrap().call(request(addr));
+        let ready = within(DEADLINE, "poll_ready", client.ready()).await;
+        let mut response = ready.unwrap().call(request(addr));
         match (&mut response).now_or_never() {
             Some(Err(error)) if error.is::<Overloaded>() => overloaded += 1,
             Some(other) => panic!("a request to a silent server ended: {other:?}"),
@@ -114,7 +128,8 @@ async fn flooding_server_cannot_grow_memory_without_bound() {
         ))
         .client(addr);
     for _ in 0..3 {
-        let error = client.clone().oneshot(request(addr)).await.unwrap_err();
+        let answer = client.clone().oneshot(request(addr));
+        let error = within(DEADLINE, "the answer", answer).await.unwrap_err();
         assert!(
             error
                 .downcast_ref::<hyper::Error>()

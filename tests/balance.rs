@@ -8,7 +8,7 @@ mod scripted;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use scripted::{Dialer, Outcome};
+use scripted::{within, Dialer, Outcome};
 use tokio::time::{sleep_until, timeout, Instant};
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tower_redial::{
@@ -18,6 +18,10 @@ use tower_redial::{
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
+
+/// How long a test waits on the client, a connection or a task before it
+/// fails: far past every delay the tests expect.
+const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A client balanced over the named endpoints, each dialed by its own
 /// scripted dialer. Fixed 100 ms backoff, 1 s wait limit.
@@ -37,8 +41,10 @@ fn balanced(dialers: &HashMap<&'static str, Dialer>) -> Client<String, String> {
         .balance(targets)
 }
 
+/// Sends one request, and fails the test if no answer comes.
 async fn send(client: Client<String, String>, request: &str) -> Result<String, BoxError> {
-    client.oneshot(request.to_string()).await
+    let answer = format!("the answer to {request}");
+    within(DEADLINE, &answer, client.oneshot(request.to_string())).await
 }
 
 /// A down endpoint is never picked, however long it stays down (well past
@@ -57,11 +63,14 @@ async fn down_endpoint_is_never_picked() {
         let request = tokio::spawn(send(client.clone(), "GET k"));
         let conn = match &mut conn {
             Some(conn) => conn,
-            None => conn.insert(up.conn(0).await),
+            None => conn.insert(up.conn_within(0, DEADLINE).await),
         };
-        let (_, reply) = conn.next_request().await.unwrap();
+        let (_, reply) = within(DEADLINE, "the request", conn.next_request())
+            .await
+            .unwrap();
         reply.send_response(format!("VALUE {round}"));
-        assert_eq!(request.await.unwrap().unwrap(), format!("VALUE {round}"));
+        let reply = within(DEADLINE, "the request's task", request).await;
+        assert_eq!(reply.unwrap().unwrap(), format!("VALUE {round}"));
         tokio::time::sleep(ms(100)).await;
     }
     assert_eq!(down.connections(), 0);
@@ -90,17 +99,18 @@ async fn restarted_endpoint_gets_traffic_within_one_backoff_step() {
     let _held: Vec<_> = (0..3)
         .map(|_| tokio::spawn(send(client.clone(), "GET k")))
         .collect();
-    let mut b = busy.conn(0).await;
+    let mut b = busy.conn_within(0, DEADLINE).await;
     let mut unanswered = Vec::new();
     for _ in 0..3 {
-        unanswered.push(b.next_request().await.unwrap());
+        let request = within(DEADLINE, "the request", b.next_request()).await;
+        unanswered.push(request.unwrap());
     }
 
     // a comes back at 1050 ms; its next dial is due at 1100 ms, and is made
     // in the background: no request is sent meanwhile.
     sleep_until(start + ms(1050)).await;
     back.push([Outcome::Connect]);
-    let mut a = back.conn(0).await;
+    let mut a = back.conn_within(0, DEADLINE).await;
     assert_eq!(Instant::now() - start, ms(1100), "at its next backoff step");
     assert_eq!(back.dials(), 12, "one dial per 100 ms step, from 0 ms");
     // The balancer picks an endpoint when it is polled, and the client's
@@ -141,7 +151,7 @@ async fn all_endpoints_down_wait_then_fail_fast_then_resume() {
         })
         .collect();
     for task in waiting {
-        let (result, at) = task.await.unwrap();
+        let (result, at) = within(DEADLINE, "a waiting request", task).await.unwrap();
         assert_eq!(at - start, ms(1000));
         assert!(result.unwrap_err().is::<Unavailable>());
     }
@@ -155,22 +165,25 @@ async fn all_endpoints_down_wait_then_fail_fast_then_resume() {
     // b returns: its next dial connects, and requests flow.
     b.push([Outcome::Connect]);
     let mut served = false;
-    for _ in 0..10 {
-        tokio::time::sleep(ms(100)).await;
-        let mut request = tokio::spawn(send(client.clone(), "GET k"));
-        tokio::select! {
-            result = &mut request => {
-                assert!(result.unwrap().unwrap_err().is::<Unavailable>());
-            }
-            mut conn = b.conn(0) => {
-                let (_, reply) = conn.next_request().await.unwrap();
-                reply.send_response("back".to_string());
-                assert_eq!(request.await.unwrap().unwrap(), "back");
-                served = true;
-                break;
+    within(DEADLINE, "traffic to resume", async {
+        for _ in 0..10 {
+            tokio::time::sleep(ms(100)).await;
+            let mut request = tokio::spawn(send(client.clone(), "GET k"));
+            tokio::select! {
+                result = &mut request => {
+                    assert!(result.unwrap().unwrap_err().is::<Unavailable>());
+                }
+                mut conn = b.conn(0) => {
+                    let (_, reply) = conn.next_request().await.unwrap();
+                    reply.send_response("back".to_string());
+                    assert_eq!(request.await.unwrap().unwrap(), "back");
+                    served = true;
+                    break;
+                }
             }
         }
-    }
+    })
+    .await;
     assert!(served, "traffic resumed");
     assert_eq!(client.state().borrow().phase(), Phase::Ready);
     assert!(

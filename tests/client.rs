@@ -6,17 +6,23 @@ mod scripted;
 use std::io;
 use std::time::Duration;
 
-use scripted::{Dialer, Outcome};
+use scripted::{within, ConnHandle, Dialer, Outcome};
+use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tokio_test::assert_pending;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_redial::{
     Backoff, BoxError, Client, Closed, NotSent, Phase, ReconnectLayer, ReconnectPolicy, Unavailable,
 };
+use tower_test::mock::SendResponse;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
+
+/// How long a test waits on the client, a connection or a task before it
+/// fails: far past every delay the tests expect.
+const DEADLINE: Duration = Duration::from_secs(60);
 
 fn policy() -> tower_redial::ReconnectPolicyBuilder {
     ReconnectPolicy::builder()
@@ -31,9 +37,20 @@ fn client(dialer: &Dialer, policy: ReconnectPolicy) -> Client<String, String> {
         .client("db")
 }
 
-/// Sends one request.
+/// Sends one request, and fails the test if no answer comes.
 async fn send(client: Client<String, String>, request: &str) -> Result<String, BoxError> {
-    client.oneshot(request.to_string()).await
+    let answer = format!("the answer to {request}");
+    within(DEADLINE, &answer, client.oneshot(request.to_string())).await
+}
+
+/// The next request on `conn`, or `None` once the client has closed it.
+async fn next_request(conn: &mut ConnHandle) -> Option<(String, SendResponse<String>)> {
+    within(DEADLINE, "the next request", conn.next_request()).await
+}
+
+/// Waits for a spawned task to end, and fails the test if it does not.
+async fn join<T>(task: JoinHandle<T>) -> Result<T, tokio::task::JoinError> {
+    within(DEADLINE, "the spawned task", task).await
 }
 
 fn root_io_kind(error: &BoxError) -> Option<io::ErrorKind> {
@@ -64,7 +81,7 @@ async fn wait_limit_fails_fast_then_recovers() {
         })
         .collect();
     for task in queued {
-        let (result, at) = task.await.unwrap();
+        let (result, at) = join(task).await.unwrap();
         assert_eq!(at - start, ms(1000), "failed exactly at the wait limit");
         let error = result.unwrap_err();
         let unavailable = error.downcast_ref::<Unavailable>().expect("Unavailable");
@@ -88,10 +105,10 @@ async fn wait_limit_fails_fast_then_recovers() {
     dialer.push([Outcome::Connect]);
     sleep_until(start + ms(1500)).await;
     let request = tokio::spawn(send(client.clone(), "GET"));
-    let mut conn = dialer.conn(0).await;
-    let (_, reply) = conn.next_request().await.unwrap();
+    let mut conn = dialer.conn_within(0, DEADLINE).await;
+    let (_, reply) = next_request(&mut conn).await.unwrap();
     reply.send_response("VALUE 1".to_string());
-    assert_eq!(request.await.unwrap().unwrap(), "VALUE 1");
+    assert_eq!(join(request).await.unwrap().unwrap(), "VALUE 1");
     assert_eq!(client.state().borrow().phase(), Phase::Ready);
     assert_eq!(dialer.dials(), 5);
 }
@@ -106,14 +123,14 @@ async fn short_outage_is_ridden_through() {
     let requests: Vec<_> = (0..5)
         .map(|_| tokio::spawn(send(client.clone(), "GET")))
         .collect();
-    let mut conn = dialer.conn(0).await;
+    let mut conn = dialer.conn_within(0, DEADLINE).await;
     assert_eq!(Instant::now() - start, ms(300), "dials at 0, 100, 300 ms");
     for _ in 0..5 {
-        let (_, reply) = conn.next_request().await.unwrap();
+        let (_, reply) = next_request(&mut conn).await.unwrap();
         reply.send_response("OK".to_string());
     }
     for request in requests {
-        assert_eq!(request.await.unwrap().unwrap(), "OK");
+        assert_eq!(join(request).await.unwrap().unwrap(), "OK");
     }
     assert_eq!(client.stats().fail_fast, 0);
 }
@@ -144,9 +161,12 @@ async fn full_queue_sheds_load_when_asked() {
 
     // One request for the worker to hold while it dials...
     let first = tokio::spawn(send(client.clone(), "GET"));
-    while dialer.dials() == 0 {
-        tokio::task::yield_now().await;
-    }
+    within(DEADLINE, "the first dial", async {
+        while dialer.dials() == 0 {
+            tokio::time::sleep(ms(1)).await;
+        }
+    })
+    .await;
     // ...and two to fill the queue.
     let queued: Vec<_> = (0..2)
         .map(|_| tokio::spawn(send(client.clone(), "GET")))
@@ -176,7 +196,9 @@ async fn attempt_limit_closes_the_client() {
     let error = send(client.clone(), "GET").await.unwrap_err();
     let closed = error.downcast_ref::<Closed>().expect("Closed");
     assert_eq!(closed.attempts(), 2);
-    let error = client.clone().ready().await.unwrap_err();
+    let error = within(DEADLINE, "poll_ready", client.clone().ready())
+        .await
+        .unwrap_err();
     assert!(error.is::<Closed>(), "{error}");
     assert_eq!(dialer.dials(), 2);
     assert_eq!(client.state().borrow().phase(), Phase::Closed);
@@ -190,18 +212,18 @@ async fn not_sent_requests_are_resent_on_the_next_connection() {
     let client = client(&dialer, policy().build().unwrap());
 
     let request = tokio::spawn(send(client.clone(), "INCR hits"));
-    let mut first = dialer.conn(0).await;
-    let (req, reply) = first.next_request().await.unwrap();
+    let mut first = dialer.conn_within(0, DEADLINE).await;
+    let (req, reply) = next_request(&mut first).await.unwrap();
     reply.send_error(NotSent::with_request(
         req,
         io::Error::from(io::ErrorKind::BrokenPipe),
     ));
 
-    let mut second = dialer.conn(1).await;
-    let (req, reply) = second.next_request().await.unwrap();
+    let mut second = dialer.conn_within(1, DEADLINE).await;
+    let (req, reply) = next_request(&mut second).await.unwrap();
     assert_eq!(req, "INCR hits");
     reply.send_response("INT 1".to_string());
-    assert_eq!(request.await.unwrap().unwrap(), "INT 1");
+    assert_eq!(join(request).await.unwrap().unwrap(), "INT 1");
     assert_eq!(client.stats().retries, 1);
     drop(first);
 }
@@ -214,20 +236,20 @@ async fn possibly_sent_requests_are_not_resent_by_default() {
     let client = client(&dialer, policy().build().unwrap());
 
     let request = tokio::spawn(send(client.clone(), "INCR hits"));
-    let mut first = dialer.conn(0).await;
-    let (_, reply) = first.next_request().await.unwrap();
+    let mut first = dialer.conn_within(0, DEADLINE).await;
+    let (_, reply) = next_request(&mut first).await.unwrap();
     reply.send_error(io::Error::from(io::ErrorKind::ConnectionReset));
-    let error = request.await.unwrap().unwrap_err();
+    let error = join(request).await.unwrap().unwrap_err();
     assert_eq!(root_io_kind(&error), Some(io::ErrorKind::ConnectionReset));
     assert_eq!(client.stats().retries, 0);
 
     // The next request goes to a new connection, and it is not the INCR.
     let request = tokio::spawn(send(client.clone(), "GET hits"));
-    let mut second = dialer.conn(1).await;
-    let (req, reply) = second.next_request().await.unwrap();
+    let mut second = dialer.conn_within(1, DEADLINE).await;
+    let (req, reply) = next_request(&mut second).await.unwrap();
     assert_eq!(req, "GET hits");
     reply.send_response("VALUE 1".to_string());
-    assert_eq!(request.await.unwrap().unwrap(), "VALUE 1");
+    assert_eq!(join(request).await.unwrap().unwrap(), "VALUE 1");
 }
 
 /// Promise 7: with `resend_if`, idempotent requests are re-sent after a
@@ -244,20 +266,20 @@ async fn idempotent_requests_are_resent_when_opted_in() {
         .client("db");
 
     let request = tokio::spawn(send(client.clone(), "GET hits"));
-    let mut first = dialer.conn(0).await;
-    let (_, reply) = first.next_request().await.unwrap();
+    let mut first = dialer.conn_within(0, DEADLINE).await;
+    let (_, reply) = next_request(&mut first).await.unwrap();
     reply.send_error(io::Error::from(io::ErrorKind::ConnectionReset));
-    let mut second = dialer.conn(1).await;
-    let (req, reply) = second.next_request().await.unwrap();
+    let mut second = dialer.conn_within(1, DEADLINE).await;
+    let (req, reply) = next_request(&mut second).await.unwrap();
     assert_eq!(req, "GET hits");
     reply.send_response("VALUE 7".to_string());
-    assert_eq!(request.await.unwrap().unwrap(), "VALUE 7");
+    assert_eq!(join(request).await.unwrap().unwrap(), "VALUE 7");
     assert_eq!(client.stats().retries, 1);
 
     let request = tokio::spawn(send(client.clone(), "INCR hits"));
-    let (_, reply) = second.next_request().await.unwrap();
+    let (_, reply) = next_request(&mut second).await.unwrap();
     reply.send_error(io::Error::from(io::ErrorKind::ConnectionReset));
-    assert!(request.await.unwrap().is_err());
+    assert!(join(request).await.unwrap().is_err());
     assert_eq!(client.stats().retries, 1, "INCR was not re-sent");
 }
 
@@ -269,14 +291,14 @@ async fn resends_are_bounded_by_attempts() {
 
     let request = tokio::spawn(send(client.clone(), "INCR hits"));
     for id in 0..3 {
-        let mut conn = dialer.conn(id).await;
-        let (req, reply) = conn.next_request().await.unwrap();
+        let mut conn = dialer.conn_within(id, DEADLINE).await;
+        let (req, reply) = next_request(&mut conn).await.unwrap();
         reply.send_error(NotSent::with_request(
             req,
             io::Error::from(io::ErrorKind::BrokenPipe),
         ));
     }
-    let error = request.await.unwrap().unwrap_err();
+    let error = join(request).await.unwrap().unwrap_err();
     assert!(error.is::<NotSent>());
     assert_eq!(client.stats().retries, 2);
 }
@@ -292,13 +314,13 @@ async fn resends_are_bounded_by_the_budget() {
     let client = client(&dialer, policy);
 
     let request = tokio::spawn(send(client.clone(), "INCR hits"));
-    let mut conn = dialer.conn(0).await;
-    let (req, reply) = conn.next_request().await.unwrap();
+    let mut conn = dialer.conn_within(0, DEADLINE).await;
+    let (req, reply) = next_request(&mut conn).await.unwrap();
     reply.send_error(NotSent::with_request(
         req,
         io::Error::from(io::ErrorKind::BrokenPipe),
     ));
-    assert!(request.await.unwrap().unwrap_err().is::<NotSent>());
+    assert!(join(request).await.unwrap().unwrap_err().is::<NotSent>());
     assert_eq!(client.stats().retries, 0);
 }
 
@@ -312,21 +334,27 @@ async fn dropping_every_handle_ends_tasks_and_closes_the_connection() {
     assert_eq!(metrics.num_alive_tasks(), baseline + 1, "one worker task");
 
     let request = tokio::spawn(send(client.clone(), "PING"));
-    let mut conn = dialer.conn(0).await;
-    let (_, reply) = conn.next_request().await.unwrap();
+    let mut conn = dialer.conn_within(0, DEADLINE).await;
+    let (_, reply) = next_request(&mut conn).await.unwrap();
     reply.send_response("PONG".to_string());
-    request.await.unwrap().unwrap();
+    join(request).await.unwrap().unwrap();
 
     let mut state = client.state();
     let other = client.clone();
     drop(client);
     drop(other);
-    assert!(conn.next_request().await.is_none(), "connection closed");
-    while state.changed().await.is_ok() {}
+    assert!(next_request(&mut conn).await.is_none(), "connection closed");
+    within(DEADLINE, "the client to close", async {
+        while state.changed().await.is_ok() {}
+    })
+    .await;
     assert_eq!(state.borrow().phase(), Phase::Closed);
-    while metrics.num_alive_tasks() > baseline {
-        tokio::task::yield_now().await;
-    }
+    within(DEADLINE, "the client's task to end", async {
+        while metrics.num_alive_tasks() > baseline {
+            tokio::time::sleep(ms(1)).await;
+        }
+    })
+    .await;
 }
 
 /// (j) The same holds mid-outage, with a request whose caller gave up still
@@ -340,18 +368,22 @@ async fn dropping_handles_mid_outage_ends_tasks() {
     let mut state = client.state();
 
     let caller = tokio::spawn(send(client.clone(), "GET"));
-    state
-        .wait_for(|s| s.phase() == Phase::Backoff)
-        .await
-        .unwrap();
+    let backoff = state.wait_for(|s| s.phase() == Phase::Backoff);
+    within(DEADLINE, "the backoff", backoff).await.unwrap();
     caller.abort();
     drop(client);
     let start = Instant::now();
-    while state.changed().await.is_ok() {}
+    within(DEADLINE, "the client to close", async {
+        while state.changed().await.is_ok() {}
+    })
+    .await;
     assert!(Instant::now() - start <= ms(100));
-    while metrics.num_alive_tasks() > baseline {
-        tokio::task::yield_now().await;
-    }
+    within(DEADLINE, "the client's task to end", async {
+        while metrics.num_alive_tasks() > baseline {
+            tokio::time::sleep(ms(1)).await;
+        }
+    })
+    .await;
     assert_eq!(dialer.dials(), 1);
 }
 

@@ -28,6 +28,22 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
+/// How long a paused-time test waits on a dial before it fails: far past
+/// every delay the tests expect.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// How long a test over real sockets waits on a dial before it fails, in
+/// real time: far past a dial on loopback.
+const REAL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Awaits `future`, or panics saying `what` did not happen within `limit`:
+/// a test that waits on a dial fails instead of hanging.
+async fn within<F: Future>(limit: Duration, what: &str, future: F) -> F::Output {
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within {limit:?}"))
+}
+
 /// Exponential 100 ms × 2 capped at 1 s, no jitter, so delays are exact.
 fn exact() -> Backoff {
     Backoff::exponential(ms(100), 2.0, ms(1000))
@@ -194,10 +210,8 @@ async fn dials_follow_the_backoff_schedule() {
     let connector = Scripted::new([Refuse, Refuse, Refuse, Refuse, Connect]);
     let start = Instant::now();
 
-    let conn = dial(&connector, policy(exact()))
-        .oneshot("db")
-        .await
-        .unwrap();
+    let dialing = dial(&connector, policy(exact())).oneshot("db");
+    let conn = within(DEADLINE, "the dial", dialing).await.unwrap();
 
     assert_eq!(conn, Conn(5));
     assert_eq!(connector.offsets("db", start), [0, 100, 300, 700, 1500]);
@@ -211,10 +225,8 @@ async fn a_hanging_attempt_times_out_and_is_retried() {
     let connector = Scripted::new([Step::Hang, Step::Connect]);
     let start = Instant::now();
 
-    let conn = dial(&connector, policy(exact()))
-        .oneshot("db")
-        .await
-        .unwrap();
+    let dialing = dial(&connector, policy(exact())).oneshot("db");
+    let conn = within(DEADLINE, "the dial", dialing).await.unwrap();
 
     assert_eq!(conn, Conn(2));
     assert_eq!(connector.offsets("db", start), [0, 2100]);
@@ -228,10 +240,8 @@ async fn attempt_limit_gives_a_typed_error_with_the_last_error() {
     let connector = Scripted::new([]);
     let start = Instant::now();
 
-    let error = dial(&connector, policy(exact().max_attempts(3)))
-        .oneshot("db")
-        .await
-        .unwrap_err();
+    let dialing = dial(&connector, policy(exact().max_attempts(3))).oneshot("db");
+    let error = within(DEADLINE, "the dial", dialing).await.unwrap_err();
 
     let gave_up = dial_error(&error);
     assert_eq!(gave_up.attempts(), 3);
@@ -260,10 +270,8 @@ async fn a_timed_out_last_attempt_is_the_source() {
     let connector = Scripted::new([Step::Hang, Step::Hang]);
     let start = Instant::now();
 
-    let error = dial(&connector, policy(exact().max_attempts(2)))
-        .oneshot("db")
-        .await
-        .unwrap_err();
+    let dialing = dial(&connector, policy(exact().max_attempts(2))).oneshot("db");
+    let error = within(DEADLINE, "the dial", dialing).await.unwrap_err();
 
     let gave_up = dial_error(&error);
     assert_eq!(gave_up.attempts(), 2);
@@ -280,10 +288,8 @@ async fn elapsed_limit_gives_up_at_the_first_failure_past_it() {
     let connector = Scripted::new([]);
     let start = Instant::now();
 
-    let error = dial(&connector, policy(exact().max_elapsed(secs(1))))
-        .oneshot("db")
-        .await
-        .unwrap_err();
+    let dialing = dial(&connector, policy(exact().max_elapsed(secs(1)))).oneshot("db");
+    let error = within(DEADLINE, "the dial", dialing).await.unwrap_err();
 
     let gave_up = dial_error(&error);
     assert_eq!(connector.offsets("db", start), [0, 100, 300, 700, 1500]);
@@ -304,7 +310,8 @@ async fn without_limits_the_wait_limit_bounds_the_dial() {
         .unwrap();
     let start = Instant::now();
 
-    let error = dial(&connector, policy).oneshot("db").await.unwrap_err();
+    let dialing = dial(&connector, policy).oneshot("db");
+    let error = within(DEADLINE, "the dial", dialing).await.unwrap_err();
 
     // Attempts at 0, 100, 300 and 700 ms; the next would be at 1500 ms.
     assert_eq!(connector.offsets("db", start), [0, 100, 300, 700]);
@@ -327,7 +334,8 @@ async fn the_wait_limit_cuts_a_hanging_attempt_short() {
         .unwrap();
     let start = Instant::now();
 
-    let error = dial(&connector, policy).oneshot("db").await.unwrap_err();
+    let dialing = dial(&connector, policy).oneshot("db");
+    let error = within(DEADLINE, "the dial", dialing).await.unwrap_err();
 
     assert_eq!(start.elapsed(), secs(1));
     let gave_up = dial_error(&error);
@@ -349,12 +357,17 @@ async fn each_call_walks_its_own_schedule() {
     let mut dial = dial(&connector, policy(exact()));
     let start = Instant::now();
 
-    let a = tokio::spawn(dial.ready().await.unwrap().call("a"));
+    let ready = within(DEADLINE, "poll_ready", dial.ready()).await;
+    let a = tokio::spawn(ready.unwrap().call("a"));
     tokio::time::sleep(ms(250)).await;
-    let b = dial.ready().await.unwrap().call("b");
+    let ready = within(DEADLINE, "poll_ready", dial.ready()).await;
+    let b = ready.unwrap().call("b");
 
-    assert_eq!(b.await.unwrap(), Conn(2));
-    assert_eq!(a.await.unwrap().unwrap(), Conn(4));
+    assert_eq!(within(DEADLINE, "the dial to b", b).await.unwrap(), Conn(2));
+    assert_eq!(
+        within(DEADLINE, "the dial to a", a).await.unwrap().unwrap(),
+        Conn(4)
+    );
     assert_eq!(connector.offsets("a", start), [0, 100, 300, 700]);
     assert_eq!(connector.offsets("b", start), [250, 350]);
 }
@@ -368,9 +381,12 @@ async fn the_connector_is_polled_ready_before_every_attempt() {
     let connector = Scripted::new([Refuse, Refuse, Connect, Refuse, Connect]);
     let mut dial = dial(&connector, policy(exact()));
 
-    let first = dial.ready().await.unwrap().call("db");
-    let second = dial.ready().await.unwrap().call("db");
-    let (first, second) = tokio::join!(first, second);
+    let ready = within(DEADLINE, "poll_ready", dial.ready()).await;
+    let first = ready.unwrap().call("db");
+    let ready = within(DEADLINE, "poll_ready", dial.ready()).await;
+    let second = ready.unwrap().call("db");
+    let both = async { tokio::join!(first, second) };
+    let (first, second) = within(DEADLINE, "both dials", both).await;
 
     assert!(first.is_ok() && second.is_ok());
     assert_eq!(connector.dials(), 5);
@@ -385,10 +401,8 @@ async fn a_failed_connector_ends_the_dial_at_once() {
     connector.inner.lock().unwrap().fail_ready_after = Some(1);
     let start = Instant::now();
 
-    let error = dial(&connector, policy(exact()))
-        .oneshot("db")
-        .await
-        .unwrap_err();
+    let dialing = dial(&connector, policy(exact())).oneshot("db");
+    let error = within(DEADLINE, "the dial", dialing).await.unwrap_err();
 
     assert!(!error.is::<DialError>(), "{error:?}");
     assert_eq!(error.to_string(), "connector closed");
@@ -409,9 +423,10 @@ async fn dial_over_tcp_reports_the_refusal() {
     let addr = refused_addr().await;
     let policy = policy(Backoff::fixed(ms(10)).max_attempts(2));
 
-    let error = DialLayer::new(policy)
+    let dialing = DialLayer::new(policy)
         .layer(TcpConnector::new())
-        .oneshot(addr)
+        .oneshot(addr);
+    let error = within(REAL_DEADLINE, "the dial", dialing)
         .await
         .unwrap_err();
 
@@ -434,7 +449,10 @@ async fn tcp_connector_tries_each_address_in_turn() {
     let dead = refused_addr().await;
     let addrs: &'static [SocketAddr] = Box::leak(vec![dead, live].into_boxed_slice());
 
-    let stream = TcpConnector::new().oneshot(addrs).await.unwrap();
+    let connecting = TcpConnector::new().oneshot(addrs);
+    let stream = within(REAL_DEADLINE, "the connection", connecting)
+        .await
+        .unwrap();
 
     assert_eq!(stream.peer_addr().unwrap(), live);
 }
@@ -446,7 +464,8 @@ async fn tcp_connector_tries_each_address_in_turn() {
 async fn tcp_connector_sets_its_socket_options() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let connect = |connector: TcpConnector| connector.oneshot(addr);
+    let connect =
+        |connector: TcpConnector| within(REAL_DEADLINE, "the connection", connector.oneshot(addr));
 
     let plain = connect(TcpConnector::new()).await.unwrap();
     let socket = socket2::SockRef::from(&plain);

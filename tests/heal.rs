@@ -6,14 +6,13 @@
 
 mod scripted;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::time::Duration;
 
 use scripted::{ConnHandle, Dialer, Outcome};
 use tokio::time::{sleep_until, timeout, Instant};
-use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_redial::{
     Backoff, BoxError, Client, ConnectTimeout, Phase, ReconnectLayer, ReconnectPolicy, Snapshot,
     Unavailable,
@@ -173,6 +172,9 @@ async fn quiet_outage_heals_without_traffic_multiplexed() {
 #[cfg(feature = "balance")]
 #[tokio::test(start_paused = true)]
 async fn quiet_outage_heals_without_traffic_balanced() {
+    use std::collections::HashMap;
+    use tower::service_fn;
+
     let a = Dialer::new([]);
     let b = Dialer::new([]);
     let routes = HashMap::from([("a", a.clone()), ("b", b.clone())]);

@@ -8,7 +8,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use scripted::{Dialer, Outcome};
+use scripted::{within, Dialer, Outcome};
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tower_redial::{Backoff, BoxError, Client, ReconnectLayer, ReconnectPolicy};
 
@@ -16,8 +16,14 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// How long a test waits on the client, a connection or a task before it
+/// fails: far past every delay the test expects.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Sends one request, and fails the test if no answer comes.
 async fn send(client: Client<String, String>, request: &str) -> Result<String, BoxError> {
-    client.oneshot(request.to_string()).await
+    let answer = format!("the answer to {request}");
+    within(DEADLINE, &answer, client.oneshot(request.to_string())).await
 }
 
 /// A `MakeWriter` that keeps everything logged.
@@ -78,15 +84,25 @@ async fn logs_mask_credentials_and_do_not_flood() {
         .client("redis://app:hunter2@127.0.0.1:6379/0");
 
     let request = tokio::spawn(send(client.clone(), "PING"));
-    let mut conn = dialer.conn(0).await;
-    let (_, reply) = conn.next_request().await.unwrap();
+    let mut conn = dialer.conn_within(0, DEADLINE).await;
+    let (_, reply) = within(DEADLINE, "the request", conn.next_request())
+        .await
+        .unwrap();
     reply.send_response("PONG".to_string());
-    request.await.unwrap().unwrap();
+    within(DEADLINE, "the request's task", request)
+        .await
+        .unwrap()
+        .unwrap();
     // The recovery is noticed on the next request.
     let request = tokio::spawn(send(client.clone(), "PING"));
-    let (_, reply) = conn.next_request().await.unwrap();
+    let (_, reply) = within(DEADLINE, "the request", conn.next_request())
+        .await
+        .unwrap();
     reply.send_response("PONG".to_string());
-    request.await.unwrap().unwrap();
+    within(DEADLINE, "the request's task", request)
+        .await
+        .unwrap()
+        .unwrap();
 
     let text = logs.text();
     assert!(!text.contains("hunter2"), "password printed:\n{text}");

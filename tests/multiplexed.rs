@@ -10,17 +10,35 @@ use std::io;
 use std::time::Duration;
 
 use futures::FutureExt;
-use scripted::{ConnHandle, Dialer, Outcome};
+use scripted::{within, ConnHandle, Dialer, Outcome};
 use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_redial::{
     Backoff, BoxError, Classifier, Client, NotSent, Phase, ReconnectLayer, ReconnectPolicy,
     Unavailable,
 };
+use tower_test::mock::SendResponse;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
+}
+
+/// How long a test waits on the client, a connection or a task before it
+/// fails: far past every delay the tests expect (2 s at most), and, for the
+/// multi-thread test, which runs in real time, well before nextest calls a
+/// test slow.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// The next request on `conn`, or `None` once the client has closed it.
+async fn next_request(conn: &mut ConnHandle) -> Option<(String, SendResponse<String>)> {
+    within(DEADLINE, "the next request", conn.next_request()).await
+}
+
+/// Waits for a spawned task to end, and fails the test if it does not.
+async fn join<T>(task: JoinHandle<T>) -> Result<T, JoinError> {
+    within(DEADLINE, "the spawned task", task).await
 }
 
 fn policy() -> ReconnectPolicy {
@@ -64,20 +82,22 @@ async fn exchange(
     reply: Result<&str, BoxError>,
 ) -> (Route, Result<String, BoxError>) {
     let mut handle = client.clone();
-    handle.ready().await.expect("ready");
+    within(DEADLINE, "poll_ready", handle.ready())
+        .await
+        .expect("ready");
     let response = tokio::spawn(handle.call(request.to_string()));
     // Nothing has yielded since `call`: only a direct call has reached the
     // connection by now.
     let (route, (got, send)) = match conn.next_request().now_or_never() {
         Some(next) => (Route::Direct, next.expect("a request")),
-        None => (Route::Queued, conn.next_request().await.expect("a request")),
+        None => (Route::Queued, next_request(conn).await.expect("a request")),
     };
     assert_eq!(got, request);
     match reply {
         Ok(reply) => send.send_response(reply.to_string()),
         Err(error) => send.send_error(error),
     }
-    (route, response.await.expect("caller task"))
+    (route, join(response).await.expect("caller task"))
 }
 
 /// Makes connection 0 and proves it healthy; returns its handle. The first
@@ -86,10 +106,10 @@ async fn exchange(
 async fn connected(dialer: &Dialer, client: &Client<String, String>) -> ConnHandle {
     dialer.push([Outcome::Connect]);
     let first = tokio::spawn(client.clone().oneshot("PING".to_string()));
-    let mut conn = dialer.conn(0).await;
-    let (_, send) = conn.next_request().await.unwrap();
+    let mut conn = dialer.conn_within(0, DEADLINE).await;
+    let (_, send) = next_request(&mut conn).await.unwrap();
     send.send_response("PONG".to_string());
-    assert_eq!(first.await.unwrap().unwrap(), "PONG");
+    assert_eq!(join(first).await.unwrap().unwrap(), "PONG");
     // The answer proved the connection, and woke the client's task to
     // publish it: once that task has run, requests are direct.
     for _ in 0..10 {
@@ -131,10 +151,10 @@ async fn plain_clients_always_queue() {
         .service(dialer.clone())
         .client("db");
     let first = tokio::spawn(client.clone().oneshot("PING".to_string()));
-    let mut conn = dialer.conn(0).await;
-    let (_, send) = conn.next_request().await.unwrap();
+    let mut conn = dialer.conn_within(0, DEADLINE).await;
+    let (_, send) = next_request(&mut conn).await.unwrap();
     send.send_response("PONG".to_string());
-    first.await.unwrap().unwrap();
+    join(first).await.unwrap().unwrap();
     for _ in 0..3 {
         let (route, result) = exchange(&client, &mut conn, "GET", Ok("VALUE")).await;
         assert_eq!(route, Route::Queued);
@@ -164,12 +184,12 @@ async fn a_dead_connection_sends_requests_back_through_the_queue() {
 
     // The client redials at once, with no request waiting; the next
     // request goes through the queue to the new connection.
-    let mut conn1 = dialer.conn(1).await;
+    let mut conn1 = dialer.conn_within(1, DEADLINE).await;
     assert_eq!(dialer.dial_offsets(start), [ms(0), ms(0)]);
     let next = tokio::spawn(client.clone().oneshot("GET".to_string()));
-    let (_, send) = conn1.next_request().await.unwrap();
+    let (_, send) = next_request(&mut conn1).await.unwrap();
     send.send_response("VALUE".to_string());
-    assert_eq!(next.await.unwrap().unwrap(), "VALUE");
+    assert_eq!(join(next).await.unwrap().unwrap(), "VALUE");
     assert_eq!(client.stats().drops, 1);
     drop(conn);
 }
@@ -184,7 +204,9 @@ async fn requests_handed_back_on_the_direct_lane_are_resent() {
     dialer.push([Outcome::Connect]);
 
     let mut handle = client.clone();
-    handle.ready().await.unwrap();
+    within(DEADLINE, "poll_ready", handle.ready())
+        .await
+        .unwrap();
     let response = tokio::spawn(handle.call("SET k v".to_string()));
     let (request, send) = conn
         .next_request()
@@ -193,11 +215,11 @@ async fn requests_handed_back_on_the_direct_lane_are_resent() {
         .unwrap();
     send.send_error(NotSent::with_request(request, reset()));
 
-    let mut conn1 = dialer.conn(1).await;
-    let (again, send) = conn1.next_request().await.unwrap();
+    let mut conn1 = dialer.conn_within(1, DEADLINE).await;
+    let (again, send) = next_request(&mut conn1).await.unwrap();
     assert_eq!(again, "SET k v");
     send.send_response("OK".to_string());
-    assert_eq!(response.await.unwrap().unwrap(), "OK");
+    assert_eq!(join(response).await.unwrap().unwrap(), "OK");
     assert_eq!(client.stats().retries, 1);
 }
 
@@ -215,15 +237,17 @@ async fn possibly_sent_direct_requests_are_resent_only_when_opted_in() {
 
     // A GET dies in flight: re-sent on connection 1.
     let mut handle = client.clone();
-    handle.ready().await.unwrap();
+    within(DEADLINE, "poll_ready", handle.ready())
+        .await
+        .unwrap();
     let get = tokio::spawn(handle.call("GET k".to_string()));
-    let (_, send) = conn.next_request().await.unwrap();
+    let (_, send) = next_request(&mut conn).await.unwrap();
     send.send_error(reset());
-    let mut conn1 = dialer.conn(1).await;
-    let (again, send) = conn1.next_request().await.unwrap();
+    let mut conn1 = dialer.conn_within(1, DEADLINE).await;
+    let (again, send) = next_request(&mut conn1).await.unwrap();
     assert_eq!(again, "GET k");
     send.send_response("VALUE".to_string());
-    assert_eq!(get.await.unwrap().unwrap(), "VALUE");
+    assert_eq!(join(get).await.unwrap().unwrap(), "VALUE");
     assert_eq!(client.stats().retries, 1);
 
     // The re-sent GET's answer proved connection 1, and it is published:
@@ -250,10 +274,10 @@ async fn a_connection_failing_readiness_is_redialed() {
 
     conn.send_error(reset());
     let response = tokio::spawn(client.clone().oneshot("GET".to_string()));
-    let mut conn1 = dialer.conn(1).await;
-    let (_, send) = conn1.next_request().await.unwrap();
+    let mut conn1 = dialer.conn_within(1, DEADLINE).await;
+    let (_, send) = next_request(&mut conn1).await.unwrap();
     send.send_response("VALUE".to_string());
-    assert_eq!(response.await.unwrap().unwrap(), "VALUE");
+    assert_eq!(join(response).await.unwrap().unwrap(), "VALUE");
     assert_eq!(dialer.dials(), 2);
     assert_eq!(client.stats().drops, 1);
 }
@@ -268,7 +292,13 @@ async fn an_outage_after_the_direct_lane_still_fails_fast_at_the_wait_limit() {
     drop(conn); // the connection closes; every dial from now on is refused
 
     let start = Instant::now();
-    let error = client.clone().oneshot("GET".to_string()).await.unwrap_err();
+    let error = within(
+        DEADLINE,
+        "the answer",
+        client.clone().oneshot("GET".to_string()),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(Instant::now() - start, ms(1000));
     assert!(error.is::<Unavailable>(), "{error}");
     assert_eq!(client.state().borrow().phase(), Phase::FailFast);
@@ -317,11 +347,11 @@ async fn concurrent_callers_share_the_connection() {
         })
         .collect();
     for caller in callers {
-        caller.await.unwrap();
+        join(caller).await.unwrap();
     }
     assert_eq!(dialer.dials(), 1);
     drop(client);
-    answer.await.unwrap();
+    join(answer).await.unwrap();
 }
 
 /// A request that went through the queue and failed with a transport error
@@ -333,13 +363,15 @@ async fn a_queued_request_finding_the_connection_dead_wakes_direct_waiters() {
     let dialer = Dialer::new([Outcome::Connect]);
     let client = multiplexed(&dialer);
     let first = tokio::spawn(client.clone().oneshot("PING".to_string()));
-    let mut conn = dialer.conn(0).await;
-    let (_, send) = conn.next_request().await.unwrap();
+    let mut conn = dialer.conn_within(0, DEADLINE).await;
+    let (_, send) = next_request(&mut conn).await.unwrap();
     // `queued` reserves its place in the queue before the lane is published.
     let mut queued = client.clone();
-    queued.ready().await.unwrap();
+    within(DEADLINE, "poll_ready", queued.ready())
+        .await
+        .unwrap();
     send.send_response("PONG".to_string());
-    first.await.unwrap().unwrap();
+    join(first).await.unwrap().unwrap();
     for _ in 0..10 {
         tokio::task::yield_now().await;
     }
@@ -348,7 +380,7 @@ async fn a_queued_request_finding_the_connection_dead_wakes_direct_waiters() {
 
     // The connection stops taking requests; a direct handle waits on it.
     let queued = tokio::spawn(queued.call("GET q".to_string()));
-    let (_, reply_to_queued) = conn.next_request().await.unwrap();
+    let (_, reply_to_queued) = next_request(&mut conn).await.unwrap();
     conn.allow(0);
     let mut waiting = tokio_test::task::spawn(client.clone().oneshot("GET w".to_string()));
     assert!(waiting.poll().is_pending());
@@ -356,14 +388,17 @@ async fn a_queued_request_finding_the_connection_dead_wakes_direct_waiters() {
     // The queued request dies with a reset: the waiting handle is woken.
     dialer.push([Outcome::Connect]);
     reply_to_queued.send_error(reset());
-    assert!(queued.await.unwrap().unwrap_err().is::<io::Error>());
+    assert!(join(queued).await.unwrap().unwrap_err().is::<io::Error>());
     assert!(waiting.is_woken(), "woken by the lane's withdrawal");
     assert!(waiting.poll().is_pending());
-    let mut conn1 = dialer.conn(1).await;
-    let (request, send) = conn1.next_request().await.unwrap();
+    let mut conn1 = dialer.conn_within(1, DEADLINE).await;
+    let (request, send) = next_request(&mut conn1).await.unwrap();
     assert_eq!(request, "GET w", "sent on the new connection");
     send.send_response("VALUE".to_string());
-    assert_eq!(waiting.await.unwrap(), "VALUE");
+    assert_eq!(
+        within(DEADLINE, "the answer", waiting).await.unwrap(),
+        "VALUE"
+    );
     assert_eq!(client.stats().drops, 1);
 }
 
@@ -381,14 +416,16 @@ async fn a_classifier_can_keep_a_connection_that_hands_requests_back() {
     let mut conn = connected(&dialer, &client).await;
 
     let mut handle = client.clone();
-    handle.ready().await.unwrap();
+    within(DEADLINE, "poll_ready", handle.ready())
+        .await
+        .unwrap();
     let response = tokio::spawn(handle.call("SET k v".to_string()));
-    let (request, send) = conn.next_request().await.unwrap();
+    let (request, send) = next_request(&mut conn).await.unwrap();
     send.send_error(NotSent::with_request(request, io::Error::other("busy")));
-    let (again, send) = conn.next_request().await.unwrap();
+    let (again, send) = next_request(&mut conn).await.unwrap();
     assert_eq!(again, "SET k v");
     send.send_response("OK".to_string());
-    assert_eq!(response.await.unwrap().unwrap(), "OK");
+    assert_eq!(join(response).await.unwrap().unwrap(), "OK");
 
     let (route, result) = exchange(&client, &mut conn, "GET k", Ok("v")).await;
     assert_eq!((route, result.unwrap()), (Route::Direct, "v".to_string()));
@@ -429,13 +466,13 @@ async fn a_handle_that_goes_direct_gives_back_its_place_in_the_queue() {
 
     // The redial connects; the queued requests and one more prove the
     // connection and publish it.
-    let mut conn1 = dialer.conn(1).await;
+    let mut conn1 = dialer.conn_within(1, DEADLINE).await;
     for _ in 0..3 {
-        let (_, send) = conn1.next_request().await.unwrap();
+        let (_, send) = next_request(&mut conn1).await.unwrap();
         send.send_response("OK".to_string());
     }
     for request in queued {
-        request.await.unwrap().unwrap();
+        join(request).await.unwrap().unwrap();
     }
     for _ in 0..10 {
         tokio::task::yield_now().await;
@@ -444,7 +481,7 @@ async fn a_handle_that_goes_direct_gives_back_its_place_in_the_queue() {
     assert_eq!(route, Route::Direct);
 
     // `late` goes direct now, giving up the place it was waiting for.
-    late.ready().await.unwrap();
+    within(DEADLINE, "poll_ready", late.ready()).await.unwrap();
     let late_call = late.call("GET".to_string());
     let (_, send) = conn1
         .next_request()
@@ -452,7 +489,10 @@ async fn a_handle_that_goes_direct_gives_back_its_place_in_the_queue() {
         .expect("sent on the direct lane")
         .unwrap();
     send.send_response("VALUE".to_string());
-    assert_eq!(late_call.await.unwrap(), "VALUE");
+    assert_eq!(
+        within(DEADLINE, "the answer", late_call).await.unwrap(),
+        "VALUE"
+    );
 
     // Next outage: the worker holds one request and the queue has room for
     // two more.

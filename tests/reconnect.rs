@@ -8,17 +8,26 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use scripted::{Dialer, Outcome};
+use scripted::{within, ConnHandle, Dialer, Outcome};
 use tokio::time::{advance, Instant};
 use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok};
 use tower::service_fn;
 use tower_redial::{
     Backoff, BoxError, Classifier, Closed, ConnectTimeout, Phase, Reconnect, ReconnectPolicy,
 };
-use tower_test::mock::Spawn;
+use tower_test::mock::{SendResponse, Spawn};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
+}
+
+/// How long a test waits on a connection or a response before it fails: far
+/// past every delay the tests expect.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The next request on `conn`, or `None` once the service has closed it.
+async fn next_request(conn: &mut ConnHandle) -> Option<(String, SendResponse<String>)> {
+    within(DEADLINE, "the next request", conn.next_request()).await
 }
 
 /// Exponential 100 ms × 2 capped at 1 s, no jitter, so delays are exact.
@@ -88,9 +97,12 @@ async fn first_redial_after_healthy_drop_is_immediate() {
     let mut conn = dialer.take_conn(0);
     // One successful response proves the connection healthy.
     let response = svc.call("PING".to_string());
-    let (_, reply) = conn.next_request().await.unwrap();
+    let (_, reply) = next_request(&mut conn).await.unwrap();
     reply.send_response("PONG".to_string());
-    assert_eq!(response.await.unwrap(), "PONG");
+    assert_eq!(
+        within(DEADLINE, "the response", response).await.unwrap(),
+        "PONG"
+    );
     assert_ready_ok!(poll_ready(&mut svc));
 
     // The server goes away: the connection's poll_ready fails.
@@ -148,7 +160,9 @@ async fn accept_then_close_still_fails_fast_at_the_wait_limit() {
     advance(ms(100)).await;
     assert_ready_ok!(poll_ready(&mut svc));
     assert_eq!(svc.get_ref().state().borrow().phase(), Phase::FailFast);
-    let error = svc.call("GET".to_string()).await.unwrap_err();
+    let error = within(DEADLINE, "the response", svc.call("GET".to_string()))
+        .await
+        .unwrap_err();
     let unavailable = error.downcast_ref::<tower_redial::Unavailable>().unwrap();
     assert_eq!(unavailable.down_for(), ms(1000));
 }
@@ -309,10 +323,13 @@ async fn every_redial_makes_a_fresh_connection() {
         assert_eq!(dialer.connections(), id + 1);
         let mut conn = dialer.take_conn(id);
         let response = svc.call("WHO".to_string());
-        let (request, reply) = conn.next_request().await.unwrap();
+        let (request, reply) = next_request(&mut conn).await.unwrap();
         assert_eq!(request, "WHO");
         reply.send_response(format!("conn-{id}"));
-        assert_eq!(response.await.unwrap(), format!("conn-{id}"));
+        assert_eq!(
+            within(DEADLINE, "the response", response).await.unwrap(),
+            format!("conn-{id}")
+        );
         drop(conn);
     }
     assert_eq!(svc.get_ref().stats().drops, 3);
@@ -329,17 +346,19 @@ async fn response_errors_are_classified_by_type() {
 
     // An application error whose text mentions a reset: the connection lives.
     let response = svc.call("GET".to_string());
-    let (_, reply) = conn.next_request().await.unwrap();
+    let (_, reply) = next_request(&mut conn).await.unwrap();
     reply.send_error(io::Error::other("ERR connection reset by peer (just text)"));
-    assert!(response.await.is_err());
+    assert!(within(DEADLINE, "the response", response).await.is_err());
     assert_ready_ok!(poll_ready(&mut svc));
     assert_eq!(dialer.dials(), 1);
 
     // A transport error: the next poll_ready redials.
     let response = svc.call("GET".to_string());
-    let (_, reply) = conn.next_request().await.unwrap();
+    let (_, reply) = next_request(&mut conn).await.unwrap();
     reply.send_error(io::Error::from(io::ErrorKind::ConnectionReset));
-    let error = response.await.unwrap_err();
+    let error = within(DEADLINE, "the response", response)
+        .await
+        .unwrap_err();
     assert_eq!(
         error.downcast_ref::<io::Error>().unwrap().kind(),
         io::ErrorKind::ConnectionReset
@@ -363,16 +382,16 @@ async fn user_classifier_replaces_the_default() {
     let mut conn = dialer.take_conn(0);
 
     let response = svc.call("GET".to_string());
-    let (_, reply) = conn.next_request().await.unwrap();
+    let (_, reply) = next_request(&mut conn).await.unwrap();
     reply.send_error(io::Error::from(io::ErrorKind::ConnectionReset));
-    assert!(response.await.is_err());
+    assert!(within(DEADLINE, "the response", response).await.is_err());
     assert_ready_ok!(poll_ready(&mut svc));
     assert_eq!(dialer.dials(), 1, "the user's classifier kept it");
 
     let response = svc.call("GET".to_string());
-    let (_, reply) = conn.next_request().await.unwrap();
+    let (_, reply) = next_request(&mut conn).await.unwrap();
     reply.send_error("desync");
-    assert!(response.await.is_err());
+    assert!(within(DEADLINE, "the response", response).await.is_err());
     assert_ready_ok!(poll_ready(&mut svc));
     assert_eq!(dialer.dials(), 2);
 }

@@ -25,6 +25,17 @@ use tower_redial::connect::CloseWatch;
 use tower_redial::BoxError;
 use tower_test::mock;
 
+/// Awaits `future`, or panics saying `what` did not happen within `limit`:
+/// a test that waits on the client fails instead of hanging. Under paused
+/// time an idle runtime jumps to the deadline as to any other timer, so it
+/// fires at once; a `future` that finishes first ends at the same instant as
+/// it would without the deadline.
+pub async fn within<F: Future>(limit: Duration, what: &str, future: F) -> F::Output {
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within {limit:?}"))
+}
+
 /// The test's end of a mock connection.
 pub type ConnHandle = mock::Handle<String, String>;
 
@@ -178,6 +189,12 @@ impl Dialer {
             }
             made.await;
         }
+    }
+
+    /// [`Dialer::conn`], or a panic if connection `id` is not made within
+    /// `limit`.
+    pub async fn conn_within(&self, id: usize, limit: Duration) -> ConnHandle {
+        within(limit, &format!("connection {id}"), self.conn(id)).await
     }
 
     /// Takes the test's handle of connection `id`.
