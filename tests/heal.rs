@@ -534,3 +534,101 @@ impl Service<&'static str> for PendingOnce {
         self.0.call(target)
     }
 }
+
+/// Open file descriptors of this process (nextest runs each test in a
+/// process of its own).
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count())
+}
+
+/// Over real TCP: dropping the last handle while the client's task is
+/// redialing (the dial connected, its handshake hangs) closes every socket
+/// the client opened and ends its task.
+#[tokio::test]
+async fn dropping_the_last_handle_mid_dial_closes_every_socket() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tower::service_fn;
+    use tower_redial::connect::TcpConnector;
+    use tower_redial::Handshake;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The server answers one byte per byte, and closes the first connection
+    // after one exchange.
+    let server = tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let (mut io, _) = listener.accept().await.unwrap();
+            let close_after_one = std::mem::replace(&mut first, false);
+            tokio::spawn(async move {
+                let mut byte = [0u8; 1];
+                while io.read_exact(&mut byte).await.is_ok() {
+                    io.write_all(&byte).await.unwrap();
+                    if close_after_one {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let counted = handshakes.clone();
+    let handshake = move |io: tokio::net::TcpStream| {
+        let n = counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n > 0 {
+                // Every redial hangs in its handshake, holding its socket.
+                std::future::pending::<()>().await;
+            }
+            let io = Arc::new(tokio::sync::Mutex::new(io));
+            Ok::<_, BoxError>(service_fn(move |byte: u8| {
+                let io = io.clone();
+                async move {
+                    let mut io = io.lock().await;
+                    io.write_all(&[byte]).await?;
+                    Ok::<_, BoxError>(io.read_u8().await?)
+                }
+            }))
+        }
+    };
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let tasks = metrics.num_alive_tasks();
+    let fds = open_fds();
+
+    let client: Client<u8, u8> = ServiceBuilder::new()
+        .layer(layer(policy()))
+        .service(Handshake::new(TcpConnector::new(), handshake))
+        .client(addr);
+    assert_eq!(
+        within(secs(10), "the first byte", client.clone().oneshot(7))
+            .await
+            .unwrap(),
+        7
+    );
+    // The server closed that connection: the next byte fails with EOF,
+    // which kills it, and the client redials; the redial's handshake hangs
+    // with its socket open.
+    let eof = within(secs(10), "the second byte", client.clone().oneshot(8)).await;
+    assert!(eof.is_err());
+    within(secs(10), "the redial's handshake", async {
+        while handshakes.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(ms(1)).await;
+        }
+    })
+    .await;
+    assert!(open_fds() > fds, "the redial holds a socket");
+    drop(client);
+    within(
+        secs(10),
+        "every socket closed and every task ended",
+        async {
+            while open_fds() > fds || metrics.num_alive_tasks() > tasks + 2 {
+                tokio::time::sleep(ms(1)).await;
+            }
+        },
+    )
+    .await;
+    server.abort();
+}
