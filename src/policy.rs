@@ -189,6 +189,9 @@ impl fmt::Debug for ReconnectPolicy {
     }
 }
 
+/// The largest queue tower's `Buffer` can hold: its semaphore's limit.
+const MAX_QUEUE_CAPACITY: usize = tokio::sync::Semaphore::MAX_PERMITS;
+
 /// Builds a [`ReconnectPolicy`], checking every setting in
 /// [`build`](ReconnectPolicyBuilder::build).
 #[derive(Clone, Debug)]
@@ -203,20 +206,24 @@ impl ReconnectPolicyBuilder {
         self
     }
 
-    /// Sets the timeout for each dial. Must be above zero.
+    /// Sets the timeout for each dial. Must be above zero; `Duration::MAX`
+    /// means no timeout.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.policy.connect_timeout = timeout;
         self
     }
 
     /// Sets how long requests wait for a connection before they fail fast with
-    /// [`Unavailable`](crate::Unavailable). Must be above zero.
+    /// [`Unavailable`](crate::Unavailable). Must be above zero;
+    /// `Duration::MAX` means requests wait for as long as it takes.
     pub fn wait_limit(mut self, limit: Duration) -> Self {
         self.policy.wait_limit = limit;
         self
     }
 
-    /// Sets how many requests may wait in the queue. Must be above zero.
+    /// Sets how many requests may wait in the queue. Must be above zero, and
+    /// at most tokio's `Semaphore::MAX_PERMITS` (`usize::MAX >> 3`), the
+    /// most tower's `Buffer` can count.
     ///
     /// # Backpressure
     ///
@@ -326,6 +333,15 @@ impl ReconnectPolicyBuilder {
         if p.queue_capacity == 0 {
             return Err(InvalidPolicy::new("queue capacity", "must be at least 1"));
         }
+        if p.queue_capacity > MAX_QUEUE_CAPACITY {
+            return Err(InvalidPolicy::new(
+                "queue capacity",
+                format!(
+                    "must be at most {MAX_QUEUE_CAPACITY} (got {})",
+                    p.queue_capacity
+                ),
+            ));
+        }
         if p.retry_attempts == 0 {
             return Err(InvalidPolicy::new("retry attempts", "must be at least 1"));
         }
@@ -390,6 +406,11 @@ mod tests {
         let b = ReconnectPolicy::builder;
         let cases = [
             (b().queue_capacity(0).build(), "queue capacity"),
+            (b().queue_capacity(usize::MAX).build(), "queue capacity"),
+            (
+                b().response_timeout(Duration::ZERO).build(),
+                "response timeout",
+            ),
             (
                 b().connect_timeout(Duration::ZERO).build(),
                 "connect timeout",
