@@ -83,6 +83,9 @@ use crate::retry::ResendPolicy;
 use crate::state::Observer;
 use crate::{BoxError, ReconnectPolicy};
 
+/// How errors name a balanced client's target.
+const BALANCED: &str = "the balanced endpoints";
+
 /// One endpoint of a balanced client: a [`Reconnect`] that never fails fast
 /// on its own, with its pending requests counted as its load.
 pub type Endpoint<M, T> = PendingRequests<Reconnect<M, T>>;
@@ -107,7 +110,7 @@ impl<M: Clone, R: Clone> MakeReconnect<M, R> {
         Req: Send + 'static,
         R: ResendPolicy<Req>,
     {
-        let observer = Arc::new(Observer::new());
+        let observer = Arc::new(Observer::new(BALANCED.into()));
         let endpoints: Vec<_> = targets
             .into_iter()
             .map(|target| endpoint(&self.make, &self.policy, &observer, target))
@@ -139,7 +142,7 @@ impl<M: Clone, R: Clone> MakeReconnect<M, R> {
         Req: Send + 'static,
         R: ResendPolicy<Req>,
     {
-        let observer = Arc::new(Observer::new());
+        let observer = Arc::new(Observer::new(BALANCED.into()));
         let endpoints = Endpoints {
             targets,
             make: self.make.clone(),

@@ -126,6 +126,13 @@ pub(crate) struct Shared<Req, Res> {
     connect_bound: Duration,
 }
 
+impl<Req, Res> Shared<Req, Res> {
+    /// The client's counters, watch and target.
+    pub(crate) fn observer(&self) -> &Arc<Observer> {
+        &self.observer
+    }
+}
+
 impl<Req, Res> Shared<Req, Res>
 where
     Req: Send + 'static,
@@ -218,6 +225,11 @@ impl<Req, Res> Client<Req, Res> {
         self.shared.observer.stats()
     }
 
+    /// The target, as errors name it.
+    fn label(&self) -> &Arc<str> {
+        self.shared.observer.label()
+    }
+
     /// Dials now, if the client has not dialed yet, and waits until the
     /// connection is up: the eager counterpart of the lazy first request,
     /// like tonic's `Endpoint::connect` beside `connect_lazy`.
@@ -273,18 +285,21 @@ impl<Req, Res> Client<Req, Res> {
         .await;
         let snapshot = match waited {
             Ok(Ok(snapshot)) => snapshot,
-            Ok(Err(_)) => return Err(Closed::task_ended(None).into()),
+            Ok(Err(_)) => return Err(Closed::task_ended(self.label().clone(), None).into()),
             Err(_) => state.borrow().clone(),
         };
         let last_error = snapshot.last_error_shared();
         match snapshot.phase() {
             Phase::Ready => Ok(()),
-            Phase::Closed => Err(Closed::new(snapshot.attempt(), last_error).into()),
+            Phase::Closed => {
+                Err(Closed::new(self.label().clone(), snapshot.attempt(), last_error).into())
+            }
             _ => {
                 let down_for = snapshot
                     .down_since()
                     .map_or(Duration::ZERO, |t| t.elapsed());
-                Err(Unavailable::new(down_for, snapshot.attempt(), last_error).into())
+                let target = self.label().clone();
+                Err(Unavailable::new(target, down_for, snapshot.attempt(), last_error).into())
             }
         }
     }
@@ -359,7 +374,7 @@ where
             Poll::Ready(Err(error)) => {
                 self.queue_waiting = false;
                 self.ready = Readiness::NotReady;
-                Poll::Ready(Err(from_buffer(error)))
+                Poll::Ready(Err(from_buffer(self.shared.observer.label(), error)))
             }
         }
     }

@@ -30,6 +30,11 @@ use std::time::Duration;
 
 use crate::BoxError;
 
+/// `d` to the millisecond, for messages: no nanosecond noise.
+fn millis(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// An error shared by many waiters, such as the last dial error.
 pub(crate) type SharedError = Arc<dyn Error + Send + Sync + 'static>;
 
@@ -44,18 +49,30 @@ pub(crate) fn share(error: BoxError) -> SharedError {
 /// connection is made. [`source()`](Error::source) is the last dial error.
 #[derive(Clone)]
 pub struct Unavailable {
+    target: Arc<str>,
     down_for: Duration,
     attempts: u32,
     source: Option<SharedError>,
 }
 
 impl Unavailable {
-    pub(crate) fn new(down_for: Duration, attempts: u32, source: Option<SharedError>) -> Self {
+    pub(crate) fn new(
+        target: Arc<str>,
+        down_for: Duration,
+        attempts: u32,
+        source: Option<SharedError>,
+    ) -> Self {
         Self {
+            target,
             down_for,
             attempts,
             source,
         }
+    }
+
+    /// The target, by its `Debug` form, with passwords masked.
+    pub fn target(&self) -> &str {
+        &self.target
     }
 
     /// How long the connection had been unavailable when the request failed.
@@ -72,6 +89,7 @@ impl Unavailable {
 impl fmt::Debug for Unavailable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Unavailable")
+            .field("target", &self.target)
             .field("down_for", &self.down_for)
             .field("attempts", &self.attempts)
             .field("source", &self.source)
@@ -83,8 +101,10 @@ impl fmt::Display for Unavailable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "connection unavailable for {:?} after {} dial attempts",
-            self.down_for, self.attempts
+            "connection to {} unavailable for {:?} after {} dial attempts",
+            self.target,
+            millis(self.down_for),
+            self.attempts
         )
     }
 }
@@ -102,6 +122,7 @@ impl Error for Unavailable {
 /// fails with it too. [`source()`](Error::source) is the error that ended it.
 #[derive(Clone)]
 pub struct Closed {
+    target: Arc<str>,
     attempts: u32,
     why: Why,
     source: Option<SharedError>,
@@ -121,8 +142,9 @@ enum Why {
 
 impl Closed {
     /// The client gave up at a limit, after `attempts` dials.
-    pub(crate) fn new(attempts: u32, source: Option<SharedError>) -> Self {
+    pub(crate) fn new(target: Arc<str>, attempts: u32, source: Option<SharedError>) -> Self {
         Self {
+            target,
             attempts,
             why: Why::GaveUp,
             source,
@@ -130,8 +152,9 @@ impl Closed {
     }
 
     /// The connection factory failed for good.
-    pub(crate) fn factory_failed(attempts: u32, source: SharedError) -> Self {
+    pub(crate) fn factory_failed(target: Arc<str>, attempts: u32, source: SharedError) -> Self {
         Self {
+            target,
             attempts,
             why: Why::FactoryFailed,
             source: Some(source),
@@ -139,8 +162,9 @@ impl Closed {
     }
 
     /// The client's task ended, so no request can be served.
-    pub(crate) fn task_ended(source: Option<SharedError>) -> Self {
+    pub(crate) fn task_ended(target: Arc<str>, source: Option<SharedError>) -> Self {
         Self {
+            target,
             attempts: 0,
             why: Why::TaskEnded,
             source,
@@ -151,11 +175,17 @@ impl Closed {
     pub fn attempts(&self) -> u32 {
         self.attempts
     }
+
+    /// The target, by its `Debug` form, with passwords masked.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
 }
 
 impl fmt::Debug for Closed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Closed")
+            .field("target", &self.target)
             .field("attempts", &self.attempts)
             .field("why", &self.why)
             .field("source", &self.source)
@@ -166,9 +196,19 @@ impl fmt::Debug for Closed {
 impl fmt::Display for Closed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.why {
-            Why::GaveUp => write!(f, "reconnect gave up after {} dial attempts", self.attempts),
-            Why::FactoryFailed => f.write_str("the connection factory failed for good"),
-            Why::TaskEnded => f.write_str("the client's task has ended"),
+            Why::GaveUp => write!(
+                f,
+                "reconnect to {} gave up after {} dial attempts",
+                self.target, self.attempts
+            ),
+            Why::FactoryFailed => {
+                write!(
+                    f,
+                    "the connection factory for {} failed for good",
+                    self.target
+                )
+            }
+            Why::TaskEnded => write!(f, "the client's task for {} has ended", self.target),
         }
     }
 }

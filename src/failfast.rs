@@ -117,7 +117,7 @@ where
         self.observer.count(Counter::FailFast);
         let down_for = Instant::now().saturating_duration_since(wait.since());
         GateFuture::Failed {
-            error: Some(Unavailable::new(down_for, 0, None).into()),
+            error: Some(Unavailable::new(self.observer.label().clone(), down_for, 0, None).into()),
         }
     }
 }

@@ -181,7 +181,11 @@ pin_project! {
         },
         /// Failed, and re-sent through tower's `Retry` over the queue. Boxed:
         /// rare, and larger than the rest.
-        Resent { #[pin] inner: Pin<Box<Resend<Req, Res>>> },
+        Resent {
+            #[pin]
+            inner: Pin<Box<Resend<Req, Res>>>,
+            label: Arc<str>,
+        },
         Shed { error: Option<BoxError> },
     }
 }
@@ -282,10 +286,16 @@ where
         loop {
             let (result, first) = match kind.as_mut().project() {
                 ClientKindProj::Queued { future, first } => {
-                    (ready!(future.poll(cx)).map_err(from_buffer), first)
+                    let label = first.shared.observer().label();
+                    (
+                        ready!(future.poll(cx)).map_err(|e| from_buffer(label, e)),
+                        first,
+                    )
                 }
                 ClientKindProj::Direct { future, first } => (ready!(future.poll(cx)), first),
-                ClientKindProj::Resent { inner } => return inner.poll(cx).map_err(from_buffer),
+                ClientKindProj::Resent { inner, label } => {
+                    return inner.poll(cx).map_err(|e| from_buffer(label, e))
+                }
                 ClientKindProj::Shed { error } => {
                     return Poll::Ready(Err(error.take().expect("polled after completion")))
                 }
@@ -297,8 +307,10 @@ where
                 }
                 Err(error) => first.failed(error)?,
             };
+            let label = first.shared.observer().label().clone();
             kind.set(ClientKind::Resent {
                 inner: Box::pin(resend),
+                label,
             });
         }
     }
@@ -316,7 +328,7 @@ where
 
 /// tower's `Buffer` wraps the worker's failure in its own error types; give
 /// callers our [`Closed`] instead, so there is one error to match on.
-pub(crate) fn from_buffer(error: BoxError) -> BoxError {
+pub(crate) fn from_buffer(label: &Arc<str>, error: BoxError) -> BoxError {
     use tower::buffer::error::{Closed as BufferClosed, ServiceError};
     if error.is::<ServiceError>() {
         let closed = crate::classify::chain(&*error).find_map(|e| e.downcast_ref::<Closed>());
@@ -325,7 +337,8 @@ pub(crate) fn from_buffer(error: BoxError) -> BoxError {
         }
     }
     if error.is::<BufferClosed>() {
-        return Box::new(Closed::task_ended(Some(crate::error::share(error))));
+        let source = Some(crate::error::share(error));
+        return Box::new(Closed::task_ended(label.clone(), source));
     }
     error
 }

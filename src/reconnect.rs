@@ -211,9 +211,11 @@ where
     where
         T: fmt::Debug,
     {
+        let label: Arc<str> = redacted(&target).into();
         Self {
             make,
-            label: redacted(&target).into(),
+            observer: Arc::new(Observer::new(label.clone())),
+            label,
             target,
             schedule: policy.schedule(),
             policy,
@@ -221,7 +223,6 @@ where
             timer: Timer::default(),
             fail_fast: true,
             driven: false,
-            observer: Arc::new(Observer::new()),
             lane: None,
         }
     }
@@ -253,7 +254,7 @@ where
     {
         let mut endpoint = Self::new(make, target, policy);
         endpoint.fail_fast = false;
-        endpoint.observer = Arc::new(Observer::with_parent(parent));
+        endpoint.observer = Arc::new(Observer::with_parent(endpoint.label.clone(), parent));
         endpoint
     }
 
@@ -369,7 +370,11 @@ where
                 attempts = outage.attempts,
                 "giving up on the connection"
             );
-            self.close(Closed::new(outage.attempts, outage.last_error));
+            self.close(Closed::new(
+                self.label.clone(),
+                outage.attempts,
+                outage.last_error,
+            ));
             return;
         }
         let delay = self.schedule.next().unwrap_or_default();
@@ -550,7 +555,8 @@ where
                                 error = %redact(&error.to_string()),
                                 "connection factory failed; giving up"
                             );
-                            self.close(Closed::factory_failed(outage.attempts, error));
+                            let label = self.label.clone();
+                            self.close(Closed::factory_failed(label, outage.attempts, error));
                         }
                         Ok(Poll::Pending) => {
                             self.state = State::Dial(outage);
@@ -691,7 +697,12 @@ where
             State::Dial(outage) | State::Backoff(outage) if outage.wait.passed() => {
                 self.observer.count(Counter::FailFast);
                 let down_for = Instant::now().saturating_duration_since(outage.since());
-                let error = Unavailable::new(down_for, outage.attempts, outage.last_error.clone());
+                let error = Unavailable::new(
+                    self.label.clone(),
+                    down_for,
+                    outage.attempts,
+                    outage.last_error.clone(),
+                );
                 ResponseFuture::failed(error.into())
             }
             _ => panic!("Reconnect::call called before poll_ready returned Ready(Ok)"),

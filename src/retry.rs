@@ -334,7 +334,7 @@ mod tests {
             RetryBudget::new(Duration::from_secs(10), 0, 1.0),
             Classifier::default(),
             copier,
-            Arc::new(Observer::new()),
+            Arc::new(Observer::new("db".into())),
         )
     }
 
@@ -415,11 +415,11 @@ mod tests {
         let mut slot = Slot::shared(Some("GET".to_string()), None);
         let unavailable = NotSent::with_request(
             "GET".to_string(),
-            Unavailable::new(Duration::from_secs(1), 1, None),
+            Unavailable::new("db".into(), Duration::from_secs(1), 1, None),
         );
         let mut result: Result<String, BoxError> = Err(unavailable.into());
         assert!(policy.retry(&mut slot, &mut result).is_none());
-        let closed = NotSent::with_request("GET".to_string(), Closed::new(1, None));
+        let closed = NotSent::with_request("GET".to_string(), Closed::new("db".into(), 1, None));
         let mut result: Result<String, BoxError> = Err(closed.into());
         assert!(policy.retry(&mut slot, &mut result).is_none());
     }

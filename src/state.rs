@@ -190,6 +190,8 @@ pub(crate) struct Observer {
     state: watch::Sender<Snapshot>,
     /// Also counts here: a balanced client's endpoints count in the client.
     parent: Option<Arc<Observer>>,
+    /// The target, by its `Debug` form with passwords masked, for errors.
+    label: Arc<str>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -202,11 +204,11 @@ pub(crate) enum Counter {
 }
 
 impl Observer {
-    pub(crate) fn new() -> Self {
-        Self::with_parent(None)
+    pub(crate) fn new(label: Arc<str>) -> Self {
+        Self::with_parent(label, None)
     }
 
-    pub(crate) fn with_parent(parent: Option<Arc<Observer>>) -> Self {
+    pub(crate) fn with_parent(label: Arc<str>, parent: Option<Arc<Observer>>) -> Self {
         let (state, _) = watch::channel(Snapshot::new(Phase::Idle, None));
         Self {
             dials: AtomicU64::new(0),
@@ -216,7 +218,13 @@ impl Observer {
             retries: AtomicU64::new(0),
             state,
             parent,
+            label,
         }
+    }
+
+    /// The target, by its `Debug` form with passwords masked.
+    pub(crate) fn label(&self) -> &Arc<str> {
+        &self.label
     }
 
     pub(crate) fn count(&self, counter: Counter) {
@@ -278,7 +286,7 @@ mod tests {
     /// attempt and error twice is one change.
     #[tokio::test(start_paused = true)]
     async fn publishing_the_same_state_twice_is_one_change() {
-        let observer = Observer::new();
+        let observer = Observer::new("db".into());
         let mut watch = observer.subscribe();
         observer.publish(Phase::Connecting, None);
         assert!(watch.has_changed().unwrap());
@@ -309,8 +317,8 @@ mod tests {
     /// Counters count, in the observer and in its parent.
     #[test]
     fn counters_count_in_the_parent_too() {
-        let parent = Arc::new(Observer::new());
-        let child = Observer::with_parent(Some(parent.clone()));
+        let parent = Arc::new(Observer::new("all".into()));
+        let child = Observer::with_parent("one".into(), Some(parent.clone()));
         child.count(Counter::Dials);
         child.count(Counter::Drops);
         parent.count(Counter::Retries);

@@ -632,3 +632,51 @@ async fn dropping_the_last_handle_mid_dial_closes_every_socket() {
     .await;
     server.abort();
 }
+
+/// A fail-fast error names its target, with passwords masked, and says how
+/// long the connection has been down to the millisecond, not the
+/// nanosecond; its source is the latest dial error.
+#[tokio::test(start_paused = true)]
+async fn fail_fast_errors_name_the_target_to_the_millisecond() {
+    let dialer = Dialer::new([]);
+    let policy = ReconnectPolicy::builder()
+        .backoff(Backoff::fixed(ms(300)))
+        .wait_limit(ms(1000))
+        .build()
+        .unwrap();
+    let client: Client<String, String> = ServiceBuilder::new()
+        .layer(layer(policy))
+        .service(dialer.clone())
+        .client("redis://app:s3cret@cache-1:6379");
+    let first = within(
+        secs(10),
+        "the first request",
+        client.clone().oneshot("GET".into()),
+    )
+    .await;
+    assert!(first.unwrap_err().is::<Unavailable>());
+    // 1.234 µs later, a second request fails fast too: the message shows
+    // the time down to the millisecond, without the clock's noise.
+    tokio::time::advance(Duration::from_nanos(1_234)).await;
+    let second = within(
+        secs(10),
+        "the second request",
+        client.clone().oneshot("GET".into()),
+    )
+    .await;
+    let error = second.unwrap_err();
+    let unavailable = error.downcast_ref::<Unavailable>().expect("Unavailable");
+    assert_eq!(
+        unavailable.down_for(),
+        secs(1) + Duration::from_nanos(1_234)
+    );
+    let text = unavailable.to_string();
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(text.contains("cache-1:6379"), "{text}");
+    assert!(
+        text.ends_with("unavailable for 1s after 4 dial attempts"),
+        "{text}"
+    );
+    assert!(unavailable.target().contains("cache-1"));
+    assert!(std::error::Error::source(unavailable).is_some());
+}

@@ -373,5 +373,5 @@ fn a_client_whose_task_ended_says_so() {
     let closed = error
         .downcast_ref::<tower_redial::Closed>()
         .unwrap_or_else(|| panic!("not Closed: {error}"));
-    assert_eq!(closed.to_string(), "the client's task has ended");
+    assert_eq!(closed.to_string(), "the client's task for \"db\" has ended");
 }
