@@ -8,6 +8,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
+use sync_wrapper::SyncFuture;
 use tower::buffer::Buffer;
 use tower::retry::{Policy, Retry};
 use tower::util::Oneshot;
@@ -146,6 +147,10 @@ type Resend<Req, Res> = Oneshot<Queue<Req, Res>, Slot<Req>>;
 
 pin_project! {
     /// The response future of [`Client`](crate::Client).
+    ///
+    /// It is `Send` and `Sync` (a `Sync` wrapper lets it be shared, since
+    /// it is only ever polled through `&mut`), so the client boxes as
+    /// tower's `BoxCloneSyncService` at the end of a `ServiceBuilder`.
     pub struct ClientFuture<Req, Res>
     where
         Req: Send,
@@ -154,7 +159,7 @@ pin_project! {
         Res: 'static,
     {
         #[pin]
-        kind: ClientKind<Req, Res>,
+        kind: SyncFuture<ClientKind<Req, Res>>,
     }
 }
 
@@ -247,7 +252,7 @@ where
             shared,
         };
         Self {
-            kind: ClientKind::Queued { future, first },
+            kind: SyncFuture::new(ClientKind::Queued { future, first }),
         }
     }
 
@@ -263,13 +268,13 @@ where
             shared,
         };
         Self {
-            kind: ClientKind::Direct { future, first },
+            kind: SyncFuture::new(ClientKind::Direct { future, first }),
         }
     }
 
     pub(crate) fn shed(error: BoxError) -> Self {
         Self {
-            kind: ClientKind::Shed { error: Some(error) },
+            kind: SyncFuture::new(ClientKind::Shed { error: Some(error) }),
         }
     }
 }
@@ -282,7 +287,19 @@ where
     type Output = Result<Res, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut kind = self.project().kind;
+        self.project().kind.poll(cx)
+    }
+}
+
+impl<Req, Res> Future for ClientKind<Req, Res>
+where
+    Req: Send + 'static,
+    Res: Send + 'static,
+{
+    type Output = Result<Res, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut kind = self;
         loop {
             let (result, first) = match kind.as_mut().project() {
                 ClientKindProj::Queued { future, first } => {

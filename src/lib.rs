@@ -140,6 +140,7 @@ pub mod backoff;
 #[cfg(feature = "balance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "balance")))]
 pub mod balance;
+mod bind;
 mod budget;
 pub mod classify;
 mod client;
@@ -173,6 +174,7 @@ pub mod state;
 mod timer;
 
 pub use crate::backoff::{Backoff, Jitter};
+pub use crate::bind::{MultiplexedTargetLayer, TargetLayer};
 pub use crate::classify::Classifier;
 pub use crate::client::Client;
 pub use crate::connect::Handshake;

@@ -1,0 +1,159 @@
+//! A [`ReconnectLayer`] bound to its target, so that the layer's service is
+//! the [`Client`] itself and request-level layers stack on it in the same
+//! `ServiceBuilder`.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use tower::{Layer, Service};
+
+use crate::client::Client;
+use crate::layer::ReconnectLayer;
+use crate::retry::ResendPolicy;
+use crate::BoxError;
+
+/// A [`ReconnectLayer`] bound to one target: its `Layer::Service` is a
+/// [`Client`]. Made by [`ReconnectLayer::target`].
+///
+/// In a `ServiceBuilder`, layers *before* it wrap the client, and so each
+/// request: a timeout, a concurrency or rate limit, load shedding, tower's
+/// retry. Layers *after* it wrap the connection factory, and so each dial:
+/// a timeout there bounds a dial, as the policy's connect timeout does.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+/// use tower_redial::{BoxError, ReconnectLayer, ReconnectPolicy};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), BoxError> {
+/// let make_connection = service_fn(|_: &'static str| async {
+///     Ok::<_, BoxError>(service_fn(|n: u32| async move { Ok::<_, BoxError>(n + 1) }))
+/// });
+/// let client = ServiceBuilder::new()
+///     // Per request: at most 10 in flight, each within 1 s.
+///     .concurrency_limit(10)
+///     .timeout(Duration::from_secs(1))
+///     .layer(ReconnectLayer::new(ReconnectPolicy::default()).target("db-1"))
+///     .service(make_connection);
+/// assert_eq!(client.oneshot(41).await?, 42);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Panics
+///
+/// `layer` makes the client, which spawns its task: it panics outside a
+/// tokio runtime.
+pub struct TargetLayer<T, R, Req> {
+    layer: ReconnectLayer<R>,
+    target: T,
+    multiplexed: bool,
+    _request: PhantomData<fn(Req)>,
+}
+
+impl<R> ReconnectLayer<R> {
+    /// Binds the layer to `target`: its service is then the [`Client`], as
+    /// made by [`MakeReconnect::client`](crate::MakeReconnect::client), so
+    /// it composes with request-level layers in one `ServiceBuilder`. See
+    /// [`TargetLayer`].
+    pub fn target<T, Req>(self, target: T) -> TargetLayer<T, R, Req> {
+        TargetLayer {
+            layer: self,
+            target,
+            multiplexed: false,
+            _request: PhantomData,
+        }
+    }
+
+    /// Binds the layer to `target`, for a multiplexed connection, as
+    /// [`MakeReconnect::multiplexed`](crate::MakeReconnect::multiplexed)
+    /// does. See [`TargetLayer`].
+    pub fn multiplexed<T, Req>(self, target: T) -> MultiplexedTargetLayer<T, R, Req> {
+        MultiplexedTargetLayer(TargetLayer {
+            layer: self,
+            target,
+            multiplexed: true,
+            _request: PhantomData,
+        })
+    }
+}
+
+/// A [`ReconnectLayer`] bound to one target, for a multiplexed connection:
+/// its `Layer::Service` is a [`Client`] made by
+/// [`MakeReconnect::multiplexed`](crate::MakeReconnect::multiplexed). Made
+/// by [`ReconnectLayer::multiplexed`]; see [`TargetLayer`].
+pub struct MultiplexedTargetLayer<T, R, Req>(TargetLayer<T, R, Req>);
+
+impl<M, T, R, Req> Layer<M> for TargetLayer<T, R, Req>
+where
+    M: Service<T> + Clone + Send + 'static,
+    M::Future: Send + 'static,
+    M::Error: Into<BoxError>,
+    M::Response: Service<Req> + Send + 'static,
+    <M::Response as Service<Req>>::Future: Send + 'static,
+    <M::Response as Service<Req>>::Error: Into<BoxError>,
+    <M::Response as Service<Req>>::Response: Send + 'static,
+    T: Clone + fmt::Debug + Send + 'static,
+    Req: Send + 'static,
+    R: ResendPolicy<Req>,
+{
+    type Service = Client<Req, <M::Response as Service<Req>>::Response>;
+
+    fn layer(&self, make: M) -> Self::Service {
+        self.layer.layer(make).client(self.target.clone())
+    }
+}
+
+impl<M, T, R, Req> Layer<M> for MultiplexedTargetLayer<T, R, Req>
+where
+    M: Service<T> + Clone + Send + 'static,
+    M::Future: Send + 'static,
+    M::Error: Into<BoxError>,
+    M::Response: Service<Req> + Clone + Send + Sync + 'static,
+    <M::Response as Service<Req>>::Future: Send + 'static,
+    <M::Response as Service<Req>>::Error: Into<BoxError>,
+    <M::Response as Service<Req>>::Response: Send + 'static,
+    T: Clone + fmt::Debug + Send + 'static,
+    Req: Send + 'static,
+    R: ResendPolicy<Req>,
+{
+    type Service = Client<Req, <M::Response as Service<Req>>::Response>;
+
+    fn layer(&self, make: M) -> Self::Service {
+        self.0.layer.layer(make).multiplexed(self.0.target.clone())
+    }
+}
+
+impl<T: Clone, R: Clone, Req> Clone for TargetLayer<T, R, Req> {
+    fn clone(&self) -> Self {
+        Self {
+            layer: self.layer.clone(),
+            target: self.target.clone(),
+            multiplexed: self.multiplexed,
+            _request: PhantomData,
+        }
+    }
+}
+
+impl<T: Clone, R: Clone, Req> Clone for MultiplexedTargetLayer<T, R, Req> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T: fmt::Debug, R, Req> fmt::Debug for TargetLayer<T, R, Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TargetLayer")
+            .field("layer", &self.layer)
+            .field("target", &crate::redact::redacted(&self.target))
+            .field("multiplexed", &self.multiplexed)
+            .finish()
+    }
+}
+
+impl<T: fmt::Debug, R, Req> fmt::Debug for MultiplexedTargetLayer<T, R, Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
