@@ -8,7 +8,7 @@ use tower::buffer::Buffer;
 use tower::retry::Retry;
 use tower::Service;
 
-use crate::driver::{self, Drive, Kick};
+use crate::driver::{self, Drive, Kick, WakeOnDrop};
 use crate::error::{Closed, Overloaded, Unavailable};
 use crate::future::{from_buffer, BoxResponse, ClientFuture};
 use crate::lane::{LaneCache, LaneCell};
@@ -124,6 +124,9 @@ pub(crate) struct Shared<Req, Res> {
     /// How long [`Client::connected`] waits at most: the wait limit plus
     /// one connect timeout.
     connect_bound: Duration,
+    /// Last, so that it wakes the client's task after the queue above is
+    /// dropped: the task then sees that no handle is left, and ends.
+    _wake: WakeOnDrop,
 }
 
 impl<Req, Res> Shared<Req, Res> {
@@ -200,8 +203,9 @@ where
             observer,
             queue: buffer.clone(),
             lane,
-            kick,
+            kick: kick.clone(),
             connect_bound: policy.wait_limit.saturating_add(policy.connect_timeout),
+            _wake: WakeOnDrop(kick),
         });
         Self {
             queue: buffer,

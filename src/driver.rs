@@ -74,12 +74,24 @@ impl Kick {
         }
     }
 
+    /// Registers the client's task, to be woken when the client starts or
+    /// its last handle goes, and says whether it has started.
     fn poll_started(&self, cx: &mut Context<'_>) -> bool {
-        if self.used.load(Ordering::Acquire) {
-            return true;
-        }
         self.task.register(cx.waker());
         self.used.load(Ordering::Acquire)
+    }
+}
+
+/// Wakes the client's task when dropped: held, last, by what the handles
+/// share, so that the task notices the last handle go even while tower's
+/// `Buffer` worker holds a request whose caller gave up (the worker looks at
+/// its queue and callers only when woken).
+#[derive(Debug)]
+pub(crate) struct WakeOnDrop(pub(crate) Arc<Kick>);
+
+impl Drop for WakeOnDrop {
+    fn drop(&mut self) {
+        self.0.task.wake();
     }
 }
 
@@ -179,10 +191,11 @@ where
         // A few rounds of worker, then driver; a service whose dials fail at
         // once with no delay due gets the rest on the next wake.
         for _ in 0..4 {
+            let started = this.kick.poll_started(cx);
             if this.worker.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(());
             }
-            if *this.stopped || !this.kick.poll_started(cx) {
+            if *this.stopped || !started {
                 return Poll::Pending;
             }
             let mut inner = lock(this.service);

@@ -536,6 +536,12 @@ where
                 State::Idle => self.state = State::Dial(Outage::new(now, &self.policy)),
                 State::Dial(mut outage) => {
                     let failing = self.fail_fast && outage.wait.poll_passed(cx);
+                    if failing && outage.last_error.is_none() {
+                        // Past the wait limit with no dial made: the factory
+                        // has not been ready. Say so.
+                        let cause = "the connection factory was not ready to dial";
+                        outage.last_error = Some(share(cause.into()));
+                    }
                     if !self.may_dial(failing, just_failed, driving) {
                         self.state = State::Dial(outage);
                         return Step::FailFast { due: true };

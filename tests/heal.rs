@@ -680,3 +680,61 @@ async fn fail_fast_errors_name_the_target_to_the_millisecond() {
     assert!(unavailable.target().contains("cache-1"));
     assert!(std::error::Error::source(unavailable).is_some());
 }
+
+/// A caller that gives up on its request while a dial is in flight, and
+/// then drops the last handle, leaves nothing behind: the client's task
+/// ends at once, even with every timeout at "forever".
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_request_does_not_keep_the_task_alive() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let baseline = metrics.num_alive_tasks();
+    let dialer = Dialer::new([Outcome::Hang]);
+    let policy = ReconnectPolicy::builder()
+        .connect_timeout(Duration::MAX)
+        .wait_limit(Duration::MAX)
+        .build()
+        .unwrap();
+    let client = bind(Kind::Client, &dialer, policy);
+    let gave_up = timeout(ms(100), client.clone().oneshot("GET".to_string())).await;
+    assert!(gave_up.is_err(), "the dial hangs");
+    assert_eq!(dialer.live_dials(), 1);
+    drop(client);
+    within(secs(10), "the client's task ends", async {
+        while metrics.num_alive_tasks() > baseline || dialer.live_dials() > 0 {
+            tokio::time::sleep(ms(1)).await;
+        }
+    })
+    .await;
+}
+
+/// Past the wait limit with the factory never ready, the fail-fast error
+/// still says why.
+#[tokio::test(start_paused = true)]
+async fn a_factory_never_ready_is_named_as_the_cause() {
+    #[derive(Clone)]
+    struct NeverReady;
+    impl Service<&'static str> for NeverReady {
+        type Response = scripted::Conn;
+        type Error = BoxError;
+        type Future = std::future::Pending<Result<scripted::Conn, BoxError>>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), BoxError>> {
+            std::task::Poll::Pending
+        }
+        fn call(&mut self, _: &'static str) -> Self::Future {
+            std::future::pending()
+        }
+    }
+    let client: Client<String, String> = ServiceBuilder::new()
+        .layer(layer(policy()))
+        .service(NeverReady)
+        .client("db");
+    let result = within(secs(10), "fail fast", client.clone().oneshot("GET".into())).await;
+    let error = result.unwrap_err();
+    let unavailable = error.downcast_ref::<Unavailable>().expect("Unavailable");
+    assert_eq!(unavailable.attempts(), 0);
+    let cause = std::error::Error::source(unavailable).expect("a cause");
+    assert!(cause.to_string().contains("not ready"), "{cause}");
+}
