@@ -113,7 +113,7 @@ impl CloseWatch {
     /// The error the connection closed with, if it has closed.
     pub fn closed(&self) -> Option<io::Error> {
         let kind = *self.shared.closed.get()?;
-        Some(io::Error::new(kind, "connection closed"))
+        Some(io::Error::new(kind, format!("connection closed: {kind}")))
     }
 
     /// `Ready` with the error the connection closed with, once it has

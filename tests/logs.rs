@@ -114,3 +114,44 @@ async fn logs_mask_credentials_and_do_not_flood() {
     assert!(text.contains("attempts=7"), "{text}");
     assert_eq!(client.stats().dial_failures, 6);
 }
+
+/// The one warning of an outage names what actually happened: here, an idle
+/// connection closed by its peer (end of file), not a vague "transport
+/// error".
+#[tokio::test(start_paused = true)]
+async fn the_outage_warning_names_the_actual_cause() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dialer = Dialer::new([Outcome::Connect, Outcome::Connect]);
+    let client: Client<String, String> = ServiceBuilder::new()
+        .layer(ReconnectLayer::new(ReconnectPolicy::default()))
+        .service(dialer.clone())
+        .client("db");
+    let request = tokio::spawn(send(client.clone(), "PING"));
+    let mut conn = dialer.conn_within(0, DEADLINE).await;
+    let (_, reply) = within(DEADLINE, "the request", conn.next_request())
+        .await
+        .unwrap();
+    reply.send_response("PONG".to_string());
+    within(DEADLINE, "the request's task", request)
+        .await
+        .unwrap()
+        .unwrap();
+
+    dialer.hang_up(0);
+    dialer.conn_within(1, DEADLINE).await;
+    let text = logs.text();
+    let warning: Vec<_> = text.lines().filter(|l| l.contains(" WARN ")).collect();
+    assert_eq!(warning.len(), 1, "{text}");
+    assert!(
+        warning[0].contains("connection closed: unexpected end of file"),
+        "{text}"
+    );
+}
