@@ -239,9 +239,11 @@ where
 ///
 /// `poll_ready` is ready at once while the connection is open, and fails
 /// once it is known to be closed: its socket reported end-of-file or an
-/// error, or its task ended. A command called on a connection known to be
-/// closed is handed back unsent, as a [`NotSent`] holding the command. See
-/// the [module docs](self) for what happens to commands that were sent.
+/// error, or its task ended. A command whose response future is first
+/// polled once the connection is known to be closed is handed back unsent,
+/// as a [`NotSent`] holding the command; one still awaiting its reply when
+/// the connection closes fails at once with the transport error. See the
+/// [module docs](self#what-happens-to-a-command-when-the-server-goes-away).
 ///
 /// # Errors
 ///
@@ -419,9 +421,9 @@ where
     let mut closed = pin!(ended.wait_for(Option::is_some));
     std::future::poll_fn(|cx| {
         // The close first. redis-rs hands over each reply it reads before
-        // it reads on, and the socket is seen to close only by reading on
-        // (or by a failed write, after which redis-rs hands over nothing):
-        // a reply that came before the close shows in the look below.
+        // it reads on, and the socket is seen to close only by reading on,
+        // or by a failed write, after which redis-rs reads no more: a reply
+        // handed over before the close shows in the look below.
         let closed = closed.as_mut().poll(cx).map(|seen| {
             seen.ok()
                 .and_then(|kind| *kind)

@@ -371,7 +371,7 @@ async fn kill_nine_ten_times_under_sixteen_tasks() {
 // ---------------------------------------------------------------------------
 
 /// Connections the hang-up test wears out.
-const HANG_UPS: usize = 400;
+const HANG_UPS: usize = 1500;
 /// `PING`s the fake server answers on a connection before it hangs up.
 const ANSWERS_PER_CONNECTION: usize = 100;
 const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
@@ -429,7 +429,7 @@ async fn ping_until_it_fails(
 /// No command waits out its reply timeout on a connection whose server
 /// hangs up mid-traffic (project issue 11: redis-rs alone strands a command
 /// on about one such connection in 300 to 700, for the whole timeout). On
-/// each of 400 connections, 16 callers `PING` until the server hangs up:
+/// each of 1500 connections, 16 callers `PING` until the server hangs up:
 /// every `PING` is answered, fails at once with a transport error (not a
 /// timeout), or comes back `NotSent`; the server answered no more than it
 /// said.
