@@ -193,3 +193,15 @@ pub use crate::state::{Phase, Snapshot, Stats};
 
 /// The boxed error type used at the crate's boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The README's code blocks, compiled and run as doc tests (with every
+/// feature on, as `scripts/test` runs them).
+#[doc = include_str!("../README.md")]
+#[cfg(all(
+    doctest,
+    feature = "balance",
+    feature = "hyper",
+    feature = "redis",
+    feature = "postgres"
+))]
+pub struct ReadmeDoctests;
