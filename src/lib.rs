@@ -94,6 +94,14 @@
 //!   [`TpsBudget`](tower::retry::budget::TpsBudget).
 //! - **Errors.** See [`error`] for every error and when it happens, and
 //!   [`classify`] for which errors mean "the connection is dead".
+//! - **Panics in your code.** A panic in the factory, a dial, a handshake,
+//!   or the connection's `poll_ready`, `call` or response future is caught
+//!   where it happens: the requests it touched fail with [`Panicked`], the
+//!   connection counts as dead, and the client redials by its backoff.
+//! - **Composition.** [`ReconnectLayer::target`] binds the layer to its
+//!   target, so that the layer's service is the [`Client`]: in one
+//!   `ServiceBuilder`, layers before it wrap each request and layers after
+//!   it wrap each dial. See [`TargetLayer`].
 //! - **Shutdown.** Dropping every clone of a client ends its task, and
 //!   with it any dial in flight, and closes its connection.
 //!
