@@ -6,11 +6,10 @@
 
 mod scripted;
 
-use std::future::Future;
 use std::io;
 use std::time::Duration;
 
-use scripted::{ConnHandle, Dialer, Outcome};
+use scripted::{within, ConnHandle, Dialer, Outcome};
 use tokio::time::{sleep_until, timeout, Instant};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_redial::{
@@ -24,13 +23,6 @@ fn ms(n: u64) -> Duration {
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
-}
-
-/// Fails the test if `future` takes longer than `limit` (of paused time).
-async fn within<F: Future>(limit: Duration, what: &str, future: F) -> F::Output {
-    timeout(limit, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: not within {limit:?}"))
 }
 
 /// Waits for the state watch to show a snapshot for which `f` holds.

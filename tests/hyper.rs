@@ -3,6 +3,10 @@
 //! that may have been sent is sent again unless opted in.
 #![cfg(feature = "hyper")]
 
+#[path = "support/redial_watch.rs"]
+mod redial_watch;
+
+use redial_watch::{ready_after_a_drop, record_phases};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,7 +30,7 @@ use tower_redial::connect::TcpConnector;
 use tower_redial::hyper::{classifier, http1, http2, is_hyper_transport_error};
 use tower_redial::{
     Backoff, BoxError, Client, Closed, Handshake, NotSent, Phase, ReconnectLayer, ReconnectPolicy,
-    ResendPolicy, Snapshot, Unavailable,
+    ResendPolicy, Unavailable,
 };
 
 type Body = Full<Bytes>;
@@ -669,56 +673,6 @@ async fn http1_hands_back_a_request_on_a_closed_connection() {
 /// guard, not a speed assumption.
 const NOTICE_GUARD: Duration = Duration::from_secs(10);
 
-/// Records each state the client's watch shows (changes in quick
-/// succession may show as one), with when, for the test's messages.
-fn record_phases(mut state: watch::Receiver<Snapshot>) -> Arc<Mutex<Vec<String>>> {
-    let start = Instant::now();
-    let show = move |s: &Snapshot| {
-        let error = s.last_error().map(ToString::to_string);
-        format!(
-            "{:?} {} attempt {} {error:?}",
-            start.elapsed(),
-            s.phase(),
-            s.attempt()
-        )
-    };
-    let seen = Arc::new(Mutex::new(vec![show(&state.borrow_and_update())]));
-    tokio::spawn({
-        let seen = seen.clone();
-        async move {
-            while state.changed().await.is_ok() {
-                let shown = show(&state.borrow_and_update());
-                lock(&seen).push(shown);
-            }
-        }
-    });
-    seen
-}
-
-/// Waits, sending nothing, until the client has dropped a connection and
-/// is ready again; returns when it was.
-async fn ready_after_a_drop<Req, Res>(
-    client: &Client<Req, Res>,
-    phases: &Mutex<Vec<String>>,
-) -> Instant {
-    let mut state = client.state();
-    let ready = state.wait_for(|s| s.phase() == Phase::Ready && client.stats().drops >= 1);
-    let waited = timeout(NOTICE_GUARD, ready)
-        .await
-        .map(|ready| ready.is_ok());
-    let ready_at = Instant::now();
-    match waited {
-        Ok(true) => ready_at,
-        Ok(false) => panic!("the client's state watch closed"),
-        Err(_) => panic!(
-            "not ready again after a drop within {NOTICE_GUARD:?}: now {:?}, {:?}; seen {:#?}",
-            *client.state().borrow(),
-            client.stats(),
-            lock(phases)
-        ),
-    }
-}
-
 /// Restarts the server while the client's connection is idle, and sends
 /// nothing: the client notices, counts the drop, redials and is ready
 /// again, connected to the new server; the next request then goes out once,
@@ -754,7 +708,7 @@ async fn idle_connection_death_is_noticed_without_traffic(proto: Proto) {
             server.restart().await;
             restarted.elapsed()
         },
-        ready_after_a_drop(&client, &phases),
+        ready_after_a_drop(&client, &phases, NOTICE_GUARD),
     );
     let took = ready_at - restarted;
     let stats = client.stats();

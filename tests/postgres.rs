@@ -6,6 +6,10 @@
 #[path = "support/pg_server.rs"]
 mod pg_server;
 
+#[path = "support/redial_watch.rs"]
+mod redial_watch;
+
+use redial_watch::{ready_after_a_drop, record_phases};
 use std::collections::HashSet;
 use std::future::Future;
 use std::io;
@@ -14,7 +18,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use pg_server::PgServer;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
@@ -22,8 +25,8 @@ use tokio_postgres::NoTls;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_redial::postgres::{self, MakePostgres, PgClient, Query, Rows};
 use tower_redial::{
-    Backoff, BoxError, Client, Closed, NotSent, Phase, ReconnectLayer, ReconnectPolicy,
-    ReconnectPolicyBuilder, Snapshot, Unavailable,
+    Backoff, BoxError, Closed, NotSent, Phase, ReconnectLayer, ReconnectPolicy,
+    ReconnectPolicyBuilder, Unavailable,
 };
 
 fn ms(n: u64) -> Duration {
@@ -365,56 +368,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Records each state the client's watch shows (changes in quick
-/// succession may show as one), with when, for the test's messages.
-fn record_phases(mut state: watch::Receiver<Snapshot>) -> Arc<Mutex<Vec<String>>> {
-    let start = Instant::now();
-    let show = move |s: &Snapshot| {
-        let error = s.last_error().map(ToString::to_string);
-        format!(
-            "{:?} {} attempt {} {error:?}",
-            start.elapsed(),
-            s.phase(),
-            s.attempt()
-        )
-    };
-    let seen = Arc::new(Mutex::new(vec![show(&state.borrow_and_update())]));
-    tokio::spawn({
-        let seen = seen.clone();
-        async move {
-            while state.changed().await.is_ok() {
-                let shown = show(&state.borrow_and_update());
-                lock(&seen).push(shown);
-            }
-        }
-    });
-    seen
-}
-
-/// Waits, sending nothing, until the client has dropped a connection and
-/// is ready again; returns when it was.
-async fn ready_after_a_drop<Req, Res>(
-    client: &Client<Req, Res>,
-    phases: &Mutex<Vec<String>>,
-) -> Instant {
-    let mut state = client.state();
-    let ready = state.wait_for(|s| s.phase() == Phase::Ready && client.stats().drops >= 1);
-    let waited = tokio::time::timeout(NOTICE_GUARD, ready)
-        .await
-        .map(|ready| ready.is_ok());
-    let ready_at = Instant::now();
-    match waited {
-        Ok(true) => ready_at,
-        Ok(false) => panic!("the client's state watch closed"),
-        Err(_) => panic!(
-            "not ready again after a drop within {NOTICE_GUARD:?}: now {:?}, {:?}; seen {:#?}",
-            *client.state().borrow(),
-            client.stats(),
-            lock(phases)
-        ),
-    }
-}
-
 /// A `pg_ctl restart -m immediate` under an idle connection, with no query
 /// sent: the client notices, counts the drop, redials and is ready again,
 /// with a session on the new server; the next query then goes out once, in
@@ -446,7 +399,7 @@ async fn idle_connection_death_is_noticed_without_traffic() {
             within(limit, "pg_ctl restart", server.restart()).await;
             restarted.elapsed()
         },
-        ready_after_a_drop(&client, &phases),
+        ready_after_a_drop(&client, &phases, NOTICE_GUARD),
     );
     let took = ready_at - restarted;
     let stats = client.stats();

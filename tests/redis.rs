@@ -15,6 +15,10 @@
 #[path = "support/redis_server.rs"]
 mod redis_server;
 
+#[path = "support/redial_watch.rs"]
+mod redial_watch;
+
+use redial_watch::{ready_after_a_drop, record_phases};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -37,7 +41,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_redial::redis::{redis_error, MakeRedis, RedisClient, RedisConnection};
 use tower_redial::{
     Backoff, BoxError, Client, Closed, Jitter, NotSent, Phase, ReconnectLayer, ReconnectPolicy,
-    Snapshot, Unavailable,
+    Unavailable,
 };
 
 /// Concurrent callers in the chaos run.
@@ -836,54 +840,6 @@ async fn side_by_side_with_connection_manager() {
 // An idle connection's death
 // ---------------------------------------------------------------------------
 
-/// Records each state the client's watch shows (changes in quick
-/// succession may show as one), with when, for the test's messages.
-fn record_phases(mut state: watch::Receiver<Snapshot>) -> Arc<Mutex<Vec<String>>> {
-    let start = Instant::now();
-    let show = move |s: &Snapshot| {
-        let error = s.last_error().map(ToString::to_string);
-        format!(
-            "{:?} {} attempt {} {error:?}",
-            start.elapsed(),
-            s.phase(),
-            s.attempt()
-        )
-    };
-    let seen = Arc::new(Mutex::new(vec![show(&state.borrow_and_update())]));
-    tokio::spawn({
-        let seen = seen.clone();
-        async move {
-            while state.changed().await.is_ok() {
-                let shown = show(&state.borrow_and_update());
-                lock(&seen).push(shown);
-            }
-        }
-    });
-    seen
-}
-
-/// Waits, sending nothing, until the client has dropped a connection and
-/// is ready again; returns when it was.
-async fn ready_after_a_drop<Req, Res>(
-    client: &Client<Req, Res>,
-    phases: &Mutex<Vec<String>>,
-) -> Instant {
-    let mut state = client.state();
-    let ready = state.wait_for(|s| s.phase() == Phase::Ready && client.stats().drops >= 1);
-    let waited = timeout(HANG_GUARD, ready).await.map(|ready| ready.is_ok());
-    let ready_at = Instant::now();
-    match waited {
-        Ok(true) => ready_at,
-        Ok(false) => panic!("the client's state watch closed"),
-        Err(_) => panic!(
-            "not ready again after a drop within {HANG_GUARD:?}: now {:?}, {:?}; seen {:#?}",
-            *client.state().borrow(),
-            client.stats(),
-            lock(phases)
-        ),
-    }
-}
-
 /// A `kill -9` and restart of the server under an idle connection, with no
 /// command sent: the client notices, counts the drop, redials and is ready
 /// again, connected to the new server; the next command then goes out once,
@@ -912,7 +868,7 @@ async fn idle_connection_death_is_noticed_without_traffic() {
     let restarted = Instant::now();
     let (down, ready_at) = tokio::join!(
         server.kill_and_restart(),
-        ready_after_a_drop(&client, &phases),
+        ready_after_a_drop(&client, &phases, HANG_GUARD),
     );
     let took = ready_at - restarted;
     let stats = client.stats();

@@ -6,22 +6,15 @@
 
 mod scripted;
 
-use std::future::Future;
 use std::time::Duration;
 
-use scripted::{ConnHandle, Dialer, Outcome};
+use scripted::{within, ConnHandle, Dialer, Outcome};
 use tokio::time::{timeout, Instant};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_redial::{Client, ReconnectLayer, ReconnectPolicy, ResponseTimeout};
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
-}
-
-async fn within<F: Future>(limit: Duration, what: &str, future: F) -> F::Output {
-    timeout(limit, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: not within {limit:?}"))
 }
 
 fn policy() -> ReconnectPolicy {
