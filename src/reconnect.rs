@@ -630,6 +630,21 @@ where
         M::Response: Service<Req>,
         <M::Response as Service<Req>>::Error: Into<BoxError>,
     {
+        // The hot path: a proven connection that is ready or busy changes
+        // nothing the watch shows, so nothing is compared or published.
+        if let State::Ready { conn, outage: None } = &mut self.state {
+            if !conn.health.poll_dead(cx) {
+                let ready = catch(POLL_READY, || {
+                    conn.service.poll_ready(cx).map_err(Into::<BoxError>::into)
+                });
+                match ready {
+                    Ok(Poll::Ready(Ok(()))) => return Step::Ready,
+                    Ok(Poll::Pending) => return Step::Pending,
+                    Ok(Poll::Ready(Err(error))) => self.lost(Instant::now(), Some(error)),
+                    Err(panicked) => self.lost(Instant::now(), Some(panicked.into())),
+                }
+            }
+        }
         let before = self.signature();
         let step = self.step(cx, driving);
         let after = self.signature();
