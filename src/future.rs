@@ -44,10 +44,40 @@ pin_project! {
             future: F,
             health: Arc<Health>,
             deadline: Option<Deadline>,
+            poison: Option<Poison>,
         },
         Failed {
             error: Option<BoxError>,
         },
+    }
+}
+
+/// Kills a one-at-a-time connection if the request is dropped before its
+/// response completes: the reply, still on its way, would answer the next
+/// request.
+pub(crate) struct Poison(Option<Arc<Health>>);
+
+impl Poison {
+    pub(crate) fn new(health: &Arc<Health>) -> Self {
+        Self(Some(health.clone()))
+    }
+
+    /// The response is complete: dropping the request now is harmless.
+    fn defuse(slot: &mut Option<Poison>) {
+        if let Some(mut poison) = slot.take() {
+            poison.0 = None;
+        }
+    }
+}
+
+impl Drop for Poison {
+    fn drop(&mut self) {
+        if let Some(health) = self.0.take() {
+            let error: BoxError =
+                "a request was dropped before its response came: the connection may be out of step"
+                    .into();
+            health.kill(&error);
+        }
     }
 }
 
@@ -72,12 +102,18 @@ impl Deadline {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(future: F, health: Arc<Health>, deadline: Option<Deadline>) -> Self {
+    pub(crate) fn new(
+        future: F,
+        health: Arc<Health>,
+        deadline: Option<Deadline>,
+        poison: Option<Poison>,
+    ) -> Self {
         Self {
             kind: Kind::Called {
                 future,
                 health,
                 deadline,
+                poison,
             },
         }
     }
@@ -102,6 +138,7 @@ where
                 future,
                 health,
                 deadline,
+                poison,
             } => {
                 let poll = poll_caught(RESPONSE, future, cx);
                 if poll.is_pending() {
@@ -111,11 +148,15 @@ where
                             if deadline.kills {
                                 health.kill(&error);
                             }
+                            Poison::defuse(poison);
                             return Poll::Ready(Err(error));
                         }
                     }
                 }
-                match ready!(poll) {
+                let result = ready!(poll);
+                // Complete: dropping it now leaves nothing on the wire.
+                Poison::defuse(poison);
+                match result {
                     Ok(response) => {
                         health.succeeded();
                         Poll::Ready(Ok(response))

@@ -26,6 +26,7 @@ use crate::error::InvalidPolicy;
 /// | retry budget | as tower's `TpsBudget::default()`: 10 s window, 10 re-sends/s floor, 20 % of requests | Finagle's requeue budget |
 /// | classifier | [`is_transport_error`](crate::classify::is_transport_error) | by type, never by message text |
 /// | jitter seed | random | set one for repeatable tests |
+/// | cancel-safe connections | no: a one-at-a-time connection whose request is dropped mid-flight is redialed | see [`cancel_safe`](ReconnectPolicyBuilder::cancel_safe) |
 /// | response timeout | none | a silent server is found by the idle probe or TCP settings; see [`response_timeout`](ReconnectPolicyBuilder::response_timeout) |
 ///
 /// # Example
@@ -60,6 +61,7 @@ pub struct ReconnectPolicy {
     pub(crate) classifier: Classifier,
     pub(crate) seed: Option<u64>,
     pub(crate) response_timeout: Option<Duration>,
+    pub(crate) cancel_safe: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -168,6 +170,7 @@ impl Default for ReconnectPolicy {
             classifier: Classifier::default(),
             seed: None,
             response_timeout: None,
+            cancel_safe: false,
         }
     }
 }
@@ -185,6 +188,7 @@ impl fmt::Debug for ReconnectPolicy {
             .field("budget", &self.budget)
             .field("seed", &self.seed)
             .field("response_timeout", &self.response_timeout)
+            .field("cancel_safe", &self.cancel_safe)
             .finish_non_exhaustive()
     }
 }
@@ -295,6 +299,28 @@ impl ReconnectPolicyBuilder {
     /// connection was found dead.
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.policy.response_timeout = Some(timeout);
+        self
+    }
+
+    /// Declares that the connections are cancel-safe: a request dropped
+    /// before its response completes (by a caller's timeout, say) leaves
+    /// the connection in step. Off by default.
+    ///
+    /// A connection bound with [`client`](crate::MakeReconnect::client)
+    /// serves one request at a time. Written the plain way (write the
+    /// request, then read the reply), a request dropped mid-flight leaves
+    /// its reply on the wire, where the next request would read it as its
+    /// own. So by default such a connection counts as dead once a request
+    /// on it is dropped before its response completes, and is redialed.
+    /// Turn this on for connections that keep themselves in step: hyper's
+    /// HTTP/1 `SendRequest` (this crate's [`hyper`](crate::hyper) module),
+    /// a `tokio-postgres` client (this crate's
+    /// [`postgres`](crate::postgres) module), and any connection whose own
+    /// task matches replies to requests. A
+    /// [`multiplexed`](crate::MakeReconnect::multiplexed) connection is
+    /// never killed this way.
+    pub fn cancel_safe(mut self, cancel_safe: bool) -> Self {
+        self.policy.cancel_safe = cancel_safe;
         self
     }
 

@@ -13,7 +13,7 @@ use tower::Service;
 use crate::backoff::Schedule;
 use crate::driver::{Drive, Drove};
 use crate::error::{share, Closed, ConnectTimeout, SharedError, Unavailable};
-use crate::future::{Deadline, ResponseFuture};
+use crate::future::{Deadline, Poison, ResponseFuture};
 use crate::health::Health;
 use crate::lane::Publish;
 use crate::panic::{catch, poll_caught, CALL, POLL_READY};
@@ -701,12 +701,16 @@ where
             State::Ready { conn, .. } => {
                 match catch(CALL, || conn.service.call(request)) {
                     Ok(future) => {
-                        let deadline = self.policy.response_timeout.map(|after| {
-                            // A connection without a direct lane serves one
-                            // request at a time.
-                            Deadline::new(after, self.lane.is_none())
-                        });
-                        ResponseFuture::new(future, conn.health.clone(), deadline)
+                        // A connection without a direct lane serves one
+                        // request at a time.
+                        let one_at_a_time = self.lane.is_none();
+                        let deadline = self
+                            .policy
+                            .response_timeout
+                            .map(|after| Deadline::new(after, one_at_a_time));
+                        let poison = (one_at_a_time && !self.policy.cancel_safe)
+                            .then(|| Poison::new(&conn.health));
+                        ResponseFuture::new(future, conn.health.clone(), deadline, poison)
                     }
                     Err(panicked) => {
                         conn.health.mark_dead();
