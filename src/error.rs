@@ -30,6 +30,18 @@ use std::time::Duration;
 
 use crate::BoxError;
 
+/// "1 dial attempt", "2 dial attempts": a count of dials, for messages.
+struct Dials(u32);
+
+impl fmt::Display for Dials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            1 => f.write_str("1 dial attempt"),
+            n => write!(f, "{n} dial attempts"),
+        }
+    }
+}
+
 /// `d` to the millisecond, for messages: no nanosecond noise.
 fn millis(d: Duration) -> Duration {
     Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -101,10 +113,10 @@ impl fmt::Display for Unavailable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "connection to {} unavailable for {:?} after {} dial attempts",
+            "connection to {} unavailable for {:?} after {}",
             self.target,
             millis(self.down_for),
-            self.attempts
+            Dials(self.attempts)
         )
     }
 }
@@ -198,8 +210,9 @@ impl fmt::Display for Closed {
         match self.why {
             Why::GaveUp => write!(
                 f,
-                "reconnect to {} gave up after {} dial attempts",
-                self.target, self.attempts
+                "reconnect to {} gave up after {}",
+                self.target,
+                Dials(self.attempts)
             ),
             Why::FactoryFailed => {
                 write!(

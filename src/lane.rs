@@ -414,3 +414,58 @@ impl<S, Req, Res> Drop for Watched<S, Req, Res> {
         self.stop_waiting();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::task::noop_waker;
+
+    use super::*;
+
+    /// Fills a fresh list with `n` places.
+    fn filled(n: usize) -> (Waiting, Vec<u64>) {
+        let waker = noop_waker();
+        let mut waiting = Waiting::default();
+        let keys = (0..n).map(|_| waiting.register(None, &waker).0).collect();
+        (waiting, keys)
+    }
+
+    /// Every new place gets a key of its own, and each is given back by
+    /// its own key.
+    #[test]
+    fn every_place_has_its_own_key() {
+        let (mut waiting, keys) = filled(3);
+        assert_eq!(waiting.wakers.len(), 3);
+        assert!(waiting.remove(keys[0]).is_some());
+        assert_eq!(waiting.wakers.len(), 2);
+        assert!(waiting.remove(keys[0]).is_none(), "given back once");
+    }
+
+    /// A list that once held many handles gives its memory back once most
+    /// places are free.
+    #[test]
+    fn a_large_list_gives_memory_back_once_mostly_free() {
+        let (mut waiting, keys) = filled(1000);
+        let full = waiting.wakers.capacity();
+        for key in &keys[..990] {
+            waiting.remove(*key);
+        }
+        assert!(
+            waiting.wakers.capacity() < full / 4,
+            "{} of {full} kept for 10 handles",
+            waiting.wakers.capacity()
+        );
+    }
+
+    /// A small list keeps its memory as handles come and go: no
+    /// reallocation below `Waiting::KEEP`.
+    #[test]
+    fn a_small_list_keeps_its_memory() {
+        let (mut waiting, keys) = filled(Waiting::KEEP / 2);
+        let full = waiting.wakers.capacity();
+        assert!(full <= Waiting::KEEP);
+        for key in &keys[1..] {
+            waiting.remove(*key);
+        }
+        assert!(waiting.wakers.capacity() * 2 > full, "reallocated");
+    }
+}

@@ -120,7 +120,8 @@ enum State<F, S> {
         conn: Connection<S>,
         outage: Option<Outage>,
     },
-    Closed(Closed),
+    /// Gave up for good; the outage that ended it, for the state watch.
+    Closed(Closed, Outage),
 }
 
 /// A spell of unavailability: from the first dial, or from a healthy
@@ -280,7 +281,7 @@ where
             State::Dial(_) | State::Connecting { .. } => Phase::Connecting,
             State::Backoff(_) => Phase::Backoff,
             State::Ready { .. } => Phase::Ready,
-            State::Closed(_) => Phase::Closed,
+            State::Closed(..) => Phase::Closed,
         }
     }
 
@@ -290,7 +291,8 @@ where
                 Some(outage)
             }
             State::Ready { outage, .. } => outage.as_ref(),
-            State::Idle | State::Closed(_) => None,
+            State::Closed(_, outage) => Some(outage),
+            State::Idle => None,
         }
     }
 
@@ -370,11 +372,12 @@ where
                 attempts = outage.attempts,
                 "giving up on the connection"
             );
-            self.close(Closed::new(
+            let closed = Closed::new(
                 self.label.clone(),
                 outage.attempts,
-                outage.last_error,
-            ));
+                outage.last_error.clone(),
+            );
+            self.close(closed, outage);
             return;
         }
         let delay = self.schedule.next().unwrap_or_default();
@@ -383,11 +386,11 @@ where
         self.state = State::Backoff(outage);
     }
 
-    fn close(&mut self, closed: Closed) {
+    fn close(&mut self, closed: Closed, outage: Outage) {
         if let Some(lane) = &self.lane {
             lane.withdraw();
         }
-        self.state = State::Closed(closed);
+        self.state = State::Closed(closed, outage);
     }
 
     fn connected(&mut self, now: Instant, started: Instant, outage: Outage, service: M::Response) {
@@ -529,7 +532,7 @@ where
                     just_failed = true;
                     continue;
                 }
-                State::Closed(closed) => return Step::Closed(closed.clone()),
+                State::Closed(closed, _) => return Step::Closed(closed.clone()),
                 _ => Instant::now(),
             };
             match mem::replace(&mut self.state, State::Idle) {
@@ -562,7 +565,9 @@ where
                                 "connection factory failed; giving up"
                             );
                             let label = self.label.clone();
-                            self.close(Closed::factory_failed(label, outage.attempts, error));
+                            outage.last_error = Some(error.clone());
+                            let closed = Closed::factory_failed(label, outage.attempts, error);
+                            self.close(closed, outage);
                         }
                         Ok(Poll::Pending) => {
                             self.state = State::Dial(outage);
@@ -612,7 +617,7 @@ where
                         Step::Pending
                     };
                 }
-                State::Ready { .. } | State::Closed(_) => unreachable!("handled above"),
+                State::Ready { .. } | State::Closed(..) => unreachable!("handled above"),
             }
         }
     }
@@ -718,7 +723,7 @@ where
                     }
                 }
             }
-            State::Closed(closed) => ResponseFuture::failed(closed.clone().into()),
+            State::Closed(closed, _) => ResponseFuture::failed(closed.clone().into()),
             State::Dial(outage) | State::Backoff(outage) if outage.wait.passed() => {
                 self.observer.count(Counter::FailFast);
                 let down_for = Instant::now().saturating_duration_since(outage.since());
@@ -818,5 +823,24 @@ mod tests {
         let error = Service::<u8>::call(&mut reconnect, 1).await.unwrap_err();
         let closed = error.downcast_ref::<Closed>().expect("Closed");
         assert_eq!(closed.attempts(), 1);
+    }
+
+    /// `call` while the service is backing off, before the wait limit
+    /// (`poll_ready` was `Pending`), is a bug in the caller too: it panics,
+    /// rather than failing the request as if the wait limit had passed.
+    #[tokio::test(start_paused = true)]
+    #[should_panic(expected = "called before poll_ready")]
+    async fn call_while_backing_off_panics() {
+        let policy = ReconnectPolicy::builder()
+            .backoff(Backoff::fixed(Duration::from_secs(1)))
+            .wait_limit(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let mut reconnect = Reconnect::new(refusing(), (), policy);
+        let waker = noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(Service::<u8>::poll_ready(&mut reconnect, &mut cx).is_pending());
+        assert_eq!(reconnect.phase(), Phase::Backoff);
+        drop(Service::<u8>::call(&mut reconnect, 1));
     }
 }

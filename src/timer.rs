@@ -117,4 +117,40 @@ mod tests {
         let mut cx = Context::from_waker(&waker);
         assert!(!Timer::default().poll_expired(&mut cx));
     }
+
+    /// A setting of `Duration::MAX` means decades: a deadline that far off
+    /// is at least 29 years away, not a day or zero.
+    #[tokio::test(start_paused = true)]
+    async fn the_longest_deadline_is_decades_away() {
+        let now = Instant::now();
+        let far = deadline(now, Duration::MAX) - now;
+        assert!(far >= Duration::from_secs(29 * 365 * 86_400), "{far:?}");
+    }
+
+    /// Near the end of the clock's range, where even "forever" does not fit,
+    /// a deadline still lies a year or more ahead instead of panicking or
+    /// lying in the past.
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_near_the_end_of_time_still_lie_ahead() {
+        let now = Instant::now();
+        // The latest instant the clock can represent, in whole seconds.
+        let (mut fits, mut overflows) = (0u64, u64::MAX);
+        while overflows - fits > 1 {
+            let mid = fits + (overflows - fits) / 2;
+            if now.checked_add(Duration::from_secs(mid)).is_some() {
+                fits = mid;
+            } else {
+                overflows = mid;
+            }
+        }
+        let year = Duration::from_secs(365 * 86_400);
+        let from = now + Duration::from_secs(fits) - 10 * year;
+        assert!(from.checked_add(FOREVER).is_none(), "forever does not fit");
+        let at = deadline(from, Duration::MAX);
+        assert!(
+            at >= from + year,
+            "{:?} after",
+            at.saturating_duration_since(from)
+        );
+    }
 }

@@ -730,3 +730,41 @@ async fn a_factory_never_ready_is_named_as_the_cause() {
     let cause = std::error::Error::source(unavailable).expect("a cause");
     assert!(cause.to_string().contains("not ready"), "{cause}");
 }
+
+/// A client that gave up at its attempt limit says so everywhere alike: the
+/// state watch, `connected()` and requests all show the dials made and the
+/// latest dial error.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_gave_up_shows_its_dials_and_cause_everywhere() {
+    let dialer = Dialer::new([]);
+    let policy = ReconnectPolicy::builder()
+        .backoff(Backoff::fixed(ms(100)).max_attempts(1))
+        .build()
+        .unwrap();
+    let client = bind(Kind::Client, &dialer, policy);
+    let error = within(secs(10), "connected", client.connected())
+        .await
+        .unwrap_err();
+    let closed = error
+        .downcast_ref::<tower_redial::Closed>()
+        .expect("Closed");
+    assert_eq!(closed.attempts(), 1);
+    assert!(
+        std::error::Error::source(closed).is_some(),
+        "the refused dial"
+    );
+    assert!(
+        closed.to_string().ends_with("gave up after 1 dial attempt"),
+        "{closed}"
+    );
+    let snapshot = client.state().borrow().clone();
+    assert_eq!(snapshot.phase(), Phase::Closed);
+    assert_eq!(snapshot.attempt(), 1);
+    assert!(snapshot.last_error().is_some());
+    let request = within(secs(10), "a request", client.clone().oneshot("GET".into())).await;
+    let error = request.unwrap_err();
+    let closed = error
+        .downcast_ref::<tower_redial::Closed>()
+        .expect("Closed");
+    assert_eq!(closed.attempts(), 1);
+}
