@@ -294,13 +294,7 @@ async fn a_handle_lets_go_of_a_connection_that_failed_readiness() {
         .layer(ReconnectLayer::new(policy()))
         .service(dialer.clone())
         .multiplexed("cache");
-    let first = tokio::spawn(client.clone().oneshot("PING".to_string()));
-    let mut conn = dialer.conn_within(0, DEADLINE).await;
-    let (_, send) = within(DEADLINE, "the first request", conn.next_request())
-        .await
-        .unwrap();
-    send.send_response("PONG".to_string());
-    within(DEADLINE, "the reply", first).await.unwrap().unwrap();
+    let mut conn = proven_connection(&dialer, &client).await;
     // The answer proved the connection; the client's task publishes it.
     for _ in 0..10 {
         tokio::task::yield_now().await;
@@ -335,13 +329,7 @@ async fn an_idle_published_connection_that_closes_is_let_go_of() {
         .layer(ReconnectLayer::new(policy()))
         .service(dialer.clone())
         .multiplexed("cache");
-    let first = tokio::spawn(client.clone().oneshot("PING".to_string()));
-    let mut conn = dialer.conn_within(0, DEADLINE).await;
-    let (_, send) = within(DEADLINE, "the first request", conn.next_request())
-        .await
-        .unwrap();
-    send.send_response("PONG".to_string());
-    within(DEADLINE, "the reply", first).await.unwrap().unwrap();
+    let mut conn = proven_connection(&dialer, &client).await;
     for _ in 0..10 {
         tokio::task::yield_now().await;
     }
@@ -495,4 +483,20 @@ async fn past_the_wait_limit_a_request_gets_the_failure_of_the_dial_it_waited_fo
         dialer.dial_offsets(start),
         [0, 500, 1000, 1500].map(Duration::from_millis)
     );
+}
+
+/// Sends the first request, answers it on connection 0 (which proves the
+/// connection) and returns the test's end of that connection.
+async fn proven_connection(
+    dialer: &Dialer,
+    client: &Client<String, String>,
+) -> scripted::ConnHandle {
+    let first = tokio::spawn(client.clone().oneshot("PING".to_string()));
+    let mut conn = dialer.conn_within(0, DEADLINE).await;
+    let (_, send) = within(DEADLINE, "the first request", conn.next_request())
+        .await
+        .unwrap();
+    send.send_response("PONG".to_string());
+    within(DEADLINE, "the reply", first).await.unwrap().unwrap();
+    conn
 }
