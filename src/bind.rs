@@ -48,7 +48,6 @@ use crate::BoxError;
 pub struct TargetLayer<T, R, Req> {
     layer: ReconnectLayer<R>,
     target: T,
-    multiplexed: bool,
     _request: PhantomData<fn(Req)>,
 }
 
@@ -61,7 +60,6 @@ impl<R> ReconnectLayer<R> {
         TargetLayer {
             layer: self,
             target,
-            multiplexed: false,
             _request: PhantomData,
         }
     }
@@ -70,12 +68,7 @@ impl<R> ReconnectLayer<R> {
     /// [`MakeReconnect::multiplexed`](crate::MakeReconnect::multiplexed)
     /// does. See [`TargetLayer`].
     pub fn multiplexed<T, Req>(self, target: T) -> MultiplexedTargetLayer<T, R, Req> {
-        MultiplexedTargetLayer(TargetLayer {
-            layer: self,
-            target,
-            multiplexed: true,
-            _request: PhantomData,
-        })
+        MultiplexedTargetLayer(self.target(target))
     }
 }
 
@@ -130,7 +123,6 @@ impl<T: Clone, R: Clone, Req> Clone for TargetLayer<T, R, Req> {
         Self {
             layer: self.layer.clone(),
             target: self.target.clone(),
-            multiplexed: self.multiplexed,
             _request: PhantomData,
         }
     }
@@ -147,13 +139,14 @@ impl<T: fmt::Debug, R, Req> fmt::Debug for TargetLayer<T, R, Req> {
         f.debug_struct("TargetLayer")
             .field("layer", &self.layer)
             .field("target", &crate::redact::redacted(&self.target))
-            .field("multiplexed", &self.multiplexed)
             .finish()
     }
 }
 
 impl<T: fmt::Debug, R, Req> fmt::Debug for MultiplexedTargetLayer<T, R, Req> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
+        f.debug_tuple("MultiplexedTargetLayer")
+            .field(&self.0)
+            .finish()
     }
 }

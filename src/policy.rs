@@ -312,11 +312,9 @@ impl ReconnectPolicyBuilder {
     /// its reply on the wire, where the next request would read it as its
     /// own. So by default such a connection counts as dead once a request
     /// on it is dropped before its response completes, and is redialed.
-    /// Turn this on for connections that keep themselves in step: hyper's
-    /// HTTP/1 `SendRequest` (this crate's [`hyper`](crate::hyper) module),
-    /// a `tokio-postgres` client (this crate's
-    /// [`postgres`](crate::postgres) module), and any connection whose own
-    /// task matches replies to requests. A
+    /// Turn this on for connections that keep themselves in step, such as
+    /// one whose own task matches each reply to its request and discards
+    /// the replies of dropped requests. A
     /// [`multiplexed`](crate::MakeReconnect::multiplexed) connection is
     /// never killed this way.
     pub fn cancel_safe(mut self, cancel_safe: bool) -> Self {

@@ -181,6 +181,27 @@ struct Connection<S> {
     health: Arc<Health>,
 }
 
+impl<S> Connection<S> {
+    /// The connection's readiness, or `Err` once it is dead: found so by a
+    /// response (`None`: the cause is in its health), or by its own
+    /// `poll_ready`, a panic there included.
+    fn poll_alive<Req>(&mut self, cx: &mut Context<'_>) -> Result<Poll<()>, Option<BoxError>>
+    where
+        S: Service<Req>,
+        S::Error: Into<BoxError>,
+    {
+        if self.health.poll_dead(cx) {
+            return Err(None);
+        }
+        match catch(POLL_READY, || self.service.poll_ready(cx)) {
+            Ok(Poll::Ready(Ok(()))) => Ok(Poll::Ready(())),
+            Ok(Poll::Pending) => Ok(Poll::Pending),
+            Ok(Poll::Ready(Err(error))) => Err(Some(error.into())),
+            Err(panicked) => Err(Some(panicked.into())),
+        }
+    }
+}
+
 /// Where a factory's or a dial's panic came from.
 const FACTORY_POLL_READY: &str = "the connection factory's `poll_ready`";
 const FACTORY_CALL: &str = "the connection factory's `call`";
@@ -501,37 +522,26 @@ where
         let mut just_failed = false;
         loop {
             let now = match &mut self.state {
-                State::Ready { conn, outage } => {
-                    let error = if conn.health.poll_dead(cx) {
-                        None
-                    } else {
-                        let ready = catch(POLL_READY, || {
-                            conn.service.poll_ready(cx).map_err(Into::<BoxError>::into)
-                        });
-                        match ready.unwrap_or_else(|panicked| Poll::Ready(Err(panicked.into()))) {
-                            // The hot path: no clock read once proven.
-                            Poll::Ready(Ok(())) if outage.is_none() => return Step::Ready,
-                            Poll::Ready(Ok(())) => {
-                                if conn.health.is_proven() || self.timer.poll_expired(cx) {
-                                    self.proved_healthy(Instant::now());
-                                }
-                                return Step::Ready;
-                            }
-                            Poll::Pending => {
-                                if outage.is_some()
-                                    && (conn.health.is_proven() || self.timer.poll_expired(cx))
-                                {
-                                    self.proved_healthy(Instant::now());
-                                }
-                                return Step::Pending;
-                            }
-                            Poll::Ready(Err(error)) => Some(error),
+                State::Ready { conn, outage } => match conn.poll_alive(cx) {
+                    Ok(ready) => {
+                        // No clock read once proven.
+                        if outage.is_some()
+                            && (conn.health.is_proven() || self.timer.poll_expired(cx))
+                        {
+                            self.proved_healthy(Instant::now());
                         }
-                    };
-                    self.lost(Instant::now(), error);
-                    just_failed = true;
-                    continue;
-                }
+                        return if ready.is_ready() {
+                            Step::Ready
+                        } else {
+                            Step::Pending
+                        };
+                    }
+                    Err(error) => {
+                        self.lost(Instant::now(), error);
+                        just_failed = true;
+                        continue;
+                    }
+                },
                 State::Closed(closed, _) => return Step::Closed(closed.clone()),
                 _ => Instant::now(),
             };
@@ -638,16 +648,11 @@ where
         // The hot path: a proven connection that is ready or busy changes
         // nothing the watch shows, so nothing is compared or published.
         if let State::Ready { conn, outage: None } = &mut self.state {
-            if !conn.health.poll_dead(cx) {
-                let ready = catch(POLL_READY, || {
-                    conn.service.poll_ready(cx).map_err(Into::<BoxError>::into)
-                });
-                match ready {
-                    Ok(Poll::Ready(Ok(()))) => return Step::Ready,
-                    Ok(Poll::Pending) => return Step::Pending,
-                    Ok(Poll::Ready(Err(error))) => self.lost(Instant::now(), Some(error)),
-                    Err(panicked) => self.lost(Instant::now(), Some(panicked.into())),
-                }
+            match conn.poll_alive(cx) {
+                Ok(Poll::Ready(())) => return Step::Ready,
+                Ok(Poll::Pending) => return Step::Pending,
+                // The full step takes it from here, and publishes the drop.
+                Err(error) => self.lost(Instant::now(), error),
             }
         }
         let before = self.signature();
