@@ -41,6 +41,34 @@ impl io::Write for Captured {
     }
 }
 
+/// Captures this thread's logs at `level` and above (the current-thread
+/// runtime runs the client's task on it too) while the guard lives.
+fn capture(level: tracing::Level) -> (Captured, tracing::subscriber::DefaultGuard) {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(level)
+        .with_ansi(false)
+        .finish();
+    (logs, tracing::subscriber::set_default(subscriber))
+}
+
+/// Answers the `PING` on `conn` with `PONG`, and waits for the caller.
+async fn answer(
+    conn: &mut scripted::ConnHandle,
+    request: tokio::task::JoinHandle<Result<String, BoxError>>,
+) {
+    let (_, reply) = within(DEADLINE, "the request", conn.next_request())
+        .await
+        .unwrap();
+    reply.send_response("PONG".to_string());
+    within(DEADLINE, "the request's task", request)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 impl Captured {
     fn text(&self) -> String {
         String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
@@ -52,14 +80,7 @@ impl Captured {
 /// recovery line however many dials it takes.
 #[tokio::test(start_paused = true)]
 async fn logs_mask_credentials_and_do_not_flood() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = capture(tracing::Level::TRACE);
 
     let dialer = Dialer::new([Outcome::Refuse; 6]);
     dialer.push([Outcome::Connect]);
@@ -85,24 +106,10 @@ async fn logs_mask_credentials_and_do_not_flood() {
 
     let request = tokio::spawn(send(client.clone(), "PING"));
     let mut conn = dialer.conn_within(0, DEADLINE).await;
-    let (_, reply) = within(DEADLINE, "the request", conn.next_request())
-        .await
-        .unwrap();
-    reply.send_response("PONG".to_string());
-    within(DEADLINE, "the request's task", request)
-        .await
-        .unwrap()
-        .unwrap();
+    answer(&mut conn, request).await;
     // The recovery is noticed on the next request.
     let request = tokio::spawn(send(client.clone(), "PING"));
-    let (_, reply) = within(DEADLINE, "the request", conn.next_request())
-        .await
-        .unwrap();
-    reply.send_response("PONG".to_string());
-    within(DEADLINE, "the request's task", request)
-        .await
-        .unwrap()
-        .unwrap();
+    answer(&mut conn, request).await;
 
     let text = logs.text();
     assert!(!text.contains("hunter2"), "password printed:\n{text}");
@@ -120,14 +127,7 @@ async fn logs_mask_credentials_and_do_not_flood() {
 /// error".
 #[tokio::test(start_paused = true)]
 async fn the_outage_warning_names_the_actual_cause() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = capture(tracing::Level::WARN);
 
     let dialer = Dialer::new([Outcome::Connect, Outcome::Connect]);
     let client: Client<String, String> = ServiceBuilder::new()
@@ -136,14 +136,7 @@ async fn the_outage_warning_names_the_actual_cause() {
         .client("db");
     let request = tokio::spawn(send(client.clone(), "PING"));
     let mut conn = dialer.conn_within(0, DEADLINE).await;
-    let (_, reply) = within(DEADLINE, "the request", conn.next_request())
-        .await
-        .unwrap();
-    reply.send_response("PONG".to_string());
-    within(DEADLINE, "the request's task", request)
-        .await
-        .unwrap()
-        .unwrap();
+    answer(&mut conn, request).await;
 
     dialer.hang_up(0);
     dialer.conn_within(1, DEADLINE).await;
