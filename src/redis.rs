@@ -815,6 +815,23 @@ mod tests {
         &connection.watch.as_ref().expect("watched").closer
     }
 
+    /// Calls `PING` on `connection`, and reads it off the wire at `server`:
+    /// the command is written and awaits its reply.
+    async fn ping_written(
+        connection: &mut RedisConnection,
+        server: &mut tokio::io::DuplexStream,
+    ) -> tokio_test::task::Spawn<ResponseFuture> {
+        use tokio::io::AsyncReadExt;
+
+        let call = Service::<Cmd>::call(connection, ::redis::cmd("PING"));
+        let mut reply = tokio_test::task::spawn(call);
+        tokio_test::assert_pending!(reply.poll());
+        let mut written = [0; PING.len()];
+        server.read_exact(&mut written).await.unwrap();
+        assert_eq!(written, PING);
+        reply
+    }
+
     /// The hang of project issue 11: a command that redis-rs holds, neither
     /// answered nor failed, on a connection known to be closed waited out
     /// the response timeout. (redis-rs can lose a command so: one sent into
@@ -824,15 +841,8 @@ mod tests {
     /// transport error (it may have run), not as `NotSent`.
     #[tokio::test]
     async fn a_command_awaiting_its_reply_fails_when_the_connection_closes() {
-        use tokio::io::AsyncReadExt;
-
         let (mut connection, mut server) = connection_over_duplex().await;
-        let call = Service::<Cmd>::call(&mut connection, ::redis::cmd("PING"));
-        let mut reply = tokio_test::task::spawn(call);
-        tokio_test::assert_pending!(reply.poll());
-        let mut written = [0; PING.len()];
-        server.read_exact(&mut written).await.unwrap();
-        assert_eq!(written, PING);
+        let mut reply = ping_written(&mut connection, &mut server).await;
         tokio_test::assert_pending!(reply.poll(), "no reply and no close yet");
 
         closer(&connection).close(io::ErrorKind::ConnectionReset);
@@ -849,14 +859,10 @@ mod tests {
     /// the command's answer, even when the close is seen first.
     #[tokio::test]
     async fn a_reply_that_came_before_the_close_is_kept() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
 
         let (mut connection, mut server) = connection_over_duplex().await;
-        let call = Service::<Cmd>::call(&mut connection, ::redis::cmd("PING"));
-        let mut reply = tokio_test::task::spawn(call);
-        tokio_test::assert_pending!(reply.poll());
-        let mut written = [0; PING.len()];
-        server.read_exact(&mut written).await.unwrap();
+        let mut reply = ping_written(&mut connection, &mut server).await;
         server.write_all(b"+PONG\r\n").await.unwrap();
         // Until redis-rs's task has read the reply and handed it over.
         for _ in 0..1000 {
