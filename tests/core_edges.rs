@@ -290,15 +290,7 @@ async fn an_idle_connected_client_does_not_spin() {
 #[tokio::test(start_paused = true)]
 async fn a_handle_lets_go_of_a_connection_that_failed_readiness() {
     let dialer = Dialer::new([Outcome::Connect, Outcome::Connect]);
-    let client: Client<String, String> = ServiceBuilder::new()
-        .layer(ReconnectLayer::new(policy()))
-        .service(dialer.clone())
-        .multiplexed("cache");
-    let mut conn = proven_connection(&dialer, &client).await;
-    // The answer proved the connection; the client's task publishes it.
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
+    let (client, mut conn) = published(&dialer).await;
 
     conn.send_error(reset());
     let mut handle = client.clone();
@@ -325,14 +317,7 @@ async fn a_handle_lets_go_of_a_connection_that_failed_readiness() {
 #[tokio::test(start_paused = true)]
 async fn an_idle_published_connection_that_closes_is_let_go_of() {
     let dialer = Dialer::new([Outcome::Connect, Outcome::Connect]);
-    let client: Client<String, String> = ServiceBuilder::new()
-        .layer(ReconnectLayer::new(policy()))
-        .service(dialer.clone())
-        .multiplexed("cache");
-    let mut conn = proven_connection(&dialer, &client).await;
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
+    let (_client, mut conn) = published(&dialer).await;
 
     dialer.hang_up(0);
     let _conn1 = dialer.conn_within(1, DEADLINE).await;
@@ -499,4 +484,19 @@ async fn proven_connection(
     send.send_response("PONG".to_string());
     within(DEADLINE, "the reply", first).await.unwrap().unwrap();
     conn
+}
+
+/// A multiplexed client whose connection 0 is proven and published to the
+/// direct lane; returns the client and the test's end of the connection.
+async fn published(dialer: &Dialer) -> (Client<String, String>, scripted::ConnHandle) {
+    let client: Client<String, String> = ServiceBuilder::new()
+        .layer(ReconnectLayer::new(policy()))
+        .service(dialer.clone())
+        .multiplexed("cache");
+    let conn = proven_connection(dialer, &client).await;
+    // The answer proved the connection; the client's task publishes it.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    (client, conn)
 }
