@@ -340,8 +340,8 @@ where
                             // Waiting for the connection, not the queue.
                             self.queue = self.queue.clone();
                         }
-                        // Woken by the connection, or by the lane changing.
-                        cell.wake_on_change(self.lane.generation, cx.waker());
+                        // Woken by the connection, or by the lane changing:
+                        // the lane's copy registered this task as waiting.
                         self.ready = Readiness::NotReady;
                         return Poll::Pending;
                     }

@@ -194,16 +194,6 @@ impl<Req, Res> LaneCell<Req, Res> {
         }
     }
 
-    /// Wakes `waker` at once if the lane has changed since the handle saw
-    /// `generation`. Nothing is kept here: the handle's clone of the
-    /// connection has registered the waker already, as its `poll_ready` was
-    /// pending (see [`Watched`]).
-    pub(crate) fn wake_on_change(&self, generation: u64, waker: &Waker) {
-        if self.generation.load(Ordering::Acquire) != generation {
-            waker.wake_by_ref();
-        }
-    }
-
     /// Withdraws the lane, if one is published.
     pub(crate) fn withdraw(&self) {
         let mut published = self.lock();
