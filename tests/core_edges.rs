@@ -424,6 +424,37 @@ fn a_closed_connection_is_redialed_on_a_multi_thread_runtime() {
     assert_eq!(dialer.dials(), 2);
 }
 
+/// Past the wait limit, on a multi-thread runtime and well within a
+/// real-time deadline: a request on a client whose dials are refused
+/// fails fast with `Unavailable`, and the client goes on dialing with no
+/// request waiting.
+#[test]
+fn past_the_wait_limit_requests_fail_fast_on_a_multi_thread_runtime() {
+    let dialer = Dialer::new([]);
+    let (failed, dials_then, redialed) = on_own_runtime(|| async {
+        let policy = ReconnectPolicy::builder()
+            .backoff(Backoff::fixed(Duration::from_millis(10)))
+            .wait_limit(Duration::from_millis(30))
+            .build()
+            .unwrap();
+        let client = plain_client(&dialer, policy);
+        let limit = Duration::from_secs(10);
+        let failed = tokio::time::timeout(limit, client.clone().oneshot("A".into())).await;
+        let dials_then = dialer.dials();
+        let redialed = tokio::time::timeout(limit, async {
+            while dialer.dials() <= dials_then {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+        (failed, dials_then, redialed)
+    });
+    let error = failed.expect("not within 10 s").unwrap_err();
+    assert!(error.is::<Unavailable>(), "{error}");
+    assert!(dials_then >= 1, "{dials_then} dials");
+    assert!(redialed.is_ok(), "no dial within 10 s of the failure");
+}
+
 /// Past the wait limit, a request that waited through a dial gets that
 /// dial's failure as soon as it fails, even when the next dial is due at
 /// once (the failed dial took longer than the backoff delay): it does not
