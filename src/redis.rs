@@ -69,6 +69,78 @@
 //! issue 7714). Here such a command fails with the transport error as soon
 //! as the connection is known to be closed, like the others in flight.
 //!
+//! A graceful `SHUTDOWN` looks the same from here as a `kill -9`: the
+//! server stops reading, exits, and the kernel closes its sockets. It does
+//! not answer the commands queued behind the `SHUTDOWN`, and replies it had
+//! not yet written are lost, so the commands in flight fail as possibly sent
+//! and the rest wait, or are handed back and re-sent, exactly as above.
+//!
+//! # A server that is up but not serving
+//!
+//! A `redis-server` restarted with persistence (an append-only file or an
+//! RDB snapshot) accepts connections at once, but until it has loaded its
+//! dataset it refuses almost every command with `-LOADING`, without running
+//! it. Handing that to the caller would fail a command that merely came too
+//! early, so:
+//!
+//! - **A dial** ends with a `PING`. A server that refuses it with
+//!   `-LOADING` fails the dial with [`NotServing`]: the client backs off and
+//!   dials again, as it does while the port is closed, and commands wait in
+//!   its queue, within the policy's wait limit. Past it they fail fast with
+//!   [`Unavailable`](crate::Unavailable), whose `source()` is the
+//!   `NotServing`, and never run. The `PING` costs one round trip per dial.
+//! - **A command refused with `-LOADING`** on an open connection (the server
+//!   reloads, as `DEBUG RELOAD` makes it, or a replica loads its master's
+//!   dataset) comes back as [`NotSent`], holding the command, and the
+//!   connection is retired: its `poll_ready` fails with `NotServing`, the
+//!   client redials, and the command is re-sent on the next connection,
+//!   within the policy's re-send attempts and budget. Commands already
+//!   awaiting their replies on the retired connection still get them.
+//!
+//! A replica cut off from its master, with `replica-serve-stale-data no`,
+//! refuses commands (`PING` too) with `-MASTERDOWN` until its link is back,
+//! and is handled the same way.
+//!
+//! # Replies that mean "not run"
+//!
+//! redis-server refuses a command with each of these replies before it
+//! runs it (in `processCommand`, or in cluster routing, before `call`).
+//!
+//! | reply | what the client does | why |
+//! |---|---|---|
+//! | `-LOADING` | a dial so answered fails with [`NotServing`], and is retried by the backoff; a command so answered is re-sent on the next connection, and its connection retired | every command is refused until the dataset is loaded, which ends by itself; the next connection that passes its `PING` finds it loaded |
+//! | `-MASTERDOWN` | the same as `-LOADING` | the same, until the replica's link to its master is back |
+//! | `-BUSY` | passed to the caller as a [`::redis::RedisError`]; the connection stays | a script or function has run past `busy-reply-threshold`. It may run forever, and only a command sent on a connection (`SCRIPT KILL`, `FUNCTION KILL`, `SHUTDOWN NOSAVE`) ends it: holding commands back would hold those back too |
+//! | `-READONLY` | passed to the caller; the connection stays | the server is a replica, and every connection to it gets the same answer: a re-send would loop. After a failover behind a DNS name, a new dial may reach the new primary: to redial on `-READONLY`, give the policy a [`Classifier`](crate::Classifier) that calls it dead (below); the command is still not re-sent |
+//! | `-NOREPLICAS` | passed to the caller; the connection stays | writes are refused until enough replicas keep up (`min-replicas-to-write`); reads are served, and every connection gets the same answer |
+//! | `-TRYAGAIN`, `-CLUSTERDOWN`, `-MOVED`, `-ASK`, `-CROSSSLOT` | passed to the caller; the connection stays | cluster routing: this client talks to one node, and redialing it changes nothing; use redis-rs's cluster client |
+//! | `-OOM`, `-MISCONF`, `-NOAUTH`, `-NOPERM` | passed to the caller; the connection stays | the server's settings or state refuse the command, on every connection alike |
+//!
+//! The replies are told apart by redis-rs's [`ServerErrorKind`], never by
+//! their text.
+//!
+//! A pipeline is handed back as [`NotSent`] only when the server refused
+//! every one of its commands with `-LOADING` or `-MASTERDOWN` (a
+//! transaction's too: its `EXEC` is then aborted). If it refused only some,
+//! the others ran: the pipeline's error reaches the caller, and the
+//! connection is still retired.
+//!
+//! To redial on `-READONLY`:
+//!
+//! ```
+//! use redis::{ErrorKind, ServerErrorKind};
+//! use tower_redial::redis::redis_error;
+//! use tower_redial::{classify, Classifier, ReconnectPolicy};
+//!
+//! let classifier = Classifier::new(|error| {
+//!     classify::is_transport_error(error)
+//!         || redis_error(error)
+//!             .is_some_and(|e| e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly))
+//! });
+//! let policy = ReconnectPolicy::builder().classifier(classifier).build()?;
+//! # Ok::<_, tower_redial::InvalidPolicy>(())
+//! ```
+//!
 //! # Compared with redis-rs's `ConnectionManager`
 //!
 //! What each does when its server is killed with `kill -9` and restarted on
@@ -99,9 +171,10 @@
 //!
 //! | error | when | what to do with it |
 //! |---|---|---|
-//! | [`::redis::RedisError`] | the server answered with an error (`WRONGTYPE`, `LOADING`, …), or the reply could not be parsed | the command reached the server; the connection stays |
+//! | [`::redis::RedisError`] | the server answered with an error (`WRONGTYPE`, `BUSY`, `READONLY`, …), or the reply could not be parsed | the command reached the server; the connection stays |
 //! | [`io::Error`] with the `RedisError` inside ([`get_ref`](io::Error::get_ref)) | the transport failed: reset, closed, refused, timed out | the command may have run; the connection is redialed |
 //! | [`NotSent`], [`Unavailable`](crate::Unavailable), [`Closed`](crate::Closed) | see [`error`](crate::error) | |
+//! | [`NotServing`] | a dial's error (so the `source()` of [`Unavailable`](crate::Unavailable)), or the `source()` of a [`NotSent`] whose re-sends are spent: the server is up but not serving (`LOADING`, `MASTERDOWN`) | nothing ran; see [Replies that mean "not run"](#replies-that-mean-not-run) |
 //!
 //! Transport failures are turned into an [`io::Error`] of the matching kind
 //! (`BrokenPipe`, `ConnectionReset`, `TimedOut`, …) so that the default
@@ -142,13 +215,13 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{
-    AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline,
-    RedisError, Value,
+    AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo,
+    Pipeline, RedisError, ServerError, ServerErrorKind, Value,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -172,8 +245,10 @@ pub type RedisClient = Client<Cmd, Value>;
 ///
 /// As a `Service<T>`, where `T` is a URL or a [`ConnectionInfo`] (anything
 /// [`IntoConnectionInfo`]), it connects, runs redis-rs's handshake (`AUTH`,
-/// `SELECT`, `HELLO` as the target asks) and spawns the connection's task.
-/// See the [module docs](self) for how to use it and what it does.
+/// `SELECT`, `HELLO` as the target asks), spawns the connection's task, and
+/// sends a `PING`: a server that is up but not serving yet (loading its
+/// dataset, say) fails the dial with [`NotServing`]. See the
+/// [module docs](self) for how to use it and what it does.
 ///
 /// # Default
 ///
@@ -245,6 +320,12 @@ where
 /// the connection closes fails at once with the transport error. See the
 /// [module docs](self#what-happens-to-a-command-when-the-server-goes-away).
 ///
+/// `poll_ready` also fails, with [`NotServing`], once the server has
+/// refused a command because it is not serving (`-LOADING`,
+/// `-MASTERDOWN`): the connection is retired, so that the client redials.
+/// Commands already awaiting their replies on it still get them. See
+/// [Replies that mean "not run"](self#replies-that-mean-not-run).
+///
 /// # Errors
 ///
 /// A server error reply is a [`::redis::RedisError`]; a transport failure is
@@ -257,48 +338,60 @@ where
 /// last command in flight, is dropped.
 pub struct RedisConnection {
     connection: MultiplexedConnection,
-    /// `None` for a connection dialed by redis-rs itself, which cannot be
-    /// watched.
-    watch: Option<Arc<Watch>>,
-    /// Closed once the socket reports end-of-file or an error, or the
-    /// connection's task ends. Only the connection as dialed wakes its
-    /// poller on close; clones just look.
-    closed: Option<CloseWatch>,
+    /// What the clones share, and each command in flight keeps.
+    shared: Arc<Shared>,
+    /// Closed once the socket reports end-of-file or an error, the
+    /// connection's task ends, or the server refuses a command because it is
+    /// not serving. Only the connection as dialed wakes its poller on close;
+    /// clones just look.
+    closed: CloseWatch,
 }
 
 impl Clone for RedisConnection {
     fn clone(&self) -> Self {
         Self {
             connection: self.connection.clone(),
-            watch: self.watch.clone(),
-            closed: self.closed.as_ref().map(CloseWatch::for_clone),
+            shared: self.shared.clone(),
+            closed: self.closed.for_clone(),
         }
     }
 }
 
-/// A watched connection's task.
-struct Watch {
-    /// redis-rs's connection task, aborted when the last clone is dropped.
-    task: JoinHandle<()>,
-    /// Tells when the connection closes; the commands awaiting replies
-    /// watch it.
+/// What the clones of a connection share.
+struct Shared {
+    /// Closes the connection, for the client and for the commands awaiting
+    /// replies.
     closer: Closer,
+    /// redis-rs's connection task, when the connection was dialed here,
+    /// aborted when the last clone and the last command in flight are gone;
+    /// `None` for a connection dialed by redis-rs itself, whose socket
+    /// cannot be watched.
+    task: Option<JoinHandle<()>>,
 }
 
-impl Drop for Watch {
+impl Drop for Shared {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
-/// Tells, once, that a watched connection has closed, and with what kind of
-/// error: to the client, through the [`CloseWatch`] that `poll_ready`
-/// polls, and to every command awaiting its reply.
+/// Closes a connection, once: to the client, through the [`CloseWatch`]
+/// that `poll_ready` polls, and to every command awaiting its reply.
+///
+/// A connection closes in one of two ways. Its socket fails (or its task
+/// ends): the client and the commands awaiting replies learn it, with the
+/// kind of error. Or the server refuses a command because it is not serving:
+/// the connection is retired, and only the client learns it, since the
+/// socket is fine and the commands on it get their replies.
 #[derive(Clone)]
 struct Closer {
     /// A copy of the connection's `CloseWatch`, which only closes it.
     client: CloseWatch,
     replies: watch::Sender<Option<io::ErrorKind>>,
+    /// Why the connection was retired, if it was.
+    retired: Arc<OnceLock<NotServing>>,
 }
 
 impl Closer {
@@ -309,6 +402,7 @@ impl Closer {
         let closer = Self {
             client: closed.for_clone(),
             replies,
+            retired: Arc::default(),
         };
         (closer, closed)
     }
@@ -325,6 +419,26 @@ impl Closer {
             first
         });
         self.client.close(kind);
+    }
+
+    /// Retires the connection: the server is not serving. The client sees
+    /// it closed and redials; the commands awaiting replies on it still get
+    /// them.
+    fn retire(&self, cause: &NotServing) {
+        // The cause first: whoever sees the client's watch closed then finds
+        // it.
+        let _ = self.retired.set(cause.clone());
+        self.client.close(io::ErrorKind::ConnectionAborted);
+    }
+
+    /// Why no command may be sent on the connection, if none may: it has
+    /// closed, or it was retired.
+    fn unusable(&self) -> Option<BoxError> {
+        if let Some(kind) = *self.replies.borrow() {
+            return Some(closed_error(kind).into());
+        }
+        let retired = self.retired.get()?;
+        Some(retired.clone().into())
     }
 
     fn subscribe(&self) -> watch::Receiver<Option<io::ErrorKind>> {
@@ -359,50 +473,79 @@ impl RedisConnection {
         });
         Ok(Self {
             connection,
-            watch: Some(Arc::new(Watch { task, closer })),
-            closed: Some(closed),
+            shared: Arc::new(Shared {
+                closer,
+                task: Some(task),
+            }),
+            closed,
         })
     }
 
-    /// Whether the connection is known to be closed: its socket reported
-    /// end-of-file or an error, or its task ended.
-    ///
-    /// Always `false` for a connection that cannot be watched (see
-    /// [Targets](self#targets)).
-    pub fn is_closed(&self) -> bool {
-        self.closed().is_some()
+    /// A connection that redis-rs dialed itself: its socket cannot be
+    /// watched, so it closes only when retired.
+    fn unwatched(connection: MultiplexedConnection) -> Self {
+        let (closer, closed) = Closer::new();
+        Self {
+            connection,
+            shared: Arc::new(Shared { closer, task: None }),
+            closed,
+        }
     }
 
-    /// The error that closed the connection, if it is known to be closed.
-    fn closed(&self) -> Option<io::Error> {
-        let kind = self.closed.as_ref()?.closed()?.kind();
-        Some(closed_error(kind))
+    /// Whether the connection is known to be closed: its socket reported
+    /// end-of-file or an error, or its task ended; or it was retired
+    /// because the server is not serving (see [`NotServing`]).
+    ///
+    /// For a connection that cannot be watched (see
+    /// [Targets](self#targets)), only a retirement shows.
+    pub fn is_closed(&self) -> bool {
+        self.closed.closed().is_some()
+    }
+
+    /// Asks the server, with a `PING`, whether it serves commands: one that
+    /// refuses it with `-LOADING` or `-MASTERDOWN` fails the dial with
+    /// [`NotServing`], as does a transport failure. Any other answer, an
+    /// error reply included (a `PING` that the ACL denies, say), passes: the
+    /// server is serving.
+    async fn check_serving(&self) -> Result<(), BoxError> {
+        let ping = ::redis::cmd("PING");
+        let mut connection = self.connection.clone();
+        let mut ended = self.shared.closer.subscribe();
+        let reply = reply_or_close(ping.query_on(&mut connection), &mut ended).await;
+        if let Some(refusal) = ping.refusal(&reply) {
+            return Err(refusal.cause.into());
+        }
+        match reply {
+            Err(error) if error.code().is_none() => Err(into_box(error)),
+            _ => Ok(()),
+        }
     }
 
     /// Sends `request`: hands it back unsent if the connection is known to
-    /// be closed when the response future is first polled, and fails it at
-    /// once if the connection closes before its reply comes.
+    /// be closed (or retired) when the response future is first polled, or
+    /// if the server refuses it because it is not serving; fails it at once
+    /// if the connection closes before its reply comes.
     fn send<R: Query>(&mut self, request: R) -> ResponseFuture {
         let mut connection = self.connection.clone();
-        let Some(watch) = self.watch.clone() else {
-            // Dialed by redis-rs: there is no close to watch.
-            return ResponseFuture(Box::pin(async move {
-                request.query(&mut connection).await.map_err(into_box)
-            }));
-        };
+        let shared = self.shared.clone();
         ResponseFuture(Box::pin(async move {
-            let mut ended = watch.closer.subscribe();
+            let closer = &shared.closer;
+            let mut ended = closer.subscribe();
             // Looked at just before the command goes to redis-rs: a command
             // that has not gone there has not reached the socket.
-            let closed = *ended.borrow();
-            if let Some(kind) = closed {
-                let error = NotSent::with_request(request, closed_error(kind));
-                return Err(error.into());
+            if let Some(error) = closer.unusable() {
+                return Err(NotSent::with_request(request, error).into());
             }
-            let result = reply_or_close(request.query(&mut connection), &mut ended).await;
-            // Keeps the connection's task alive while the reply is awaited.
-            drop(watch);
-            result
+            // `shared` keeps the connection's task alive while the reply is
+            // awaited.
+            let reply = reply_or_close(request.query_on(&mut connection), &mut ended).await;
+            if let Some(refusal) = request.refusal(&reply) {
+                closer.retire(&refusal.cause);
+                if refusal.whole {
+                    return Err(NotSent::with_request(request, refusal.cause).into());
+                }
+            }
+            reply.map_err(into_box)
         }))
     }
 }
@@ -413,7 +556,7 @@ impl RedisConnection {
 async fn reply_or_close<F>(
     reply: F,
     ended: &mut watch::Receiver<Option<io::ErrorKind>>,
-) -> Result<Value, BoxError>
+) -> Result<Value, RedisError>
 where
     F: Future<Output = Result<Value, RedisError>>,
 {
@@ -436,7 +579,7 @@ where
             Poll::Pending => reply.as_mut().poll(cx),
         };
         match look {
-            Poll::Ready(result) => Poll::Ready(result.map_err(into_box)),
+            Poll::Ready(result) => Poll::Ready(result),
             Poll::Pending => closed.map(|kind| Err(closed_before_reply(kind))),
         }
     })
@@ -458,31 +601,152 @@ fn closed_error(kind: io::ErrorKind) -> io::Error {
 
 /// The error of a command whose connection closed before its reply came: a
 /// transport failure, as redis-rs reports the others.
-fn closed_before_reply(kind: io::ErrorKind) -> BoxError {
-    into_box(RedisError::from(io::Error::new(
+fn closed_before_reply(kind: io::ErrorKind) -> RedisError {
+    RedisError::from(io::Error::new(
         kind,
         "redis connection closed before the reply came",
-    )))
+    ))
 }
 
 /// A request that a [`RedisConnection`] sends: [`Cmd`] and [`Pipeline`],
 /// each with its own `query_async`.
-trait Query: Send + 'static {
-    fn query(
-        self,
-        connection: &mut MultiplexedConnection,
-    ) -> impl Future<Output = Result<Value, RedisError>> + Send + '_;
+trait Query: Send + Sync + 'static {
+    /// Sends the request on `connection`, and awaits its reply.
+    fn query_on<'a>(
+        &'a self,
+        connection: &'a mut MultiplexedConnection,
+    ) -> impl Future<Output = Result<Value, RedisError>> + Send + 'a;
+
+    /// The server's refusal, in `reply`, of this request's commands because
+    /// it is not serving, if it refused any.
+    fn refusal(&self, reply: &Result<Value, RedisError>) -> Option<Refusal>;
 }
 
 impl Query for Cmd {
-    async fn query(self, connection: &mut MultiplexedConnection) -> Result<Value, RedisError> {
-        self.query_async::<Value>(connection).await
+    fn query_on<'a>(
+        &'a self,
+        connection: &'a mut MultiplexedConnection,
+    ) -> impl Future<Output = Result<Value, RedisError>> + Send + 'a {
+        self.query_async::<Value>(connection)
+    }
+
+    fn refusal(&self, reply: &Result<Value, RedisError>) -> Option<Refusal> {
+        let Err(error) = reply else { return None };
+        let cause = NotServing::from_reply(error)?;
+        Some(Refusal { cause, whole: true })
     }
 }
 
 impl Query for Pipeline {
-    async fn query(self, connection: &mut MultiplexedConnection) -> Result<Value, RedisError> {
-        self.query_async::<Value>(connection).await
+    fn query_on<'a>(
+        &'a self,
+        connection: &'a mut MultiplexedConnection,
+    ) -> impl Future<Output = Result<Value, RedisError>> + Send + 'a {
+        self.query_async::<Value>(connection)
+    }
+
+    fn refusal(&self, reply: &Result<Value, RedisError>) -> Option<Refusal> {
+        let errors: Vec<ServerError> = match reply {
+            // Each command's error, transactions' included.
+            Err(error) => error
+                .clone()
+                .into_server_errors()?
+                .iter()
+                .map(|(_, error)| error.clone())
+                .collect(),
+            // A pipeline that ignores errors answers them as values.
+            Ok(Value::Array(values)) => values
+                .iter()
+                .filter_map(|value| match value {
+                    Value::ServerError(error) => Some(error.clone()),
+                    _ => None,
+                })
+                .collect(),
+            Ok(_) => return None,
+        };
+        let refused = errors
+            .iter()
+            .filter(|error| not_serving_kind(error.kind()))
+            .count();
+        let first = errors
+            .into_iter()
+            .find(|error| not_serving_kind(error.kind()))?;
+        Some(Refusal {
+            cause: NotServing {
+                reply: first.into(),
+            },
+            whole: refused == self.len(),
+        })
+    }
+}
+
+/// The server's refusal of a request's commands because it is not serving.
+struct Refusal {
+    cause: NotServing,
+    /// Whether it refused every command of the request, so that none ran.
+    whole: bool,
+}
+
+/// Whether a server error of `kind` says the server is not serving:
+/// `-LOADING` or `-MASTERDOWN`.
+fn not_serving_kind(kind: Option<ServerErrorKind>) -> bool {
+    matches!(
+        kind,
+        Some(ServerErrorKind::BusyLoading | ServerErrorKind::MasterDown)
+    )
+}
+
+/// The redis server is up, but does not serve commands yet, and said so by
+/// refusing one: `-LOADING` (it is loading its dataset into memory, after a
+/// restart or while a replica resyncs) or `-MASTERDOWN` (a replica cut off
+/// from its master, with `replica-serve-stale-data no`). The refused
+/// command did not run.
+///
+/// A dial whose `PING` is so refused fails with this error: the client
+/// backs off and dials again, and requests wait in its queue, within the
+/// policy's wait limit. A command so refused on an open connection comes
+/// back as a [`NotSent`] holding the command, with this error as its source,
+/// and the client re-sends it on its next connection. See
+/// [Replies that mean "not run"](self#replies-that-mean-not-run).
+///
+/// [`source()`](Error::source) is the server's reply, a
+/// [`::redis::RedisError`].
+#[derive(Clone, Debug)]
+pub struct NotServing {
+    reply: RedisError,
+}
+
+impl NotServing {
+    /// The refusal in `reply`, if it is one.
+    fn from_reply(reply: &RedisError) -> Option<Self> {
+        let ErrorKind::Server(kind) = reply.kind() else {
+            return None;
+        };
+        not_serving_kind(Some(kind)).then(|| Self {
+            reply: reply.clone(),
+        })
+    }
+
+    /// Whether the server is loading its dataset (`-LOADING`); if not, it
+    /// is a replica cut off from its master (`-MASTERDOWN`).
+    pub fn is_loading(&self) -> bool {
+        self.reply.kind() == ErrorKind::Server(ServerErrorKind::BusyLoading)
+    }
+}
+
+impl fmt::Display for NotServing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.is_loading() {
+            "redis server is loading its dataset"
+        } else {
+            "redis replica is cut off from its master"
+        })
+    }
+}
+
+impl Error for NotServing {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&self.reply)
     }
 }
 
@@ -492,11 +756,9 @@ impl Service<Cmd> for RedisConnection {
     type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if let Some(closed) = &self.closed {
-            if closed.poll_closed(cx).is_ready() {
-                let error = self.closed().expect("closed");
-                return Poll::Ready(Err(error.into()));
-            }
+        if self.closed.poll_closed(cx).is_ready() {
+            let error = self.shared.closer.unusable().expect("closed or retired");
+            return Poll::Ready(Err(error));
         }
         Poll::Ready(Ok(()))
     }
@@ -524,7 +786,7 @@ impl fmt::Debug for RedisConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConnection")
             .field("connection", &self.connection)
-            .field("watched", &self.watch.is_some())
+            .field("watched", &self.shared.task.is_some())
             .field("closed", &self.is_closed())
             .finish()
     }
@@ -564,9 +826,19 @@ impl fmt::Debug for ResponseFuture {
     }
 }
 
+/// Dials `info`, and checks that the server serves commands.
+async fn connect(
+    info: ConnectionInfo,
+    config: AsyncConnectionConfig,
+) -> Result<RedisConnection, BoxError> {
+    let connection = dial(info, config).await?;
+    connection.check_serving().await?;
+    Ok(connection)
+}
+
 /// Dials `info`: TCP and Unix sockets here, watched; anything else through
 /// redis-rs.
-async fn connect(
+async fn dial(
     info: ConnectionInfo,
     config: AsyncConnectionConfig,
 ) -> Result<RedisConnection, BoxError> {
@@ -589,11 +861,7 @@ async fn connect(
                 .get_multiplexed_async_connection_with_config(&config)
                 .await
                 .map_err(into_box)?;
-            Ok(RedisConnection {
-                connection,
-                watch: None,
-                closed: None,
-            })
+            Ok(RedisConnection::unwatched(connection))
         }
     }
 }
@@ -812,7 +1080,7 @@ mod tests {
     }
 
     fn closer(connection: &RedisConnection) -> &Closer {
-        &connection.watch.as_ref().expect("watched").closer
+        &connection.shared.closer
     }
 
     /// Calls `PING` on `connection`, and reads it off the wire at `server`:
@@ -902,5 +1170,181 @@ mod tests {
         let mut written = Vec::new();
         server.read_to_end(&mut written).await.unwrap();
         assert!(written.is_empty(), "{written:?}");
+    }
+
+    const LOADING: &[u8] = b"-LOADING Redis is loading the dataset in memory\r\n";
+
+    /// The error in a server's error reply, as redis-rs parses it.
+    fn error_reply(reply: &[u8]) -> RedisError {
+        ::redis::parse_redis_value(reply)
+            .expect("a valid reply")
+            .extract_error()
+            .expect_err("an error reply")
+    }
+
+    /// Reads `command`, as written, off the wire at `server`.
+    async fn read_command(server: &mut tokio::io::DuplexStream, command: &Cmd) {
+        use tokio::io::AsyncReadExt;
+
+        let expected = command.get_packed_command();
+        let mut written = vec![0; expected.len()];
+        server.read_exact(&mut written).await.unwrap();
+        assert_eq!(written, expected);
+    }
+
+    /// `-LOADING` and `-MASTERDOWN` say that the server is not serving, by
+    /// their kind; the other refusals of a command that did not run are the
+    /// server's answer to it.
+    #[test]
+    fn not_serving_is_told_by_the_reply_kind() {
+        let incr = Cmd::incr("n", 1);
+        for (reply, loading) in [
+            (LOADING, true),
+            (
+                &b"-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.\r\n"[..],
+                false,
+            ),
+        ] {
+            let refusal = incr.refusal(&Err(error_reply(reply))).expect("a refusal");
+            assert!(refusal.whole);
+            assert_eq!(refusal.cause.is_loading(), loading);
+            assert!(refusal.cause.source().is_some_and(|e| e.is::<RedisError>()));
+        }
+        for reply in [
+            &b"-BUSY Redis is busy running a script.\r\n"[..],
+            b"-READONLY You can't write against a read only replica.\r\n",
+            b"-NOREPLICAS Not enough good replicas to write.\r\n",
+            b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+            b"-CLUSTERDOWN The cluster is down\r\n",
+            b"-OOM command not allowed when used memory > 'maxmemory'.\r\n",
+            b"-MISCONF Errors writing to the AOF file\r\n",
+            b"-ERR unknown command\r\n",
+            // Only the code counts, not the text.
+            b"-ERR LOADING Redis is loading the dataset in memory\r\n",
+        ] {
+            let error = error_reply(reply);
+            assert!(incr.refusal(&Err(error.clone())).is_none(), "{error:?}");
+        }
+        assert!(incr.refusal(&Ok(Value::Int(1))).is_none());
+    }
+
+    /// A command refused with `-LOADING` comes back unsent, holding the
+    /// command, and retires the connection: `poll_ready` fails with
+    /// `NotServing`, and the next command is handed back unwritten. A
+    /// command written before the refusal still gets its own reply.
+    #[tokio::test]
+    async fn a_command_refused_as_loading_is_handed_back_and_retires_the_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let (mut connection, mut server) = connection_over_duplex().await;
+        let (a, b) = (Cmd::incr("a", 1), Cmd::incr("b", 1));
+        let refused = Service::<Cmd>::call(&mut connection, a.clone());
+        let answered = Service::<Cmd>::call(&mut connection, b.clone());
+        let server_side = async {
+            read_command(&mut server, &a).await;
+            read_command(&mut server, &b).await;
+            server.write_all(LOADING).await.unwrap();
+            server.write_all(b":1\r\n").await.unwrap();
+        };
+        let (refused, answered, ()) = tokio::join!(refused, answered, server_side);
+
+        let mut error = refused.expect_err("refused");
+        let not_sent = error.downcast_mut::<NotSent>().expect("NotSent");
+        let cause = not_sent.source().expect("a cause");
+        assert!(cause
+            .downcast_ref::<NotServing>()
+            .is_some_and(NotServing::is_loading));
+        let handed_back = not_sent.take_request::<Cmd>().expect("the command");
+        assert_eq!(handed_back.get_packed_command(), a.get_packed_command());
+        assert_eq!(answered.expect("answered"), Value::Int(1));
+
+        assert!(connection.is_closed(), "retired");
+        let ready = std::future::poll_fn(|cx| Service::<Cmd>::poll_ready(&mut connection, cx));
+        let error = ready.await.expect_err("a retired connection is not ready");
+        assert!(error.is::<NotServing>(), "{error:?}");
+        let error = Service::<Cmd>::call(&mut connection, b.clone())
+            .await
+            .expect_err("not sent");
+        assert!(NotSent::is_in(&*error), "{error:?}");
+
+        // The last clone gone, the socket closes: with nothing more written.
+        drop(connection);
+        let mut written = Vec::new();
+        server.read_to_end(&mut written).await.unwrap();
+        assert!(written.is_empty(), "{written:?}");
+    }
+
+    /// A pipeline comes back unsent only when the server refused every one
+    /// of its commands as not serving; one it refused in part reaches the
+    /// caller, since the rest ran. Either way the connection is retired.
+    #[tokio::test]
+    async fn a_pipeline_is_handed_back_only_when_all_of_it_was_refused() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        const EXECABORT: &[u8] =
+            b"-EXECABORT Transaction discarded because of previous errors.\r\n";
+        for (atomic, replies, whole) in [
+            (false, vec![LOADING, LOADING], true),
+            (false, vec![LOADING, b":1\r\n"], false),
+            // MULTI is served while loading; each command it queues is
+            // refused, so EXEC discards the transaction.
+            (true, vec![b"+OK\r\n", LOADING, LOADING, EXECABORT], true),
+        ] {
+            let (mut connection, mut server) = connection_over_duplex().await;
+            let mut pipeline = ::redis::pipe();
+            pipeline.incr("a", 1).incr("b", 1);
+            if atomic {
+                pipeline.atomic();
+            }
+            let packed = pipeline.get_packed_pipeline();
+            let reply = Service::<Pipeline>::call(&mut connection, pipeline);
+            let server_side = async {
+                let mut written = vec![0; packed.len()];
+                server.read_exact(&mut written).await.unwrap();
+                server.write_all(&replies.concat()).await.unwrap();
+            };
+            let (reply, ()) = tokio::join!(reply, server_side);
+            let error = reply.expect_err("refused");
+            assert_eq!(NotSent::is_in(&*error), whole, "{error:?}");
+            if !whole {
+                let redis = redis_error(&*error).expect("the pipeline's error");
+                assert_eq!(
+                    redis.kind(),
+                    ErrorKind::Server(ServerErrorKind::BusyLoading)
+                );
+            }
+            assert!(connection.is_closed(), "retired");
+        }
+    }
+
+    /// A dial's `PING`: refused as not serving, it fails the dial with
+    /// `NotServing`; answered, even with an error, it passes.
+    #[tokio::test]
+    async fn a_dial_checks_that_the_server_serves() {
+        use tokio::io::AsyncWriteExt;
+
+        for (reply, serving) in [
+            (&b"+PONG\r\n"[..], true),
+            (
+                b"-NOPERM this user has no permissions to run the 'ping' command\r\n",
+                true,
+            ),
+            (LOADING, false),
+            (b"-MASTERDOWN Link with MASTER is down\r\n", false),
+        ] {
+            let (connection, mut server) = connection_over_duplex().await;
+            let server_side = async {
+                read_command(&mut server, &::redis::cmd("PING")).await;
+                server.write_all(reply).await.unwrap();
+            };
+            let (checked, ()) = tokio::join!(connection.check_serving(), server_side);
+            match checked {
+                Ok(()) => assert!(serving, "{reply:?}"),
+                Err(error) => {
+                    assert!(!serving, "{reply:?}: {error:?}");
+                    assert!(error.is::<NotServing>(), "{error:?}");
+                }
+            }
+        }
     }
 }

@@ -1,9 +1,12 @@
 //! A real `redis-server` for the tests and the example: started on a free
-//! `127.0.0.1` port, killed with `SIGKILL` and restarted on the same port.
+//! `127.0.0.1` port, killed with `SIGKILL` (or shut down with `SHUTDOWN`)
+//! and restarted on the same port.
 //!
 //! Each server gets a temporary directory of its own, removed on drop. A
 //! durable server keeps an append-only file fsynced on every write, so that
-//! every write it acknowledged survives a `kill -9`. Dropping a
+//! every write it acknowledged survives a `kill -9`. A slow-loading server
+//! is a durable one with a dataset that each restart loads slowly, answering
+//! `-LOADING` meanwhile, until the test lets it finish. Dropping a
 //! `RedisServer` kills its process, also when a test panics.
 #![allow(dead_code)]
 
@@ -17,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
 
 /// The program started; found on `PATH`.
@@ -24,12 +28,27 @@ const PROGRAM: &str = "redis-server";
 /// How long a start may take before it counts as failed: a hang guard, not
 /// a speed assumption.
 const START_GUARD: Duration = Duration::from_secs(20);
+/// The size of each key's value in a slow-loading server's dataset: over
+/// the 1024 bytes between two rounds of serving clients while loading, so
+/// that the server answers between any two keys.
+const VALUE_BYTES: u32 = 1100;
+/// How long a slow-loading server takes to load each key, in microseconds,
+/// until told to finish. With [`SLOW_KEYS`] keys, 50 s in all: far longer
+/// than any hang guard, so the test decides when loading ends.
+const LOAD_DELAY_US: u32 = 5_000;
+/// The keys in a slow-loading server's dataset.
+pub const SLOW_KEYS: u32 = 10_000;
 
 /// A `redis-server` process on `127.0.0.1`.
 pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     durable: bool,
+    /// Arguments beyond the common ones and persistence.
+    args: Vec<String>,
+    /// Whether the server counts as started once it answers `PING` at all,
+    /// `-LOADING` or `-MASTERDOWN` included, rather than only with `+PONG`.
+    answering_is_ready: bool,
     child: Option<Child>,
     starts: u32,
 }
@@ -42,6 +61,80 @@ impl RedisServer {
     /// If `redis-server` is missing or does not start.
     pub async fn start() -> Self {
         Self::try_start(false)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts a durable server, stores a dataset of [`SLOW_KEYS`] keys of
+    /// about 1 KiB in the base of its append-only file, and makes every
+    /// later start (and `DEBUG RELOAD`) load it slowly: 5 ms a key, 50 s in
+    /// all, answering other clients with `-LOADING` meanwhile, until
+    /// [`finish_loading`](Self::finish_loading). A restart returns once the
+    /// server answers, loading or not.
+    ///
+    /// Needs `redis-server` 7 or later (for `enable-debug-command`).
+    ///
+    /// # Panics
+    ///
+    /// If `redis-server` is missing or does not start, or the dataset is not
+    /// stored.
+    pub async fn start_slow_loading() -> Self {
+        let args = [
+            "--enable-debug-command",
+            "local",
+            // The dataset is stored uncompressed, so each key is over the
+            // interval below.
+            "--rdbcompression",
+            "no",
+            "--loading-process-events-interval-bytes",
+            "1024",
+            "--key-load-delay",
+            &LOAD_DELAY_US.to_string(),
+            // The base file stays as written.
+            "--auto-aof-rewrite-percentage",
+            "0",
+        ];
+        let server = Self::try_start_with(true, &args, true)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (keys, bytes) = (SLOW_KEYS.to_string(), VALUE_BYTES.to_string());
+        let populated = server
+            .raw(&["DEBUG", "POPULATE", &keys, "slow", &bytes])
+            .await;
+        assert_eq!(populated, "+OK\r\n");
+        // DEBUG POPULATE is not logged to the append-only file: a rewrite
+        // writes the dataset into its base.
+        let rewrite = server.raw(&["BGREWRITEAOF"]).await;
+        assert!(rewrite.starts_with('+'), "BGREWRITEAOF: {rewrite:?}");
+        server
+            .wait_until("the append-only file rewritten", |info| {
+                info.contains("aof_rewrites:1\r\n")
+                    && info.contains("aof_rewrite_in_progress:0\r\n")
+                    && info.contains("aof_rewrite_scheduled:0\r\n")
+            })
+            .await;
+        server
+    }
+
+    /// Starts a replica of a master that does not exist, with
+    /// `replica-serve-stale-data no`: it refuses commands, `PING` included,
+    /// with `-MASTERDOWN` until [`promote`](Self::promote). Without
+    /// persistence.
+    ///
+    /// # Panics
+    ///
+    /// If `redis-server` is missing or does not start.
+    pub async fn start_cut_off_replica() -> Self {
+        // A port where nothing listens: taken, then given back.
+        let master = free_port().expect("a free port").to_string();
+        let args = [
+            "--replicaof",
+            "127.0.0.1",
+            &master,
+            "--replica-serve-stale-data",
+            "no",
+        ];
+        Self::try_start_with(false, &args, true)
             .await
             .unwrap_or_else(|e| panic!("{e}"))
     }
@@ -61,11 +154,21 @@ impl RedisServer {
     /// Starts a server on a free port, with a clear error if `redis-server`
     /// is not installed.
     pub async fn try_start(durable: bool) -> io::Result<Self> {
+        Self::try_start_with(durable, &[], false).await
+    }
+
+    async fn try_start_with(
+        durable: bool,
+        args: &[&str],
+        answering_is_ready: bool,
+    ) -> io::Result<Self> {
         let dir = temp_dir()?;
         let mut server = Self {
             port: 0,
             dir,
             durable,
+            args: args.iter().map(|arg| arg.to_string()).collect(),
+            answering_is_ready,
             child: None,
             starts: 0,
         };
@@ -142,6 +245,102 @@ impl RedisServer {
         down.elapsed()
     }
 
+    /// Shuts the server down gracefully with `SHUTDOWN`, and waits for it to
+    /// exit: it syncs its append-only file, and its connections are closed
+    /// with the commands it had not yet run unanswered.
+    ///
+    /// # Panics
+    ///
+    /// If the server refuses, or does not exit, or exits with a failure.
+    pub async fn shutdown(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // The server answers only if it refuses; it closes the connection
+        // as it exits.
+        let refused = timeout(START_GUARD, raw_command(self.addr(), &["SHUTDOWN"])).await;
+        if let Ok(Ok(reply)) = refused {
+            let _ = child.kill().await;
+            panic!("redis-server refused SHUTDOWN: {reply:?}");
+        }
+        let status = timeout(START_GUARD, child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("redis-server did not exit after SHUTDOWN"))
+            .expect("wait for redis-server");
+        assert!(status.success(), "redis-server exited with {status}");
+    }
+
+    /// Shuts the server down with `SHUTDOWN`, then starts it again on the
+    /// same port. Returns how long it was down.
+    pub async fn shutdown_and_restart(&mut self) -> Duration {
+        self.shutdown().await;
+        let down = Instant::now();
+        self.restart().await;
+        down.elapsed()
+    }
+
+    /// Whether the server is loading its dataset.
+    pub async fn is_loading(&self) -> bool {
+        self.raw(&["INFO", "persistence"])
+            .await
+            .contains("\r\nloading:1\r\n")
+    }
+
+    /// Lets a slow-loading server load the rest of its dataset at full
+    /// speed, and waits until it has.
+    pub async fn finish_loading(&self) {
+        let reply = self.raw(&["CONFIG", "SET", "key-load-delay", "0"]).await;
+        assert_eq!(reply, "+OK\r\n");
+        self.wait_until("the dataset loaded", |info| {
+            info.contains("\r\nloading:0\r\n")
+        })
+        .await;
+    }
+
+    /// Makes a slow-loading server reload its dataset with `DEBUG RELOAD`
+    /// while it keeps its connections, and returns once it is loading. The
+    /// task returned answers `+OK` once it has reloaded.
+    pub async fn reload_slowly(&self) -> JoinHandle<io::Result<String>> {
+        let addr = self.addr();
+        let reload = tokio::spawn(async move { raw_command(addr, &["DEBUG", "RELOAD"]).await });
+        self.wait_until("DEBUG RELOAD loading", |info| {
+            info.contains("\r\nloading:1\r\n")
+        })
+        .await;
+        reload
+    }
+
+    /// Makes a replica a master, with `REPLICAOF NO ONE`.
+    pub async fn promote(&self) {
+        assert_eq!(self.raw(&["REPLICAOF", "NO", "ONE"]).await, "+OK\r\n");
+    }
+
+    /// How many times the server refused a command with the error `code`
+    /// (`LOADING`, say) since it started, from `INFO errorstats`.
+    pub async fn errors(&self, code: &str) -> u64 {
+        let reply = self.raw(&["INFO", "errorstats"]).await;
+        let prefix = format!("errorstat_{code}:count=");
+        reply
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .map_or(0, |count| {
+                let count = count.split(',').next().unwrap_or_default();
+                count.parse().unwrap_or_else(|_| panic!("{reply:?}"))
+            })
+    }
+
+    /// Polls `INFO` until `done` says so, or panics after [`START_GUARD`].
+    async fn wait_until(&self, what: &str, done: impl Fn(&str) -> bool) {
+        let wait = async {
+            while !done(&self.raw(&["INFO"]).await) {
+                sleep(Duration::from_millis(5)).await;
+            }
+        };
+        timeout(START_GUARD, wait)
+            .await
+            .unwrap_or_else(|_| panic!("redis-server: waited {START_GUARD:?} for {what}"));
+    }
+
     /// Sends one command on a fresh connection and returns the raw RESP
     /// reply, e.g. `":42\r\n"` or `"$-1\r\n"`.
     pub async fn raw(&self, args: &[&str]) -> String {
@@ -208,6 +407,7 @@ impl RedisServer {
         } else {
             command.args(["--appendonly", "no"]);
         }
+        command.args(&self.args);
         command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -244,7 +444,8 @@ impl RedisServer {
             if let Ok(Ok(reply)) =
                 timeout(Duration::from_secs(1), raw_command(self.addr(), &["PING"])).await
             {
-                if reply.starts_with("+PONG") {
+                let answering = reply.starts_with("-LOADING") || reply.starts_with("-MASTERDOWN");
+                if reply.starts_with("+PONG") || (self.answering_is_ready && answering) {
                     break;
                 }
             }
