@@ -20,8 +20,8 @@
 //! # async fn main() -> Result<(), BoxError> {
 //! let config: tokio_postgres::Config = "host=127.0.0.1 user=postgres dbname=postgres".parse()?;
 //! let policy = ReconnectPolicy::builder()
-//!     // Also count "connection closed" and FATAL server errors as a dead
-//!     // connection, not only IO errors.
+//!     // Count "connection closed" and FATAL server errors as transport
+//!     // errors too (the connection redials after them either way).
 //!     .classifier(postgres::classifier())
 //!     .build()?;
 //! let client: PgClient = ServiceBuilder::new()
@@ -50,13 +50,29 @@
 //!
 //! # What happens when the server restarts
 //!
-//! 1. The server ends the connection. Its IO task ends, and the
-//!    connection reports itself closed: its next `poll_ready` fails with
-//!    [`ConnectionClosed`], so the [`Reconnect`](crate::Reconnect) inside the
-//!    client drops it and redials at once.
-//! 2. While the server is down or still starting up (it refuses connections,
-//!    or answers `57P03 cannot_connect_now`), dials fail and are retried with
-//!    the policy's backoff. Requests wait in the client's queue, for up to the
+//! What a session sees depends on how the server is stopped. The connection
+//! tells the cases apart by SQLSTATE, never by message text:
+//!
+//! | how | what the session sees | what the connection does |
+//! |---|---|---|
+//! | `pg_ctl -m fast` (the default), `pg_terminate_backend` | `FATAL 57P01 admin_shutdown`, as the answer to the query in progress or on its own, then the end of the stream | closes |
+//! | `pg_ctl -m immediate` | a `WARNING` notice `57P01 admin_shutdown`, then the end of the stream | closes, on the notice |
+//! | another server process crashed | a `WARNING` notice `57P02 crash_shutdown`, then the end of the stream | closes, on the notice |
+//! | `pg_ctl -m smart` | nothing: the session goes on | stays open (see below) |
+//! | a server shutting down, starting up or in recovery | every new connection is refused with `FATAL 57P03 cannot_connect_now` | a dial failure |
+//!
+//! 1. The connection closes as soon as it sees one of these: its IO task
+//!    ends, or a query on it fails with an error that ends the session (a
+//!    `FATAL` or `PANIC` error, class `08`, `57P01`, `57P02`, `57P03`, an
+//!    IO error, or a closed connection), or a notice says the server is
+//!    ending it. It marks itself closed through its
+//!    [`CloseWatch`], so its next `poll_ready` fails with
+//!    [`ConnectionClosed`], and the [`Reconnect`](crate::Reconnect) inside
+//!    the client drops it and redials at once. This holds with any
+//!    [`Classifier`], the default included.
+//! 2. While the server is down or not yet accepting connections (the dial is
+//!    refused, or answered with `57P03`), dials fail and are retried with the
+//!    policy's backoff. Requests wait in the client's queue, for up to the
 //!    policy's wait limit; past it they fail fast with
 //!    [`Unavailable`](crate::Unavailable).
 //! 3. Once a dial succeeds, the queued requests run on the new connection.
@@ -64,17 +80,35 @@
 //! Requests caught by the restart itself end in one of two ways:
 //!
 //! - **Not executed.** A query is run in two steps: the statement is
-//!   prepared, then executed. A query whose connection was already closed, or
-//!   that failed while it was being prepared, never ran. It is handed back
-//!   as [`NotSent`], and the client re-sends it on the next connection
-//!   without being asked to.
-//! - **Maybe executed.** A query whose execute step had been sent when the
-//!   connection broke fails with the connection's [`tokio_postgres::Error`]
-//!   (usually [`is_closed`](::tokio_postgres::Error::is_closed)). The server may have
-//!   run it, and committed it, before it went away: only the reply was lost.
-//!   It is **not** re-sent (see below). Check for its effect before you do
-//!   it again, or make the statement safe to repeat (`INSERT ... ON CONFLICT
-//!   DO NOTHING`).
+//!   prepared, then executed. A query handed to a connection already known
+//!   to be closed is not written at all; a query whose session ended while
+//!   it was being prepared never ran, since preparing runs nothing. It is
+//!   handed back as [`NotSent`], and the client re-sends it on the next
+//!   connection without being asked to.
+//! - **Maybe executed.** A query whose execute step, or a
+//!   [`batch`](Query::batch), had been handed to the connection when the
+//!   session ended fails with the connection's [`tokio_postgres::Error`]:
+//!   `57P01`, or [`is_closed`](::tokio_postgres::Error::is_closed). The
+//!   server may have run it, and committed it, before it went away: only the
+//!   reply was lost. Even `57P01` does not say otherwise: a batch
+//!   `"BEGIN; INSERT ...; COMMIT; SELECT ..."` that is stopped in its last
+//!   statement fails with it after its insert committed. Such a query is
+//!   **not** re-sent (see below). Check for its effect before you do it
+//!   again, or make the statement safe to repeat (`INSERT ... ON CONFLICT
+//!   DO NOTHING`). (A query that tokio-postgres still held unwritten when
+//!   the connection ended fails the same way: tokio-postgres does not tell
+//!   the two apart, so neither can this crate.)
+//!
+//! **A smart shutdown waits for the client.** `pg_ctl stop -m smart` (or
+//! `restart -m smart`) refuses new connections with `57P03` and waits for
+//! every session to end. A client keeps its connection for as long as it
+//! lives, and queries on that connection go on working, so a smart shutdown
+//! waits until every clone of the client is dropped. `pg_ctl` gives up
+//! after its timeout (`-t`, 60 s by default) with "server does not shut
+//! down", and leaves the server refusing new connections; once the last
+//! session ends, the server stops and does not start again. To restart a
+//! server under long-lived clients, use `-m fast`: the client redials and
+//! its queued requests wait. Or drop the clients first.
 //!
 //! Everything tied to the old session is gone: prepared statements, `SET`
 //! parameters, temporary tables, advisory locks, `LISTEN` channels and any
@@ -151,13 +185,13 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::{pin, Pin};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use ::tokio_postgres::error::{Severity, SqlState};
 use ::tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use ::tokio_postgres::types::ToSql;
-use ::tokio_postgres::{Config, NoTls, Row, Socket};
+use ::tokio_postgres::{AsyncMessage, Config, NoTls, Row, Socket};
 use futures_core::Stream;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
@@ -379,13 +413,16 @@ impl<'a> IntoIterator for &'a Rows {
 ///
 /// `poll_ready` is ready while the connection is open, and fails with
 /// [`ConnectionClosed`] once it has closed, so that a
-/// [`Reconnect`](crate::Reconnect) drops it and redials.
+/// [`Reconnect`](crate::Reconnect) drops it and redials. The connection
+/// counts as closed as soon as its IO task ends, a query on it fails with an
+/// error that ends the session, or the server's notice says it is ending
+/// the session.
 ///
 /// # Errors
 ///
-/// A query on a connection that was already closed, or that failed before it
-/// was executed, fails with [`NotSent`] carrying the query back; any other
-/// failure is the query's `tokio_postgres::Error`. See
+/// A query on a connection that was already closed, or whose session ended
+/// while it was being prepared, fails with [`NotSent`] carrying the query
+/// back; any other failure is the query's `tokio_postgres::Error`. See
 /// [What happens when the server restarts](self#what-happens-when-the-server-restarts).
 ///
 /// # Shutdown
@@ -404,6 +441,9 @@ pub struct PgConnection {
 struct Shared {
     client: ::tokio_postgres::Client,
     ended: Arc<Ended>,
+    /// A copy of the connection's close watch: queries close it when an
+    /// error ends the session, and check it before they write anything.
+    closed: CloseWatch,
     /// Dropped with the client: tells the connection's task to wind down.
     _dropped: oneshot::Sender<()>,
 }
@@ -445,20 +485,27 @@ impl PgConnection {
             shared: Arc::new(Shared {
                 client,
                 ended,
+                closed: closed.for_clone(),
                 _dropped: dropped_tx,
             }),
             closed,
         }
     }
 
-    /// Whether the connection has closed. A closed connection never opens
-    /// again: its `poll_ready` fails.
+    /// Whether the connection has closed, or is known to be closing: its
+    /// task has ended, or the server has said that it is ending the session
+    /// (see [What happens when the server restarts](self#what-happens-when-the-server-restarts)).
+    /// A closed connection never opens again: its `poll_ready` fails.
     pub fn is_closed(&self) -> bool {
-        self.shared.client.is_closed()
+        self.shared.is_closed()
     }
 }
 
 impl Shared {
+    fn is_closed(&self) -> bool {
+        self.closed.closed().is_some() || self.client.is_closed()
+    }
+
     /// The error for a closed connection, with the reason it closed, if
     /// the connection's task has recorded one.
     fn closed_error(&self) -> BoxError {
@@ -466,12 +513,23 @@ impl Shared {
             source: self.ended.error.get().cloned(),
         })
     }
+
+    /// Boxes a query's error, and first marks the connection closed if the
+    /// error ends the session, so that nothing more is written to it and
+    /// the client redials whatever its classifier says.
+    fn failed(&self, error: ::tokio_postgres::Error) -> BoxError {
+        if ends_session(&error) {
+            tracing::debug!(%error, "postgres session ended under a query");
+            self.closed.close(close_kind(&error));
+        }
+        error.into()
+    }
 }
 
 /// Runs the connection until it closes, or until the client is dropped and
 /// the connection has said goodbye (or [`GOODBYE`] has passed).
 async fn drive<S, T>(
-    connection: ::tokio_postgres::Connection<S, T>,
+    mut connection: ::tokio_postgres::Connection<S, T>,
     dropped: oneshot::Receiver<()>,
     ended: Arc<Ended>,
     closed: CloseWatch,
@@ -479,10 +537,9 @@ async fn drive<S, T>(
     S: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut connection = pin!(connection);
     let mut dropped = dropped;
     let finished = poll_fn(|cx| {
-        if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+        if let Poll::Ready(result) = poll_connection(&mut connection, &closed, cx) {
             return Poll::Ready(Some(result));
         }
         Pin::new(&mut dropped).poll(cx).map(|_| None)
@@ -492,13 +549,16 @@ async fn drive<S, T>(
         Some(result) => result,
         // The client is gone: the connection finishes the replies in flight,
         // sends `Terminate` and closes, unless the server hangs.
-        None => match tokio::time::timeout(GOODBYE, &mut connection).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::debug!("postgres connection did not close in time; dropping it");
-                Ok(())
+        None => {
+            let goodbye = poll_fn(|cx| poll_connection(&mut connection, &closed, cx));
+            match tokio::time::timeout(GOODBYE, goodbye).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::debug!("postgres connection did not close in time; dropping it");
+                    Ok(())
+                }
             }
-        },
+        }
     };
     match result {
         Ok(()) => {
@@ -507,13 +567,55 @@ async fn drive<S, T>(
         }
         Err(error) => {
             tracing::debug!(%error, "postgres connection ended");
-            let kind = chain(&error)
-                .find_map(|e| e.downcast_ref::<io::Error>())
-                .map_or(io::ErrorKind::ConnectionAborted, io::Error::kind);
+            let kind = close_kind(&error);
             let _ = ended.error.set(Arc::new(error));
             closed.close(kind);
         }
     }
+}
+
+/// Drives the connection until it ends, as its own `Future` does, and reads
+/// the server's notices on the way: a notice that the server is ending the
+/// session closes `closed` at once, before the stream ends.
+fn poll_connection<S, T>(
+    connection: &mut ::tokio_postgres::Connection<S, T>,
+    closed: &CloseWatch,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), ::tokio_postgres::Error>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match ready!(connection.poll_message(cx)) {
+            None => return Poll::Ready(Ok(())),
+            Some(Err(error)) => return Poll::Ready(Err(error)),
+            Some(Ok(AsyncMessage::Notice(notice))) if ends_session_notice(&notice) => {
+                tracing::debug!(
+                    code = notice.code().code(),
+                    message = notice.message(),
+                    "postgres server is ending the session"
+                );
+                closed.close(io::ErrorKind::ConnectionAborted);
+            }
+            Some(Ok(AsyncMessage::Notice(notice))) => tracing::debug!(
+                severity = notice.severity(),
+                code = notice.code().code(),
+                message = notice.message(),
+                "postgres notice"
+            ),
+            // Notifications: nothing here listens for them.
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// The IO error kind to close a connection's watch with, for the error that
+/// ended it.
+fn close_kind(error: &::tokio_postgres::Error) -> io::ErrorKind {
+    chain(error)
+        .find_map(|e| e.downcast_ref::<io::Error>())
+        .map_or(io::ErrorKind::ConnectionAborted, io::Error::kind)
 }
 
 impl Service<Query> for PgConnection {
@@ -522,7 +624,7 @@ impl Service<Query> for PgConnection {
     type Future = QueryFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if self.closed.poll_closed(cx).is_ready() || self.is_closed() {
+        if self.closed.poll_closed(cx).is_ready() || self.shared.client.is_closed() {
             return Poll::Ready(Err(self.shared.closed_error()));
         }
         Poll::Ready(Ok(()))
@@ -536,34 +638,56 @@ impl Service<Query> for PgConnection {
 }
 
 /// Runs one query; see [`PgConnection`]'s `# Errors`.
+///
+/// A query comes back [`NotSent`] only when its statement provably never
+/// ran: the connection was known to be closed before the statement was
+/// handed to it, or the session ended while the statement was being
+/// prepared (`Parse` and `Describe` run nothing). Once the statement (or a
+/// batch) has been handed to the connection, its bytes may have reached the
+/// server, and any failure goes back as it is.
 async fn run(shared: Arc<Shared>, query: Query) -> Result<Rows, BoxError> {
     let client = &shared.client;
     let not_sent = |query: Query, cause: BoxError| -> BoxError {
         tracing::debug!(error = %cause, "postgres query not executed; handing it back");
         Box::new(NotSent::with_request(query, cause))
     };
-    // A closed client fails every request at once, before sending anything.
-    if client.is_closed() {
+    // Nothing is written to a connection known to be closed.
+    if shared.is_closed() {
         return Err(not_sent(query, shared.closed_error()));
     }
     if query.kind == Kind::Batch {
-        client.batch_execute(&query.sql).await?;
-        return Ok(Rows::default());
+        return match client.batch_execute(&query.sql).await {
+            Ok(()) => Ok(Rows::default()),
+            Err(error) => Err(shared.failed(error)),
+        };
     }
-    // Preparing has no effect on the data: a broken connection here means
-    // the statement never ran.
     let statement = match client.prepare(&query.sql).await {
         Ok(statement) => statement,
-        Err(error) if is_connection_error(&error) => return Err(not_sent(query, error.into())),
+        Err(error) if ends_session(&error) => {
+            let error = shared.failed(error);
+            return Err(not_sent(query, error));
+        }
         Err(error) => return Err(error.into()),
     };
-    if client.is_closed() {
+    if shared.is_closed() {
         return Err(not_sent(query, shared.closed_error()));
     }
-    // From here on the statement may run: a broken connection leaves it
-    // unknown whether it did, so the error goes back as it is.
-    let params = query.params.iter().map(|p| &**p as &(dyn ToSql + Sync));
-    let stream = client.query_raw(&statement, params).await?;
+    // From here on the statement may run. Even `57P01 admin_shutdown` does
+    // not say that it did not: the server may have committed it, or an
+    // earlier statement of a batch, before it was told to stop.
+    execute(client, &statement, &query.params)
+        .await
+        .map_err(|error| shared.failed(error))
+}
+
+/// Binds and executes a prepared statement, and collects its rows.
+async fn execute(
+    client: &::tokio_postgres::Client,
+    statement: &::tokio_postgres::Statement,
+    params: &[Param],
+) -> Result<Rows, ::tokio_postgres::Error> {
+    let params = params.iter().map(|p| &**p as &(dyn ToSql + Sync));
+    let stream = client.query_raw(statement, params).await?;
     let mut stream = pin!(stream);
     let mut rows = Vec::new();
     while let Some(row) = poll_fn(|cx| stream.as_mut().poll_next(cx)).await {
@@ -575,8 +699,18 @@ async fn run(shared: Arc<Shared>, query: Query) -> Result<Rows, BoxError> {
     })
 }
 
-fn is_connection_error(error: &::tokio_postgres::Error) -> bool {
+/// Whether a query's error means that the session is over: an IO error, or
+/// what [`is_postgres_transport_error`] finds.
+fn ends_session(error: &::tokio_postgres::Error) -> bool {
     is_postgres_transport_error(error) || classify::is_transport_error(error)
+}
+
+/// Whether a notice says that the server is ending the session at once:
+/// `57P01 admin_shutdown` (an immediate shutdown) or `57P02 crash_shutdown`
+/// (another server process crashed). PostgreSQL sends these as `WARNING`s,
+/// and the server process exits right after.
+fn ends_session_notice(notice: &::tokio_postgres::error::DbError) -> bool {
+    [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN].contains(notice.code())
 }
 
 impl fmt::Debug for PgConnection {
@@ -788,10 +922,10 @@ pub fn is_postgres_transport_error(error: &(dyn Error + 'static)) -> bool {
 ///
 /// Set it on the policy with
 /// [`ReconnectPolicyBuilder::classifier`](crate::ReconnectPolicyBuilder::classifier).
-/// Without it, a connection that closes is still found dead by its
-/// `poll_ready` before the next query, but a query that failed because it
-/// closed is not seen as a transport failure, so it is not re-sent even if
-/// marked [`idempotent`](Query::idempotent).
+/// Without it, a connection whose session ends still marks itself closed,
+/// and is redialed before the next query, but a query that failed because
+/// the session ended is not seen as a transport failure, so it is not
+/// re-sent even if marked [`idempotent`](Query::idempotent).
 pub fn classifier() -> Classifier {
     Classifier::new(|e| classify::is_transport_error(e) || is_postgres_transport_error(e))
 }

@@ -7,8 +7,10 @@
 //! the directory is handed to the `postgres` user and every command runs
 //! through `runuser -u postgres`; as anyone else, the commands run as is.
 //!
-//! Dropping a [`PgServer`] stops the server (`pg_ctl stop -m immediate`) and
-//! removes its directory, also when a test panics.
+//! [`PgServer::restart_with`] and [`PgServer::try_restart`] restart it in
+//! any of `pg_ctl`'s [`Shutdown`] modes. Dropping a [`PgServer`] stops the
+//! server (`pg_ctl stop -m immediate`) and removes its directory, also when
+//! a test panics.
 #![allow(dead_code)]
 
 use std::ffi::OsStr;
@@ -16,7 +18,10 @@ use std::fs;
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long `pg_ctl` waits for the server to start or stop, unless told.
+const PG_CTL_WAIT: Duration = Duration::from_secs(60);
 
 /// A PostgreSQL server in a temporary directory, stopped and removed on drop.
 pub struct PgServer {
@@ -28,6 +33,29 @@ pub struct PgServer {
     port: u16,
     /// Whether commands run as the `postgres` user (we are root).
     as_postgres: bool,
+}
+
+/// How `pg_ctl` stops the server: its `-m` option.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Refuses new connections (`57P03`) and waits for every session to end.
+    Smart,
+    /// Ends every session with `FATAL 57P01 admin_shutdown`, then shuts
+    /// down cleanly. `pg_ctl`'s default.
+    Fast,
+    /// Kills the server, like a crash: sessions get a `WARNING 57P01` notice
+    /// and are cut, and the next start runs crash recovery.
+    Immediate,
+}
+
+impl Shutdown {
+    fn mode(self) -> &'static str {
+        match self {
+            Shutdown::Smart => "smart",
+            Shutdown::Fast => "fast",
+            Shutdown::Immediate => "immediate",
+        }
+    }
 }
 
 /// Why no server can be started here, if none can: the binaries are
@@ -145,18 +173,54 @@ impl PgServer {
     /// shutdown (every connection is cut) and starts it again, which runs
     /// crash recovery. Returns once it accepts connections.
     pub async fn restart(&self) {
-        self.pg_ctl("restart", &["-m", "immediate"]).await;
+        self.restart_with(Shutdown::Immediate).await;
+    }
+
+    /// `pg_ctl restart -m <mode>`: stops the server as `mode` says and
+    /// starts it again. Returns once it accepts connections.
+    ///
+    /// # Panics
+    ///
+    /// If `pg_ctl` fails, such as a smart shutdown that sessions outlast
+    /// for 60 s; [`try_restart`](PgServer::try_restart) returns that.
+    pub async fn restart_with(&self, mode: Shutdown) {
+        let output = self.pg_ctl_output("restart", PG_CTL_WAIT, mode).await;
+        self.check("pg_ctl restart", &output);
+    }
+
+    /// `pg_ctl restart -m <mode> -t <wait>`: `Ok` once the server accepts
+    /// connections again, or `Err` with `pg_ctl`'s output if it gave up:
+    /// a smart shutdown that sessions outlast for `wait` fails with "server
+    /// does not shut down", and leaves the server refusing new connections
+    /// until its last session ends, when it stops for good.
+    pub async fn try_restart(&self, mode: Shutdown, wait: Duration) -> Result<(), String> {
+        let output = self.pg_ctl_output("restart", wait, mode).await;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "pg_ctl restart -m {} failed ({}):\n{}{}",
+                mode.mode(),
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        }
     }
 
     /// `pg_ctl stop -m immediate`: kills the server; returns once it is gone.
     pub async fn stop(&self) {
-        self.pg_ctl("stop", &["-m", "immediate"]).await;
+        let output = self
+            .pg_ctl_output("stop", PG_CTL_WAIT, Shutdown::Immediate)
+            .await;
+        self.check("pg_ctl stop", &output);
     }
 
     /// `pg_ctl start`: starts the (stopped) server; returns once it accepts
     /// connections.
     pub async fn start_again(&self) {
-        self.pg_ctl("start", &[]).await;
+        let output = self.pg_ctl_args("start", PG_CTL_WAIT, &[]).await;
+        self.check("pg_ctl start", &output);
     }
 
     /// The server's log so far.
@@ -164,17 +228,26 @@ impl PgServer {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    async fn pg_ctl(&self, action: &str, extra: &[&str]) {
+    /// Runs `pg_ctl <action> -m <mode>`, waiting up to `wait` for it.
+    async fn pg_ctl_output(&self, action: &str, wait: Duration, mode: Shutdown) -> Output {
+        self.pg_ctl_args(action, wait, &["-m", mode.mode()]).await
+    }
+
+    /// Runs `pg_ctl <action> -w -t <wait> ...`, and returns its output
+    /// whether it succeeded or not.
+    async fn pg_ctl_args(&self, action: &str, wait: Duration, extra: &[&str]) -> Output {
         let options = format!(
             "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off",
             self.port,
             self.root.display()
         );
+        // Whole seconds, at least one: `-t 0` would not wait at all.
+        let wait = wait.as_secs().max(1).to_string();
         let mut args: Vec<&OsStr> = vec![
             action.as_ref(),
             OsStr::new("-w"),
             OsStr::new("-t"),
-            OsStr::new("60"),
+            OsStr::new(&wait),
             OsStr::new("-D"),
             self.data.as_os_str(),
         ];
@@ -185,7 +258,10 @@ impl PgServer {
             args.extend([OsStr::new("-o"), OsStr::new(&options)]);
         }
         args.extend(extra.iter().map(OsStr::new));
-        self.run("pg_ctl", args).await;
+        self.command("pg_ctl", args)
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("run pg_ctl {action}: {e}"))
     }
 
     /// Runs one of the PostgreSQL binaries, as `postgres` if we are root.
