@@ -219,6 +219,7 @@ use std::error::Error;
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -232,6 +233,11 @@ use tower::Service;
 use crate::classify::{chain, is_transport_error};
 use crate::connect::CloseWatch;
 use crate::{BoxError, Classifier, NotSent};
+
+mod refused;
+
+pub use refused::Resendable;
+use refused::{is_go_away, is_refused, Spare};
 
 /// Makes an HTTP/1 connection over `io`: hyper's client handshake, with the
 /// connection's driver spawned on the tokio runtime.
@@ -377,7 +383,8 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        ResponseFuture::new(self.sender.try_send_request(request))
+        let sending = self.sender.try_send_request(request);
+        ResponseFuture::new(async move { sending.await.map_err(hand_back) })
     }
 }
 
@@ -393,16 +400,16 @@ where
 ///
 /// Clones share the connection: HTTP/2 multiplexes requests over it.
 pub struct Http2Connection<B> {
-    sender: h2::SendRequest<B>,
+    sender: h2::SendRequest<Resendable<B>>,
     closed: CloseWatch,
 }
 
 impl<B> Http2Connection<B> {
     /// Wraps the sender of a connection made with hyper's own
-    /// [`http2::Builder`](::hyper::client::conn::http2::Builder). Spawn
-    /// the connection's driver yourself, and see
-    /// [`with_close_watch`](Self::with_close_watch).
-    pub fn new(sender: h2::SendRequest<B>) -> Self {
+    /// [`http2::Builder`](::hyper::client::conn::http2::Builder), with
+    /// [`Resendable<B>`] as its body type. Spawn the connection's driver
+    /// yourself, and see [`with_close_watch`](Self::with_close_watch).
+    pub fn new(sender: h2::SendRequest<Resendable<B>>) -> Self {
         Self {
             sender,
             closed: CloseWatch::new(),
@@ -442,7 +449,7 @@ impl<B> fmt::Debug for Http2Connection<B> {
 
 impl<B> Service<Request<B>> for Http2Connection<B>
 where
-    B: Body + Send + 'static,
+    B: Body + Send + Unpin + 'static,
 {
     type Response = Response<Incoming>;
     type Error = BoxError;
@@ -456,41 +463,54 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        ResponseFuture::new(self.sender.try_send_request(request))
+        let (request, spare) = Spare::keep(request);
+        let sending = self.sender.try_send_request(request);
+        ResponseFuture::new(async move {
+            let mut error = match sending.await {
+                Ok(response) => return Ok(response),
+                Err(error) => error,
+            };
+            let request = error.take_message().and_then(refused::unwrap);
+            let error = error.into_error();
+            let request = match request {
+                None if is_refused(&error) => spare.rebuild().await,
+                request => request,
+            };
+            Err(give_back(request, error))
+        })
     }
 }
 
-type Sending<B> =
-    Pin<Box<dyn Future<Output = Result<Response<Incoming>, TrySendError<Request<B>>>> + Send>>;
+type Sending = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
 
 /// The response future of [`Http1Connection`] and [`Http2Connection`].
 ///
-/// A request that hyper hands back unwritten comes out as a [`NotSent`]
-/// carrying it; any other failure as hyper's error.
+/// A request that hyper hands back unwritten, or whose HTTP/2 stream the
+/// server refused, comes out as a [`NotSent`] carrying it; any other
+/// failure as hyper's error.
 pub struct ResponseFuture<B> {
     // hyper's sending future is an unnameable `impl Future`, so it is boxed.
-    inner: Sending<B>,
+    inner: Sending,
+    _request: PhantomData<fn(B)>,
 }
 
 impl<B> ResponseFuture<B> {
     fn new<F>(sending: F) -> Self
     where
-        F: Future<Output = Result<Response<Incoming>, TrySendError<Request<B>>>> + Send + 'static,
+        F: Future<Output = Result<Response<Incoming>, BoxError>> + Send + 'static,
     {
         Self {
             inner: Box::pin(sending),
+            _request: PhantomData,
         }
     }
 }
 
-impl<B> Future for ResponseFuture<B>
-where
-    B: Send + 'static,
-{
+impl<B> Future for ResponseFuture<B> {
     type Output = Result<Response<Incoming>, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx).map_err(hand_back)
+        self.inner.as_mut().poll(cx)
     }
 }
 
@@ -502,16 +522,27 @@ impl<B> fmt::Debug for ResponseFuture<B> {
 
 /// A request hyper gave back unwritten becomes a [`NotSent`] that carries it.
 fn hand_back<B: Send + 'static>(mut error: TrySendError<Request<B>>) -> BoxError {
-    match error.take_message() {
-        Some(request) => Box::new(NotSent::with_request(request, error.into_error())),
-        None => Box::new(error.into_error()),
+    let request = error.take_message();
+    give_back(request, error.into_error())
+}
+
+/// The error for a request that failed: a [`NotSent`] carrying `request`,
+/// which hyper handed back unwritten or which was rebuilt after the server
+/// refused its HTTP/2 stream; a [`NotSent`] alone for a refused stream whose
+/// request is gone; else hyper's error.
+fn give_back<B: Send + 'static>(request: Option<Request<B>>, error: ::hyper::Error) -> BoxError {
+    match request {
+        Some(request) => Box::new(NotSent::with_request(request, error)),
+        None if is_refused(&error) => Box::new(NotSent::new(error)),
+        None => Box::new(error),
     }
 }
 
 /// Whether any error in the `source()` chain is a [`hyper::Error`]
 /// that means the connection is gone: the connection closed before a message
-/// completed, its channel closed, a request was canceled because of it, or a
-/// timeout (such as an HTTP/2 keep-alive ping) expired.
+/// completed, its channel closed, a request was canceled because of it, a
+/// timeout (such as an HTTP/2 keep-alive ping) expired, or the server sent
+/// an HTTP/2 GOAWAY or refused the request's stream.
 ///
 /// Errors are told apart by type and hyper's own predicates, never by
 /// message text. hyper's IO errors are left to
@@ -531,11 +562,13 @@ fn hand_back<B: Send + 'static>(mut error: TrySendError<Request<B>>) -> BoxError
 /// assert!(!is_hyper_transport_error(&answer));
 /// ```
 pub fn is_hyper_transport_error(error: &(dyn Error + 'static)) -> bool {
-    chain(error).any(|e| {
-        e.downcast_ref::<::hyper::Error>().is_some_and(|e| {
-            e.is_incomplete_message() || e.is_closed() || e.is_canceled() || e.is_timeout()
+    is_go_away(error)
+        || is_refused(error)
+        || chain(error).any(|e| {
+            e.downcast_ref::<::hyper::Error>().is_some_and(|e| {
+                e.is_incomplete_message() || e.is_closed() || e.is_canceled() || e.is_timeout()
+            })
         })
-    })
 }
 
 /// [`is_transport_error`] or [`is_hyper_transport_error`]: with the `hyper`

@@ -1,0 +1,206 @@
+//! HTTP/2 streams the server refused, and getting their requests back.
+//!
+//! RFC 9113 §8.7 names two signals that a request was not processed: a
+//! stream reset with `REFUSED_STREAM`, and a stream above the last stream
+//! id of the server's GOAWAY. Only the first reaches the caller intact
+//! through hyper 1: hyper also reports a GOAWAY that arrives just after it
+//! opened a stream, and before it sent that stream's body, as that
+//! stream's error (`ClientTask::poll_pipe`, which polls the sender again
+//! after `send_request`), though the server may have run the request. So a
+//! GOAWAY error stays ambiguous, and only `REFUSED_STREAM` means "not
+//! processed".
+//!
+//! hyper does not hand such a request back. [`Resendable`] wraps the
+//! request body so that, when hyper drops it unread, the body returns to
+//! the caller's side; with a copy of the request head, the request is whole
+//! again and is re-sent like any other [`NotSent`](crate::NotSent).
+
+use std::error::Error;
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use ::hyper::body::{Body, Frame, SizeHint};
+use h2::Reason;
+use http::request::Parts;
+use http::Request;
+use tokio::sync::oneshot;
+
+use crate::classify::chain;
+
+/// Whether `error` says the server did not process the request: it reset
+/// the request's HTTP/2 stream with `REFUSED_STREAM`.
+pub(crate) fn is_refused(error: &(dyn Error + 'static)) -> bool {
+    chain(error).any(|e| {
+        e.downcast_ref::<h2::Error>().is_some_and(|e| {
+            e.is_reset() && e.is_remote() && e.reason() == Some(Reason::REFUSED_STREAM)
+        })
+    })
+}
+
+/// Whether `error` is the server's GOAWAY: the connection is going away.
+pub(crate) fn is_go_away(error: &(dyn Error + 'static)) -> bool {
+    chain(error).any(|e| {
+        e.downcast_ref::<h2::Error>()
+            .is_some_and(|e| e.is_go_away() && e.is_remote())
+    })
+}
+
+/// A request body for [`Http2Connection`](super::Http2Connection) that comes
+/// back when hyper drops it unread, so that a request whose stream was
+/// refused can be sent again, whatever its method and whether or not its
+/// body is `Clone`.
+///
+/// [`http2`](super::http2) uses it for you. Name it only when you make the
+/// connection with hyper's own builder: hand `Resendable<B>` to the
+/// handshake as the body type, and wrap the sender with
+/// [`Http2Connection::new`](super::Http2Connection::new).
+///
+/// Once hyper has read any of the body, it cannot come back, and a refused
+/// request fails with a [`NotSent`](crate::NotSent) that carries no request.
+pub struct Resendable<B> {
+    body: Option<B>,
+    read: bool,
+    // Told, when hyper drops the body, whether it comes back unread.
+    back: Option<oneshot::Sender<Option<B>>>,
+}
+
+impl<B> Resendable<B> {
+    fn new(body: B) -> (Self, oneshot::Receiver<Option<B>>) {
+        let (back, comes_back) = oneshot::channel();
+        let body = Self {
+            body: Some(body),
+            read: false,
+            back: Some(back),
+        };
+        (body, comes_back)
+    }
+}
+
+impl<B> Drop for Resendable<B> {
+    fn drop(&mut self) {
+        if let Some(back) = self.back.take() {
+            let body = if self.read { None } else { self.body.take() };
+            let _ = back.send(body);
+        }
+    }
+}
+
+impl<B: Body + Unpin> Body for Resendable<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.read = true;
+        match self.body.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.as_ref().is_none_or(B::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), B::size_hint)
+    }
+}
+
+impl<B> fmt::Debug for Resendable<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resendable")
+            .field("read", &self.read)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What it takes to rebuild a request whose stream was refused: a copy of
+/// its head, and where its body comes back.
+pub(crate) struct Spare<B> {
+    head: Parts,
+    body: oneshot::Receiver<Option<B>>,
+}
+
+impl<B> Spare<B> {
+    /// Wraps the body of `request`, keeping what rebuilds it.
+    pub(crate) fn keep(request: Request<B>) -> (Request<Resendable<B>>, Self) {
+        let (head, body) = request.into_parts();
+        let (body, comes_back) = Resendable::new(body);
+        let spare = Self {
+            head: head.clone(),
+            body: comes_back,
+        };
+        (Request::from_parts(head, body), spare)
+    }
+
+    /// The request again, if its body comes back unread. hyper may report
+    /// the refusal a moment before it drops the body, so this waits for the
+    /// drop, which follows at once: the stream is over.
+    pub(crate) async fn rebuild(self) -> Option<Request<B>> {
+        let body = self.body.await.ok()??;
+        Some(Request::from_parts(self.head, body))
+    }
+}
+
+/// The request inside a request hyper handed back.
+pub(crate) fn unwrap<B>(request: Request<Resendable<B>>) -> Option<Request<B>> {
+    let (head, mut body) = request.into_parts();
+    // Handed back whole: nothing needs to come back by the other way.
+    body.back = None;
+    let inner = body.body.take()?;
+    Some(Request::from_parts(head, inner))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+
+    fn request() -> Request<Full<Bytes>> {
+        Request::post("http://example.test/")
+            .header("x-id", "7")
+            .body(Full::new(Bytes::from_static(b"payload")))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_unread_rebuilds_the_request() {
+        let (sent, spare) = Spare::keep(request());
+        drop(sent);
+        let again = spare.rebuild().await.expect("the body came back");
+        assert_eq!(again.method(), http::Method::POST);
+        assert_eq!(again.headers()["x-id"], "7");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_was_read_does_not_come_back() {
+        let (sent, spare) = Spare::keep(request());
+        let body = sent.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "payload");
+        assert!(spare.rebuild().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_request_handed_back_is_unwrapped_whole() {
+        let (sent, spare) = Spare::keep(request());
+        let again = unwrap(sent).expect("the body is there");
+        assert_eq!(again.headers()["x-id"], "7");
+        assert!(spare.rebuild().await.is_none(), "the body went back whole");
+    }
+
+    #[test]
+    fn only_the_servers_refused_stream_is_refused() {
+        let refused = h2::Error::from(Reason::REFUSED_STREAM);
+        // A reason made locally is not the server's word.
+        assert!(!is_refused(&refused));
+        let io = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert!(!is_refused(&io));
+    }
+}
