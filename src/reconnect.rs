@@ -659,12 +659,17 @@ where
         let step = self.step(cx, driving);
         let after = self.signature();
         if after != before {
-            if after.0 == Phase::FailFast && before.0 != Phase::FailFast {
-                tracing::debug!(target = %self.label, "wait limit passed; failing requests fast");
-            }
+            self.log_phase_change(before.0, after.0);
             self.publish();
         }
         step
+    }
+
+    /// The debug line for the start of failing fast; log only.
+    fn log_phase_change(&self, before: Phase, after: Phase) {
+        if after == Phase::FailFast && before != Phase::FailFast {
+            tracing::debug!(target = %self.label, "wait limit passed; failing requests fast");
+        }
     }
 }
 

@@ -596,7 +596,14 @@ async fn http2_requests_handed_back_unsent_are_resent_once() {
         ));
         let mut ok = 0;
         for post in posts {
-            match outcome(post.await.unwrap()) {
+            let result = post.await.unwrap();
+            // A stream the server reset with REFUSED_STREAM (one stream at a
+            // time) never ran: `NotSent`, without the request when hyper
+            // had already read its body.
+            if result.as_ref().is_err_and(|e| e.is::<NotSent>()) {
+                continue;
+            }
+            match outcome(result) {
                 Outcome::Ok(reply) => {
                     assert_eq!(reply.generation, 2);
                     ok += 1;

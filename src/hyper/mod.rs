@@ -91,8 +91,8 @@
 //! |---|---|---|
 //! | the connection closed before hyper wrote the request | [`NotSent`] with the request; its `source()` is hyper's `canceled` error | yes, by default (within the policy's attempts and budget) |
 //! | the server reset the HTTP/2 stream with `REFUSED_STREAM` | [`NotSent`], carrying the request if hyper had not read its body | yes, by default when it carries the request; else when opted in |
-| the server's HTTP/2 GOAWAY reached the request (hyper reports it also on a stream it had just opened, which the server may run) | the [`hyper::Error`] itself | only if you opted in with [`resend_if`](crate::ReconnectLayer::resend_if) |
-| the connection broke after the request may have been written | the [`hyper::Error`] itself (an incomplete message, a reset...) | only if you opted in with [`resend_if`](crate::ReconnectLayer::resend_if) and the [`classifier`] calls it dead |
+//! | the server's HTTP/2 GOAWAY reached the request (hyper reports it also on a stream it had just opened, which the server may run) | the [`hyper::Error`] itself | only if you opted in with [`resend_if`](crate::ReconnectLayer::resend_if) |
+//! | the connection broke after the request may have been written | the [`hyper::Error`] itself (an incomplete message, a reset...) | only if you opted in with [`resend_if`](crate::ReconnectLayer::resend_if) and the [`classifier`] calls it dead |
 //! | the server answered, whatever the status | `Ok(response)`: a `503` is an answer, not an error | no |
 //!
 //! # Re-sending idempotent requests
