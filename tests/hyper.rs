@@ -3,6 +3,8 @@
 //! that may have been sent is sent again unless opted in.
 #![cfg(feature = "hyper")]
 
+#[path = "support/listen.rs"]
+mod listen;
 #[path = "support/redial_watch.rs"]
 mod redial_watch;
 
@@ -21,7 +23,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{timeout, Instant};
@@ -87,7 +89,7 @@ impl Server {
 
     /// With HTTP/2's `SETTINGS_MAX_CONCURRENT_STREAMS` set.
     async fn start_with(max_streams: Option<u32>) -> Self {
-        let listener = bind("127.0.0.1:0".parse().unwrap());
+        let listener = listen::reusable("127.0.0.1:0".parse().unwrap());
         let server = Self {
             addr: listener.local_addr().unwrap(),
             books: Arc::default(),
@@ -124,7 +126,7 @@ impl Server {
     /// Kills the server, and starts it again on the same port.
     async fn restart(&self) {
         self.stop().await;
-        self.run(bind(self.addr));
+        self.run(listen::reusable(self.addr));
     }
 
     fn incr(&self) -> u64 {
@@ -139,14 +141,6 @@ impl Drop for Server {
             running.task.abort();
         }
     }
-}
-
-/// A listener on `addr` with `SO_REUSEADDR`, to restart on the same port.
-fn bind(addr: SocketAddr) -> TcpListener {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_reuseaddr(true).unwrap();
-    socket.bind(addr).unwrap();
-    socket.listen(128).unwrap()
 }
 
 async fn serve(

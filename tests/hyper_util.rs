@@ -3,6 +3,9 @@
 //! port. Real time; the assertions are on outcomes, and the only timing
 //! checks are lower bounds that sleeps guarantee.
 
+#[path = "support/listen.rs"]
+mod listen;
+
 use std::convert::Infallible;
 use std::error::Error;
 use std::io;
@@ -17,7 +20,7 @@ use hyper::Response;
 use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::client::legacy::{self, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{sleep_until, Instant};
@@ -41,10 +44,7 @@ impl Server {
     /// Listens on `addr` (port 0 for a fresh port). `SO_REUSEADDR` lets a
     /// restarted server take the port back while old connections linger.
     fn start(addr: SocketAddr, generation: u32) -> Self {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.set_reuseaddr(true).unwrap();
-        socket.bind(addr).unwrap();
-        let listener = socket.listen(1024).unwrap();
+        let listener = listen::reusable(addr);
         let addr = listener.local_addr().unwrap();
         let (stop, mut stopped) = oneshot::channel();
         let task = tokio::spawn(async move {

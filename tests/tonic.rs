@@ -2,13 +2,16 @@
 //! a real tonic server that crashes and restarts on the same port mid-run.
 #![cfg(feature = "hyper")]
 
+#[path = "support/listen.rs"]
+mod listen;
+
 use std::error::Error as _;
 use std::future::Future;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tonic::transport::Server;
@@ -49,7 +52,7 @@ struct Running {
 
 impl GrpcServer {
     async fn start() -> Self {
-        let listener = bind("127.0.0.1:0".parse().unwrap());
+        let listener = listen::reusable("127.0.0.1:0".parse().unwrap());
         let server = Self {
             addr: listener.local_addr().unwrap(),
             running: Mutex::new(None),
@@ -97,7 +100,7 @@ impl GrpcServer {
     /// Crashes, and starts again on the same port.
     async fn restart(&self) {
         self.stop().await;
-        self.run(bind(self.addr));
+        self.run(listen::reusable(self.addr));
     }
 }
 
@@ -114,14 +117,6 @@ fn shut_down(sockets: &Mutex<Vec<std::net::TcpStream>>) {
     for socket in lock(sockets).drain(..) {
         let _ = socket.shutdown(Shutdown::Both);
     }
-}
-
-/// A listener on `addr` with `SO_REUSEADDR`, to restart on the same port.
-fn bind(addr: SocketAddr) -> TcpListener {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_reuseaddr(true).unwrap();
-    socket.bind(addr).unwrap();
-    socket.listen(128).unwrap()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
