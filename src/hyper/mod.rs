@@ -150,7 +150,8 @@
 //! [`http1`] and [`http2`] use hyper's defaults. For other settings, write the
 //! handshake function yourself with hyper's builder, spawn the connection,
 //! and wrap the sender with [`Http1Connection::new`] or
-//! [`Http2Connection::new`]:
+//! [`Http2Connection::new`] (whose body type is [`Resendable`]; its docs
+//! show the HTTP/2 handshake):
 //!
 //! ```
 //! use bytes::Bytes;
@@ -396,7 +397,9 @@ where
 ///
 /// As for [`Http1Connection`]: `poll_ready` fails once the connection has
 /// closed, and a request hyper hands back unwritten fails with a
-/// [`NotSent`] carrying it.
+/// [`NotSent`] carrying it. So does a request whose stream the server
+/// reset with `REFUSED_STREAM`, if hyper had not read its body yet (see
+/// [`Resendable`]); if it had, the [`NotSent`] carries no request.
 ///
 /// # Clone
 ///

@@ -58,6 +58,29 @@ pub(crate) fn is_go_away(error: &(dyn Error + 'static)) -> bool {
 ///
 /// Once hyper has read any of the body, it cannot come back, and a refused
 /// request fails with a [`NotSent`](crate::NotSent) that carries no request.
+///
+/// # Example
+///
+/// An HTTP/2 handshake with hyper's own builder:
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use hyper::client::conn::http2;
+/// use hyper_util::rt::{TokioExecutor, TokioIo};
+/// use tokio::net::TcpStream;
+/// use tower_redial::hyper::{Http2Connection, Resendable};
+///
+/// async fn handshake(io: TcpStream) -> Result<Http2Connection<Full<Bytes>>, hyper::Error> {
+///     let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+///         .keep_alive_interval(std::time::Duration::from_secs(20))
+///         .handshake::<_, Resendable<Full<Bytes>>>(TokioIo::new(io))
+///         .await?;
+///     tokio::spawn(connection);
+///     Ok(Http2Connection::new(sender))
+/// }
+/// # let _ = tower_redial::Handshake::new(tower_redial::connect::TcpConnector::new(), handshake);
+/// ```
 pub struct Resendable<B> {
     body: Option<B>,
     read: bool,
