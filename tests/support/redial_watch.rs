@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
-use tower_redial::{Client, Phase, Snapshot};
+use tower_redial::{Client, Phase, Snapshot, Stats};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -63,4 +63,18 @@ pub async fn ready_after_a_drop<Req, Res>(
             lock(phases)
         ),
     }
+}
+
+/// Checks a client's counters after one idle drop: one drop, two
+/// connections made in all, nothing re-sent. The first redial is immediate,
+/// so it may find the server not back yet: refused dials are allowed, one
+/// more connection is not.
+pub fn assert_one_drop_and_one_redial(stats: &Stats) {
+    assert_eq!(stats.drops, 1, "{stats:?}");
+    assert_eq!(
+        stats.dials - stats.dial_failures,
+        2,
+        "two connections made: {stats:?}"
+    );
+    assert_eq!(stats.retries, 0, "{stats:?}");
 }
