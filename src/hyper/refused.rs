@@ -83,8 +83,8 @@ pub(crate) fn is_go_away(error: &(dyn Error + 'static)) -> bool {
 /// ```
 pub struct Resendable<B> {
     body: Option<B>,
-    read: bool,
-    // Told, when hyper drops the body, whether it comes back unread.
+    // Where the body goes back, dropped unread; told `None` once it is
+    // read, as it cannot come back then. Gone once told.
     back: Option<oneshot::Sender<Option<B>>>,
 }
 
@@ -93,7 +93,6 @@ impl<B> Resendable<B> {
         let (back, comes_back) = oneshot::channel();
         let body = Self {
             body: Some(body),
-            read: false,
             back: Some(back),
         };
         (body, comes_back)
@@ -103,8 +102,7 @@ impl<B> Resendable<B> {
 impl<B> Drop for Resendable<B> {
     fn drop(&mut self) {
         if let Some(back) = self.back.take() {
-            let body = if self.read { None } else { self.body.take() };
-            let _ = back.send(body);
+            let _ = back.send(self.body.take());
         }
     }
 }
@@ -117,7 +115,9 @@ impl<B: Body + Unpin> Body for Resendable<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        self.read = true;
+        if let Some(back) = self.back.take() {
+            let _ = back.send(None);
+        }
         match self.body.as_mut() {
             Some(body) => Pin::new(body).poll_frame(cx),
             None => Poll::Ready(None),
@@ -138,7 +138,7 @@ impl<B: Body + Unpin> Body for Resendable<B> {
 impl<B> fmt::Debug for Resendable<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Resendable")
-            .field("read", &self.read)
+            .field("read", &self.back.is_none())
             .finish_non_exhaustive()
     }
 }
@@ -163,8 +163,9 @@ impl<B> Spare<B> {
     }
 
     /// The request again, if its body comes back unread. hyper may report
-    /// the refusal a moment before it drops the body, so this waits for the
-    /// drop, which follows at once: the stream is over.
+    /// the refusal a moment before it drops the body, so this waits until
+    /// the body is read or dropped; the drop follows at once, as the stream
+    /// is over.
     pub(crate) async fn rebuild(self) -> Option<Request<B>> {
         let body = self.body.await.ok()??;
         Some(Request::from_parts(self.head, body))
