@@ -18,11 +18,13 @@ mod redis_server;
 #[path = "support/redial_watch.rs"]
 mod redial_watch;
 
+#[path = "support/redis_books.rs"]
+mod redis_books;
+
 use redial_watch::{ready_after_a_drop, record_phases};
-use std::future::Future;
+use redis_books::{deadline, incr, outcome, Callers, Commands, Outcome, HANG_GUARD, TASKS};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -34,24 +36,18 @@ use redis::{
 use redis_server::RedisServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{sleep, Instant};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_redial::redis::{redis_error, MakeRedis, RedisClient, RedisConnection};
 use tower_redial::{
-    Backoff, BoxError, Client, Closed, Jitter, NotSent, Phase, ReconnectLayer, ReconnectPolicy,
-    Unavailable,
+    BoxError, Client, NotSent, Phase, ReconnectLayer, ReconnectPolicy, Unavailable,
 };
 
-/// Concurrent callers in the chaos run.
-const TASKS: usize = 16;
 /// `kill -9`s in the chaos run.
 const KILLS: usize = 10;
 /// Answered requests between two kills, so that each kill lands mid-traffic.
 const BETWEEN_KILLS: u64 = 100;
-/// How long anything may take before the test counts it as hung.
-const HANG_GUARD: Duration = Duration::from_secs(30);
 /// Commands issued in each outage of the side-by-side script.
 const OUTAGE_COMMANDS: usize = 8;
 
@@ -59,22 +55,9 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// Awaits `future`, or fails the test if it hangs.
-async fn deadline<F: Future>(what: &str, future: F) -> F::Output {
-    timeout(HANG_GUARD, future)
-        .await
-        .unwrap_or_else(|_| panic!("hung for {HANG_GUARD:?}: {what}"))
-}
-
-/// 10 ms, 20, 40, 80, then 100 ms between dials; no jitter.
+/// The shared backoff, with dials that time out after 1 s.
 fn policy(wait_limit: Duration) -> ReconnectPolicy {
-    ReconnectPolicy::builder()
-        .backoff(Backoff::exponential(ms(10), 2.0, ms(100)).jitter(Jitter::None))
-        .connect_timeout(Duration::from_secs(1))
-        .wait_limit(wait_limit)
-        .seed(1)
-        .build()
-        .expect("valid policy")
+    redis_books::policy(Duration::from_secs(1), wait_limit)
 }
 
 fn response_timeout(after: Duration) -> AsyncConnectionConfig {
@@ -88,180 +71,13 @@ fn client_for(server: &RedisServer, make: MakeRedis, policy: ReconnectPolicy) ->
         .multiplexed(server.url())
 }
 
-fn incr() -> Cmd {
-    Cmd::incr("counter", 1)
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 // ---------------------------------------------------------------------------
-// Outcomes
-// ---------------------------------------------------------------------------
-
-/// How one command ended, as its caller saw it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Outcome {
-    Ok,
-    /// A transport error: the command may or may not have run.
-    Ambiguous,
-    /// Never reached the server (re-sends exhausted).
-    NotSent,
-    /// Failed fast: the connection was down past the wait limit.
-    Unavailable,
-    Closed,
-    /// The server answered with an error: the command did not run.
-    Refused,
-    Unexpected,
-}
-
-fn outcome(result: &Result<Value, BoxError>) -> Outcome {
-    let error = match result {
-        Ok(_) => return Outcome::Ok,
-        Err(error) => &**error,
-    };
-    if find::<Unavailable>(error) {
-        Outcome::Unavailable
-    } else if find::<Closed>(error) {
-        Outcome::Closed
-    } else if find::<NotSent>(error) {
-        Outcome::NotSent
-    } else if redis_error(error).is_some_and(RedisError::is_io_error) {
-        Outcome::Ambiguous
-    } else if redis_error(error).is_some() {
-        Outcome::Refused
-    } else {
-        Outcome::Unexpected
-    }
-}
-
-fn find<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
-    std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<E>())
-}
-
-fn int(value: &Value) -> i64 {
-    match value {
-        Value::Int(n) => *n,
-        Value::Nil => 0,
-        other => {
-            redis::from_redis_value(other.clone()).unwrap_or_else(|e| panic!("{other:?}: {e}"))
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
 // The chaos run
 // ---------------------------------------------------------------------------
-
-/// What one caller saw.
-#[derive(Debug, Default)]
-struct Books {
-    issued: u64,
-    incr_ok: u64,
-    incr_ambiguous: u64,
-    get_ok: u64,
-    ambiguous: u64,
-    not_sent: u64,
-    unavailable: u64,
-    closed: u64,
-    refused: u64,
-    unexpected: Vec<String>,
-    slowest: Duration,
-    /// How the slowest request ended.
-    slowest_outcome: Option<Outcome>,
-    last: Option<Outcome>,
-    violations: Vec<String>,
-}
-
-impl Books {
-    fn add(&mut self, other: Books) {
-        self.issued += other.issued;
-        self.incr_ok += other.incr_ok;
-        self.incr_ambiguous += other.incr_ambiguous;
-        self.get_ok += other.get_ok;
-        self.ambiguous += other.ambiguous;
-        self.not_sent += other.not_sent;
-        self.unavailable += other.unavailable;
-        self.closed += other.closed;
-        self.refused += other.refused;
-        self.unexpected.extend(other.unexpected);
-        if other.slowest > self.slowest {
-            self.slowest = other.slowest;
-            self.slowest_outcome = other.slowest_outcome;
-        }
-        self.violations.extend(other.violations);
-    }
-}
-
-/// One caller: `INCR counter` and `GET counter` in turn until told to stop.
-/// Every acknowledged `INCR` was fsynced before its reply, so the counter
-/// never goes below one: each acknowledged `INCR` must answer more than the
-/// last one this caller saw acknowledged, and each `GET` at least as much.
-async fn caller(
-    id: usize,
-    client: RedisClient,
-    answered: Arc<watch::Sender<u64>>,
-    stop: Arc<AtomicBool>,
-) -> Books {
-    let mut books = Books::default();
-    let mut seen = 0i64;
-    let mut i = 0u64;
-    while !stop.load(Ordering::SeqCst) {
-        let is_incr = i % 2 == 0;
-        i += 1;
-        let command = if is_incr { incr() } else { Cmd::get("counter") };
-        let sent = Instant::now();
-        let result = client.clone().oneshot(command).await;
-        let took = sent.elapsed();
-        books.issued += 1;
-        let outcome = outcome(&result);
-        if took > books.slowest {
-            books.slowest = took;
-            books.slowest_outcome = Some(outcome);
-        }
-        books.last = Some(outcome);
-        match (outcome, is_incr) {
-            (Outcome::Ok, true) => {
-                books.incr_ok += 1;
-                let value = int(result.as_ref().unwrap());
-                if value <= seen {
-                    books
-                        .violations
-                        .push(format!("caller {id}: INCR answered {value} after {seen}"));
-                }
-                seen = value;
-            }
-            (Outcome::Ok, false) => {
-                books.get_ok += 1;
-                let value = int(result.as_ref().unwrap());
-                if value < seen {
-                    books.violations.push(format!(
-                        "caller {id}: GET answered {value} after an INCR answered {seen}"
-                    ));
-                }
-                seen = seen.max(value);
-            }
-            (Outcome::Ambiguous, incr) => {
-                books.ambiguous += 1;
-                books.incr_ambiguous += u64::from(incr);
-            }
-            (Outcome::NotSent, _) => books.not_sent += 1,
-            (Outcome::Unavailable, _) => {
-                books.unavailable += 1;
-                // Failing fast is instant: pace the loop.
-                sleep(ms(10)).await;
-            }
-            (Outcome::Closed, _) => books.closed += 1,
-            (Outcome::Refused, _) => books.refused += 1,
-            (Outcome::Unexpected, _) => books.unexpected.push(format!("{result:?}")),
-        }
-        if outcome == Outcome::Ok {
-            answered.send_modify(|n| *n += 1);
-        }
-    }
-    books
-}
 
 /// The chaos run: 16 tasks of `INCR` and `GET` through one client
 /// while the server is killed with `kill -9` and restarted on the same port
@@ -283,42 +99,21 @@ async fn kill_nine_ten_times_under_sixteen_tasks() {
         policy,
     );
 
-    let answered = Arc::new(watch::Sender::new(0u64));
-    let stop = Arc::new(AtomicBool::new(false));
-    let callers: Vec<_> = (0..TASKS)
-        .map(|id| tokio::spawn(caller(id, client.clone(), answered.clone(), stop.clone())))
-        .collect();
-
-    let mut progress = answered.subscribe();
+    let callers = Callers::spawn(&client, Commands::IncrAndGet);
     let mut downtimes = Vec::new();
     for kill in 0..KILLS {
-        let target = *progress.borrow() + BETWEEN_KILLS;
-        deadline(
-            &format!("{BETWEEN_KILLS} answers before kill {kill}"),
-            progress.wait_for(|&n| n >= target),
-        )
-        .await
-        .expect("the counter lives here");
+        callers
+            .answers(
+                BETWEEN_KILLS,
+                &format!("{BETWEEN_KILLS} answers before kill {kill}"),
+            )
+            .await;
         downtimes.push(server.kill_and_restart().await);
     }
-    let target = *progress.borrow() + 2 * BETWEEN_KILLS;
-    deadline(
-        "answers after the last restart",
-        progress.wait_for(|&n| n >= target),
-    )
-    .await
-    .expect("the counter lives here");
-    stop.store(true, Ordering::SeqCst);
-
-    let mut books = Books::default();
-    let mut lasts = Vec::new();
-    for caller in deadline("callers", futures::future::try_join_all(callers))
-        .await
-        .expect("no caller panicked")
-    {
-        lasts.push(caller.last);
-        books.add(caller);
-    }
+    callers
+        .answers(2 * BETWEEN_KILLS, "answers after the last restart")
+        .await;
+    let (books, lasts) = callers.stop().await;
     let count = server.counter("counter").await;
     let stats = client.stats();
     let (s, a) = (books.incr_ok as i64, books.incr_ambiguous as i64);

@@ -15,29 +15,24 @@
 #[path = "support/redis_server.rs"]
 mod redis_server;
 
-use std::error::Error;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+#[path = "support/redis_books.rs"]
+mod redis_books;
+
 use std::time::Duration;
 
-use redis::{AsyncConnectionConfig, Cmd, ErrorKind, RedisError, ServerErrorKind, Value};
+use redis::{AsyncConnectionConfig, Cmd, Value};
+use redis_books::{deadline, find, incr, outcome, Callers, Commands, Outcome, TASKS};
 use redis_server::RedisServer;
-use tokio::sync::watch;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, Instant};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_redial::redis::{redis_error, MakeRedis, NotServing, RedisClient};
-use tower_redial::{
-    Backoff, BoxError, Closed, Jitter, NotSent, Phase, ReconnectLayer, ReconnectPolicy, Unavailable,
-};
+use tower_redial::redis::{MakeRedis, NotServing, RedisClient};
+use tower_redial::{BoxError, Phase, ReconnectLayer, Unavailable};
 
-/// Concurrent callers in the restart runs.
-const TASKS: usize = 16;
 /// Restarts in each restart run.
 const RESTARTS: usize = 10;
 /// Answered requests between two restarts, so that each lands mid-traffic.
 const BETWEEN_RESTARTS: u64 = 100;
-/// How long anything may take before the test counts it as hung.
-const HANG_GUARD: Duration = Duration::from_secs(30);
 /// The wait limit of the restart runs: far above any outage they make.
 const WAIT_LIMIT: Duration = Duration::from_secs(20);
 
@@ -45,60 +40,16 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// Awaits `future`, or fails the test if it hangs.
-async fn deadline<F: std::future::Future>(what: &str, future: F) -> F::Output {
-    timeout(HANG_GUARD, future)
-        .await
-        .unwrap_or_else(|_| panic!("hung for {HANG_GUARD:?}: {what}"))
-}
-
-/// 10 ms, 20, 40, 80, then 100 ms between dials; no jitter.
-fn policy(wait_limit: Duration) -> ReconnectPolicy {
-    ReconnectPolicy::builder()
-        .backoff(Backoff::exponential(ms(10), 2.0, ms(100)).jitter(Jitter::None))
-        .connect_timeout(Duration::from_secs(2))
-        .wait_limit(wait_limit)
-        .seed(1)
-        .build()
-        .expect("valid policy")
-}
-
-/// A multiplexed client of `server`, with a 5 s reply timeout: a reply that
-/// takes longer is a hang, not a slow machine.
+/// A multiplexed client of `server`, with the shared backoff, dials that
+/// time out after 2 s and a 5 s reply timeout: a reply that takes longer is
+/// a hang, not a slow machine.
 fn client_for(server: &RedisServer, wait_limit: Duration) -> RedisClient {
     let config = AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
+    let policy = redis_books::policy(Duration::from_secs(2), wait_limit);
     ServiceBuilder::new()
-        .layer(ReconnectLayer::new(policy(wait_limit)))
+        .layer(ReconnectLayer::new(policy))
         .service(MakeRedis::with_config(config))
         .multiplexed(server.url())
-}
-
-fn incr() -> Cmd {
-    Cmd::incr("counter", 1)
-}
-
-/// The first `E` in `error`'s `source()` chain, `error` included.
-fn find<'a, E: Error + 'static>(error: &'a (dyn Error + 'static)) -> Option<&'a E> {
-    let mut next = Some(error);
-    while let Some(error) = next {
-        if let Some(found) = error.downcast_ref::<E>() {
-            return Some(found);
-        }
-        next = error.source();
-    }
-    None
-}
-
-/// The server's refusal of a command as not serving, if `error` holds one
-/// in any form: a `NotServing`, or the reply itself.
-fn says_not_serving(error: &(dyn Error + 'static)) -> bool {
-    find::<NotServing>(error).is_some()
-        || redis_error(error).is_some_and(|e| {
-            matches!(
-                e.kind(),
-                ErrorKind::Server(ServerErrorKind::BusyLoading | ServerErrorKind::MasterDown)
-            )
-        })
 }
 
 /// Waits until the server has refused more than `than` commands with the
@@ -122,6 +73,24 @@ async fn refusals_past(
     deadline(&format!("more than {than} -{code} refusals"), refused).await
 }
 
+/// The first `INCR` through `client`: a fresh server answers it with 1.
+async fn first_incr(client: &RedisClient) {
+    let reply = deadline("the first INCR", client.clone().oneshot(incr())).await;
+    assert_eq!(reply.expect("the first INCR"), Value::Int(1));
+}
+
+/// Waits for the second `INCR`, `sent` and named `what`: it succeeds, and
+/// ran once.
+async fn second_incr_ran_once(
+    server: &RedisServer,
+    what: &str,
+    sent: JoinHandle<Result<Value, BoxError>>,
+) {
+    let reply = deadline(what, sent).await.expect("command task");
+    assert_eq!(reply.expect("it succeeds"), Value::Int(2));
+    assert_eq!(server.counter("counter").await, 2, "it ran once");
+}
+
 /// Waits until the client has dropped more than `than` connections.
 async fn drops_past(client: &RedisClient, than: u64) {
     let mut state = client.state();
@@ -131,13 +100,6 @@ async fn drops_past(client: &RedisClient, than: u64) {
     )
     .await
     .expect("the client is alive");
-}
-
-fn int(value: &Value) -> i64 {
-    match value {
-        Value::Int(n) => *n,
-        other => panic!("not an integer: {other:?}"),
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -153,123 +115,6 @@ enum Restart {
     Kill,
 }
 
-/// How one request ended, as its caller saw it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Outcome {
-    Ok,
-    /// A transport error: the command may or may not have run.
-    Ambiguous,
-    /// Never reached the server, and handed back (re-sends spent).
-    NotSent,
-    /// Failed fast: the connection was down past the wait limit.
-    Unavailable,
-    Closed,
-    /// The server's `-LOADING` or `-MASTERDOWN` reached the caller.
-    NotServing,
-    /// Any other server error.
-    Refused,
-    Unexpected,
-}
-
-fn outcome(result: &Result<Value, BoxError>) -> Outcome {
-    let error = match result {
-        Ok(_) => return Outcome::Ok,
-        Err(error) => &**error,
-    };
-    if find::<Unavailable>(error).is_some() {
-        Outcome::Unavailable
-    } else if find::<Closed>(error).is_some() {
-        Outcome::Closed
-    } else if says_not_serving(error) {
-        // Checked before `NotSent`: a refused command handed back with its
-        // re-sends spent is a refusal reaching the caller.
-        Outcome::NotServing
-    } else if find::<NotSent>(error).is_some() {
-        Outcome::NotSent
-    } else if redis_error(error).is_some_and(RedisError::is_io_error) {
-        Outcome::Ambiguous
-    } else if redis_error(error).is_some() {
-        Outcome::Refused
-    } else {
-        Outcome::Unexpected
-    }
-}
-
-/// What the callers saw.
-#[derive(Debug, Default)]
-struct Books {
-    sent: u64,
-    succeeded: u64,
-    ambiguous: u64,
-    not_sent: u64,
-    unavailable: u64,
-    closed: u64,
-    not_serving: u64,
-    refused: u64,
-    unexpected: Vec<String>,
-    /// Callers whose `INCR`s were answered out of order.
-    violations: Vec<String>,
-    last: Option<Outcome>,
-}
-
-impl Books {
-    fn add(&mut self, other: Books) {
-        self.sent += other.sent;
-        self.succeeded += other.succeeded;
-        self.ambiguous += other.ambiguous;
-        self.not_sent += other.not_sent;
-        self.unavailable += other.unavailable;
-        self.closed += other.closed;
-        self.not_serving += other.not_serving;
-        self.refused += other.refused;
-        self.unexpected.extend(other.unexpected);
-        self.violations.extend(other.violations);
-    }
-}
-
-/// One caller: `INCR counter` until told to stop. Every acknowledged `INCR`
-/// was fsynced before its reply, so each must answer more than the last one
-/// this caller saw acknowledged.
-async fn caller(
-    id: usize,
-    client: RedisClient,
-    answered: Arc<watch::Sender<u64>>,
-    stop: Arc<AtomicBool>,
-) -> Books {
-    let mut books = Books::default();
-    let mut seen = 0;
-    while !stop.load(Ordering::SeqCst) {
-        let result = client.clone().oneshot(incr()).await;
-        books.sent += 1;
-        let ended = outcome(&result);
-        books.last = Some(ended);
-        match ended {
-            Outcome::Ok => {
-                books.succeeded += 1;
-                let value = int(result.as_ref().unwrap());
-                if value <= seen {
-                    let violation = format!("caller {id}: INCR answered {value} after {seen}");
-                    books.violations.push(violation);
-                }
-                seen = value;
-                answered.send_modify(|n| *n += 1);
-            }
-            Outcome::Ambiguous => books.ambiguous += 1,
-            Outcome::NotSent => books.not_sent += 1,
-            Outcome::Unavailable => {
-                books.unavailable += 1;
-                // Failing fast is instant: pace the loop.
-                sleep(ms(10)).await;
-            }
-            Outcome::Closed => books.closed += 1,
-            Outcome::NotServing => books.not_serving += 1,
-            Outcome::Refused => books.refused += 1,
-            Outcome::Unexpected => books.unexpected.push(format!("{result:?}")),
-        }
-    }
-    books
-}
-
 /// Sixteen tasks of `INCR` through one client while the server is taken
 /// down (`how`) and started again ten times. Each start loads the dataset,
 /// answering `-LOADING`, until it has so refused the client (a dial of its,
@@ -279,23 +124,16 @@ async fn restart_run(how: Restart) {
     let mut server = RedisServer::start_slow_loading().await;
     let client = client_for(&server, WAIT_LIMIT);
 
-    let answered = Arc::new(watch::Sender::new(0u64));
-    let stop = Arc::new(AtomicBool::new(false));
-    let callers: Vec<_> = (0..TASKS)
-        .map(|id| tokio::spawn(caller(id, client.clone(), answered.clone(), stop.clone())))
-        .collect();
-
-    let mut progress = answered.subscribe();
+    let callers = Callers::spawn(&client, Commands::Incr);
     let mut outages = Vec::new();
     let mut loading_refusals = 0;
     for restart in 0..RESTARTS {
-        let target = *progress.borrow() + BETWEEN_RESTARTS;
-        deadline(
-            &format!("{BETWEEN_RESTARTS} answers before restart {restart}"),
-            progress.wait_for(|&n| n >= target),
-        )
-        .await
-        .expect("the counter lives here");
+        callers
+            .answers(
+                BETWEEN_RESTARTS,
+                &format!("{BETWEEN_RESTARTS} answers before restart {restart}"),
+            )
+            .await;
 
         let down = Instant::now();
         match how {
@@ -311,24 +149,10 @@ async fn restart_run(how: Restart) {
         server.finish_loading().await;
         outages.push(down.elapsed());
     }
-    let target = *progress.borrow() + 2 * BETWEEN_RESTARTS;
-    deadline(
-        "answers after the last restart",
-        progress.wait_for(|&n| n >= target),
-    )
-    .await
-    .expect("the counter lives here");
-    stop.store(true, Ordering::SeqCst);
-
-    let mut books = Books::default();
-    let mut lasts = Vec::new();
-    for caller in deadline("callers", futures::future::try_join_all(callers))
-        .await
-        .expect("no caller panicked")
-    {
-        lasts.push(caller.last);
-        books.add(caller);
-    }
+    callers
+        .answers(2 * BETWEEN_RESTARTS, "answers after the last restart")
+        .await;
+    let (books, lasts) = callers.stop().await;
     let count = server.counter("counter").await as u64;
     let stats = client.stats();
     let longest = outages.iter().max().copied().unwrap_or_default();
@@ -340,15 +164,15 @@ async fn restart_run(how: Restart) {
          -LOADING refusals of the client counted by the servers: at least \
          {loading_refusals}; \
          dials {}, failed {}; connections dropped {}",
-        books.sent,
-        books.succeeded,
+        books.issued,
+        books.incr_ok,
         books.ambiguous,
         books.not_sent,
         books.unavailable,
         books.not_serving,
         stats.retries,
-        books.succeeded,
-        books.succeeded + books.ambiguous,
+        books.incr_ok,
+        books.incr_ok + books.ambiguous,
         stats.dials,
         stats.dial_failures,
         stats.drops,
@@ -361,19 +185,19 @@ async fn restart_run(how: Restart) {
     assert_eq!(books.closed, 0, "the client must not close: {books:?}");
     assert_eq!(books.refused, 0, "{books:?}");
     assert_eq!(
-        books.sent,
-        books.succeeded + books.ambiguous + books.unavailable,
+        books.issued,
+        books.incr_ok + books.ambiguous + books.unavailable,
         "every request has one outcome: {books:?}"
     );
     assert!(
-        count >= books.succeeded,
+        count >= books.incr_ok,
         "an acknowledged INCR was lost: {count} < {}",
-        books.succeeded
+        books.incr_ok
     );
     assert!(
-        count <= books.succeeded + books.ambiguous,
+        count <= books.incr_ok + books.ambiguous,
         "an INCR ran twice, or one that never reached the server ran: {count} > {}",
-        books.succeeded + books.ambiguous
+        books.incr_ok + books.ambiguous
     );
     assert!(
         lasts.iter().all(|last| *last == Some(Outcome::Ok)),
@@ -419,8 +243,7 @@ async fn kill_nine_and_loading_restart_ten_times_under_sixteen_tasks() {
 async fn a_command_sent_while_the_server_loads_waits_and_runs_once() {
     let mut server = RedisServer::start_slow_loading().await;
     let client = client_for(&server, WAIT_LIMIT);
-    let reply = deadline("the first INCR", client.clone().oneshot(incr())).await;
-    assert_eq!(reply.expect("the first INCR"), Value::Int(1));
+    first_incr(&client).await;
 
     server.shutdown_and_restart().await;
     assert!(server.is_loading().await);
@@ -433,11 +256,7 @@ async fn a_command_sent_while_the_server_loads_waits_and_runs_once() {
     assert!(server.is_loading().await, "so it has not run");
 
     server.finish_loading().await;
-    let reply = deadline("the INCR sent while loading", sent)
-        .await
-        .expect("command task");
-    assert_eq!(reply.expect("it succeeds"), Value::Int(2));
-    assert_eq!(server.counter("counter").await, 2, "it ran once");
+    second_incr_ran_once(&server, "the INCR sent while loading", sent).await;
     let stats = client.stats();
     println!(
         "loading restart: {} -LOADING refusals; {stats:?}",
@@ -456,8 +275,7 @@ async fn a_command_sent_while_the_server_loads_waits_and_runs_once() {
 async fn a_command_refused_with_loading_on_an_open_connection_is_resent_once() {
     let mut server = RedisServer::start_slow_loading().await;
     let client = client_for(&server, WAIT_LIMIT);
-    let reply = deadline("the first INCR", client.clone().oneshot(incr())).await;
-    assert_eq!(reply.expect("the first INCR"), Value::Int(1));
+    first_incr(&client).await;
     let before = client.stats();
 
     let reload = server.reload_slowly().await;
@@ -471,11 +289,7 @@ async fn a_command_refused_with_loading_on_an_open_connection_is_resent_once() {
     server.finish_loading().await;
     let reloaded = deadline("DEBUG RELOAD", reload).await.expect("reload task");
     assert_eq!(reloaded.expect("DEBUG RELOAD answered"), "+OK\r\n");
-    let reply = deadline("the INCR refused while loading", sent)
-        .await
-        .expect("command task");
-    assert_eq!(reply.expect("it succeeds"), Value::Int(2));
-    assert_eq!(server.counter("counter").await, 2, "it ran once");
+    second_incr_ran_once(&server, "the INCR refused while loading", sent).await;
     let stats = client.stats();
     println!(
         "reload: {} -LOADING refusals; before {before:?}; after {stats:?}",
@@ -493,8 +307,7 @@ async fn a_command_refused_with_loading_on_an_open_connection_is_resent_once() {
 async fn a_command_waiting_on_a_loading_server_past_the_wait_limit_fails_fast_unrun() {
     let mut server = RedisServer::start_slow_loading().await;
     let client = client_for(&server, ms(300));
-    let reply = deadline("the first INCR", client.clone().oneshot(incr())).await;
-    assert_eq!(reply.expect("the first INCR"), Value::Int(1));
+    first_incr(&client).await;
 
     server.shutdown_and_restart().await;
     // The client's latest dial was refused with -LOADING.
@@ -567,8 +380,7 @@ async fn a_command_sent_to_a_replica_cut_off_from_its_master_waits() {
 async fn shutdown_fails_the_command_in_flight_and_holds_the_rest() {
     let mut server = RedisServer::start_durable().await;
     let client = client_for(&server, WAIT_LIMIT);
-    let reply = deadline("the first INCR", client.clone().oneshot(incr())).await;
-    assert_eq!(reply.expect("the first INCR"), Value::Int(1));
+    first_incr(&client).await;
 
     let paused = server.raw(&["CLIENT", "PAUSE", "60000", "WRITE"]).await;
     assert_eq!(paused, "+OK\r\n");
