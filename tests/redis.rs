@@ -21,7 +21,7 @@ mod redial_watch;
 #[path = "support/redis_books.rs"]
 mod redis_books;
 
-use redial_watch::{ready_after_a_drop, record_phases};
+use redial_watch::{assert_one_drop_and_one_redial, ready_after_a_drop, record_phases};
 use redis_books::{deadline, incr, outcome, Callers, Commands, Outcome, HANG_GUARD, TASKS};
 use std::io;
 use std::net::SocketAddr;
@@ -671,15 +671,7 @@ async fn idle_connection_death_is_noticed_without_traffic() {
         "ready {took:?} after the kill (server down for {down:?}); {stats:?}; states seen: {:#?}",
         lock(&phases)
     );
-    assert_eq!(stats.drops, 1, "{stats:?}");
-    // The first redial is immediate, so it finds the port closed until the
-    // server is back: refused dials are allowed, one more connection is not.
-    assert_eq!(
-        stats.dials - stats.dial_failures,
-        2,
-        "two connections made: {stats:?}"
-    );
-    assert_eq!(stats.retries, 0, "{stats:?}");
+    assert_one_drop_and_one_redial(&stats);
     // The new server has the connection (and the one asking), made while
     // nothing was sent.
     deadline("the new server to count the connection", async {
