@@ -92,10 +92,11 @@ impl fmt::Debug for Classifier {
 /// - an [`io::Error`] of kind `ConnectionReset`, `ConnectionAborted`,
 ///   `ConnectionRefused`, `BrokenPipe`, `NotConnected`, `UnexpectedEof`,
 ///   `TimedOut`, `HostUnreachable` or `NetworkUnreachable`;
-/// - a [`NotSent`] (the connection could not take the request);
+/// - a [`NotSent`] (the connection could not take the request), unless it
+///   [keeps the connection](NotSent::keep_connection);
 /// - a [`ConnectTimeout`];
 /// - with the `hyper` feature, a `hyper::Error` that is closed, canceled,
-///   an incomplete message or a timeout (see
+///   an incomplete message, a timeout or the server's HTTP/2 GOAWAY (see
 ///   `tower_redial::hyper::is_hyper_transport_error`).
 ///
 /// # Example
@@ -116,7 +117,8 @@ pub fn is_transport_error(error: &(dyn Error + 'static)) -> bool {
         return true;
     }
     chain(error).any(|e| {
-        e.is::<NotSent>()
+        e.downcast_ref::<NotSent>()
+            .is_some_and(|not_sent| !not_sent.keeps_connection())
             || e.is::<ConnectTimeout>()
             || e.downcast_ref::<io::Error>()
                 .is_some_and(|io| is_transport_kind(io.kind()))

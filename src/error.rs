@@ -267,7 +267,8 @@ impl Error for ConnectTimeout {}
 /// To be re-sent, the request must come back: build the error with
 /// [`NotSent::with_request`] and return it as the connection's error (itself,
 /// or boxed into a [`BoxError`]), not wrapped inside another error type. A
-/// `NotSent` built with [`NotSent::new`] still marks the connection as dead,
+/// `NotSent` built with [`NotSent::new`] still marks the connection as dead
+/// (unless it [keeps the connection](NotSent::keep_connection)),
 /// but the request is then re-sent only if it is idempotent (see
 /// [`ReconnectLayer::resend_if`](crate::ReconnectLayer::resend_if)).
 ///
@@ -284,6 +285,7 @@ impl Error for ConnectTimeout {}
 /// ```
 pub struct NotSent {
     source: BoxError,
+    keeps_connection: bool,
     // A `Mutex` only so that `NotSent` is `Sync`, as `BoxError` requires;
     // it is reached through `&mut self`, never locked.
     request: Mutex<Option<Box<dyn Any + Send>>>,
@@ -294,6 +296,7 @@ impl NotSent {
     pub fn new(source: impl Into<BoxError>) -> Self {
         Self {
             source: source.into(),
+            keeps_connection: false,
             request: Mutex::new(None),
         }
     }
@@ -303,8 +306,38 @@ impl NotSent {
     pub fn with_request<R: Send + 'static>(request: R, source: impl Into<BoxError>) -> Self {
         Self {
             source: source.into(),
+            keeps_connection: false,
             request: Mutex::new(Some(Box::new(request))),
         }
+    }
+
+    /// Says that the connection is still fine: the peer declined this one
+    /// request, as an HTTP/2 server does when it resets a stream with
+    /// `REFUSED_STREAM`. The client then keeps the connection, and still
+    /// sends the request again. Without this, a `NotSent` marks its
+    /// connection as dead.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_redial::classify::is_transport_error;
+    /// use tower_redial::NotSent;
+    ///
+    /// let declined = NotSent::with_request("GET /", "refused").keep_connection();
+    /// assert!(declined.keeps_connection());
+    /// assert!(!is_transport_error(&declined));
+    /// assert!(is_transport_error(&NotSent::new("closed")));
+    /// ```
+    #[must_use]
+    pub fn keep_connection(mut self) -> Self {
+        self.keeps_connection = true;
+        self
+    }
+
+    /// Whether the connection is still fine; see
+    /// [`keep_connection`](Self::keep_connection).
+    pub fn keeps_connection(&self) -> bool {
+        self.keeps_connection
     }
 
     /// Takes the handed-back request out, if there is one of type `R`.
@@ -332,6 +365,7 @@ impl fmt::Debug for NotSent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NotSent")
             .field("source", &self.source)
+            .field("keeps_connection", &self.keeps_connection)
             .field(
                 "has_request",
                 &self.request.lock().is_ok_and(|request| request.is_some()),

@@ -220,11 +220,12 @@ impl<Req, Res> Policy<Slot<Req>, Res, BoxError> for RetryPolicy<Req> {
             return None;
         }
         let handed_back = slot.has_request() && NotSent::is_in(error);
+        // A spare goes for a request that never left, or one opted in whose
+        // connection broke.
         let resend = !handed_back
-            && self
-                .copier
-                .as_ref()
-                .is_some_and(|copy| self.classifier.is_dead(error) && slot.use_spare(copy));
+            && self.copier.as_ref().is_some_and(|copy| {
+                (NotSent::is_in(error) || self.classifier.is_dead(error)) && slot.use_spare(copy)
+            });
         if !handed_back && !resend {
             return None;
         }

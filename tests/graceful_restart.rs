@@ -35,7 +35,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_redial::connect::TcpConnector;
 use tower_redial::hyper::{http1, http2};
-use tower_redial::{Backoff, BoxError, Client, Handshake, ReconnectLayer, ReconnectPolicy};
+use tower_redial::{
+    Backoff, BoxError, Client, Handshake, ReconnectLayer, ReconnectPolicy, ResendPolicy,
+};
 
 type Body = Full<Bytes>;
 type HttpClient = Client<Request<Body>, Response<Incoming>>;
@@ -532,25 +534,26 @@ async fn http2_goaway_drains_the_old_connection_and_dials_a_new_one_at_once() {
 // REFUSED_STREAM: the server's word that a request did not run
 // ---------------------------------------------------------------------------
 
-/// A bare h2 server that resets the first stream it gets with
-/// `REFUSED_STREAM`, unread, and answers every later one, recording its id.
-async fn refusing_server() -> (SocketAddr, Arc<Seen>, JoinHandle<()>) {
+/// A bare h2 server that resets with `REFUSED_STREAM`, unread, every
+/// `every`-th stream it gets (the first, then every `every`-th after it),
+/// and answers the others, recording their ids.
+async fn refusing_server(every: u64) -> (SocketAddr, Arc<Seen>, JoinHandle<()>) {
     let listener = listen::reusable("127.0.0.1:0".parse().unwrap());
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Seen::default());
-    let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let streams = Arc::new(AtomicU64::new(0));
     let task = tokio::spawn({
         let seen = seen.clone();
         async move {
             let mut connections = JoinSet::new();
             while let Ok((io, _)) = listener.accept().await {
-                let (seen, refused, conn) = (seen.clone(), refused.clone(), seen.connection());
+                let (seen, streams, conn) = (seen.clone(), streams.clone(), seen.connection());
                 connections.spawn(async move {
                     let Ok(mut connection) = h2::server::handshake(io).await else {
                         return;
                     };
                     while let Some(Ok((request, mut respond))) = connection.accept().await {
-                        if !refused.swap(true, Ordering::SeqCst) {
+                        if streams.fetch_add(1, Ordering::SeqCst) % every == 0 {
                             respond.send_reset(h2::Reason::REFUSED_STREAM);
                             continue;
                         }
@@ -565,26 +568,93 @@ async fn refusing_server() -> (SocketAddr, Arc<Seen>, JoinHandle<()>) {
     (addr, seen, task)
 }
 
+fn refused_client(
+    addr: SocketAddr,
+    layer: ReconnectLayer<impl ResendPolicy<Request<Body>>>,
+) -> HttpClient {
+    ServiceBuilder::new()
+        .layer(layer)
+        .service(Handshake::new(TcpConnector::new(), http2::<Body>))
+        .multiplexed(addr)
+}
+
+async fn post(
+    client: &HttpClient,
+    addr: SocketAddr,
+    id: u64,
+    body: &'static [u8],
+) -> Result<(), BoxError> {
+    let request = Request::post(format!("http://{addr}/"))
+        .header("x-id", id)
+        .body(Full::new(Bytes::from_static(body)))
+        .unwrap();
+    let response = client.clone().oneshot(request).await?;
+    assert_eq!(response.status(), http::StatusCode::OK);
+    Ok(())
+}
+
 /// A `POST` whose HTTP/2 stream the server refuses is sent again with the
 /// default policy (no opt-in), and runs once: `REFUSED_STREAM` says it did
 /// not run, and hyper had not read its (empty) body, so the request came
-/// back whole.
+/// back whole. The connection stays up: the refusal was for one stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_stream_is_sent_again_and_runs_once() {
     let test = async {
-        let (addr, seen, server) = refusing_server().await;
-        let client: HttpClient = ServiceBuilder::new()
-            .layer(ReconnectLayer::new(policy()))
-            .service(Handshake::new(TcpConnector::new(), http2::<Body>))
-            .multiplexed(addr);
-        let request = Request::post(format!("http://{addr}/"))
-            .header("x-id", 7)
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let response = client.clone().oneshot(request).await.expect("answered");
-        assert_eq!(response.status(), http::StatusCode::OK);
+        let (addr, seen, server) = refusing_server(u64::MAX).await;
+        let client = refused_client(addr, ReconnectLayer::new(policy()));
+        post(&client, addr, 7, b"").await.expect("answered");
         assert_eq!(seen.times(7), 1, "ran once");
-        assert_eq!(client.stats().retries, 1, "sent again once");
+        let stats = client.stats();
+        assert_eq!(
+            (stats.retries, stats.dials, stats.drops),
+            (1, 1, 0),
+            "{stats:?}"
+        );
+        server.abort();
+    };
+    tokio::time::timeout(GUARD, test).await.expect("test hung");
+}
+
+/// A server that refuses every other stream costs one re-send each, on the
+/// same connection: every request is answered and runs once, and the
+/// client never dials again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_streams_keep_the_connection() {
+    let test = async {
+        let (addr, seen, server) = refusing_server(2).await;
+        let client = refused_client(addr, ReconnectLayer::new(policy()));
+        for id in 0..20 {
+            post(&client, addr, id, b"").await.expect("answered");
+            assert_eq!(seen.times(id), 1, "request {id} ran once");
+        }
+        let stats = client.stats();
+        assert_eq!(
+            (stats.retries, stats.dials, stats.drops),
+            (20, 1, 0),
+            "{stats:?}"
+        );
+        server.abort();
+    };
+    tokio::time::timeout(GUARD, test).await.expect("test hung");
+}
+
+/// A refused `POST` whose body hyper may already have read is sent again
+/// from the copy kept when it is opted in, on the same connection, and
+/// runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_stream_opted_in_is_sent_again_from_its_copy() {
+    let test = async {
+        let (addr, seen, server) = refusing_server(u64::MAX).await;
+        let layer = ReconnectLayer::new(policy()).resend_if(|_: &Request<Body>| true);
+        let client = refused_client(addr, layer);
+        post(&client, addr, 7, b"payload").await.expect("answered");
+        assert_eq!(seen.times(7), 1, "ran once");
+        let stats = client.stats();
+        assert_eq!(
+            (stats.retries, stats.dials, stats.drops),
+            (1, 1, 0),
+            "{stats:?}"
+        );
         server.abort();
     };
     tokio::time::timeout(GUARD, test).await.expect("test hung");

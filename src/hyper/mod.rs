@@ -90,7 +90,7 @@
 //! | what happened | the error | sent again? |
 //! |---|---|---|
 //! | the connection closed before hyper wrote the request | [`NotSent`] with the request; its `source()` is hyper's `canceled` error | yes, by default (within the policy's attempts and budget) |
-//! | the server reset the HTTP/2 stream with `REFUSED_STREAM` | [`NotSent`], carrying the request if hyper had not read its body | yes, by default when it carries the request; else when opted in |
+//! | the server reset the HTTP/2 stream with `REFUSED_STREAM` | [`NotSent`] that [keeps the connection](NotSent::keep_connection), carrying the request if hyper had not read its body | yes, by default when it carries the request; else when opted in |
 //! | the server's HTTP/2 GOAWAY reached the request (hyper reports it also on a stream it had just opened, which the server may run) | the [`hyper::Error`] itself | only if you opted in with [`resend_if`](crate::ReconnectLayer::resend_if) |
 //! | the connection broke after the request may have been written | the [`hyper::Error`] itself (an incomplete message, a reset...) | only if you opted in with [`resend_if`](crate::ReconnectLayer::resend_if) and the [`classifier`] calls it dead |
 //! | the server answered, whatever the status | `Ok(response)`: a `503` is an answer, not an error | no |
@@ -534,20 +534,28 @@ fn hand_back<B: Send + 'static>(mut error: TrySendError<Request<B>>) -> BoxError
 /// The error for a request that failed: a [`NotSent`] carrying `request`,
 /// which hyper handed back unwritten or which was rebuilt after the server
 /// refused its HTTP/2 stream; a [`NotSent`] alone for a refused stream whose
-/// request is gone; else hyper's error.
+/// request is gone; else hyper's error. A refused stream leaves its
+/// connection up.
 fn give_back<B: Send + 'static>(request: Option<Request<B>>, error: ::hyper::Error) -> BoxError {
-    match request {
-        Some(request) => Box::new(NotSent::with_request(request, error)),
-        None if is_refused(&error) => Box::new(NotSent::new(error)),
-        None => Box::new(error),
-    }
+    let refused = is_refused(&error);
+    let not_sent = match request {
+        Some(request) => NotSent::with_request(request, error),
+        None if refused => NotSent::new(error),
+        None => return Box::new(error),
+    };
+    Box::new(if refused {
+        not_sent.keep_connection()
+    } else {
+        not_sent
+    })
 }
 
 /// Whether any error in the `source()` chain is a [`hyper::Error`]
 /// that means the connection is gone: the connection closed before a message
 /// completed, its channel closed, a request was canceled because of it, a
 /// timeout (such as an HTTP/2 keep-alive ping) expired, or the server sent
-/// an HTTP/2 GOAWAY or refused the request's stream.
+/// an HTTP/2 GOAWAY. A stream the server refused is not one: the
+/// connection lives on.
 ///
 /// Errors are told apart by type and hyper's own predicates, never by
 /// message text. hyper's IO errors are left to
@@ -568,7 +576,6 @@ fn give_back<B: Send + 'static>(request: Option<Request<B>>, error: ::hyper::Err
 /// ```
 pub fn is_hyper_transport_error(error: &(dyn Error + 'static)) -> bool {
     is_go_away(error)
-        || is_refused(error)
         || chain(error).any(|e| {
             e.downcast_ref::<::hyper::Error>().is_some_and(|e| {
                 e.is_incomplete_message() || e.is_closed() || e.is_canceled() || e.is_timeout()
