@@ -70,6 +70,10 @@ use crate::BoxError;
 /// As a `Service<Target>`, it connects with the connector, then hands the IO
 /// to `handshake`, whose output is the connection service. Either step's
 /// error fails the dial.
+///
+/// Each dial calls a fresh clone of `handshake`, so state kept in the
+/// closure itself starts over on every dial; share state across dials
+/// through an `Arc` the closure captures.
 #[derive(Clone)]
 pub struct Handshake<C, H> {
     connector: C,
@@ -398,5 +402,57 @@ impl Keepalive {
             None => keepalive,
         };
         keepalive
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    /// Each dial calls a fresh clone of the handshake: state kept in the
+    /// closure starts over, state behind an `Arc` carries on.
+    #[tokio::test]
+    async fn each_dial_calls_a_fresh_clone_of_the_handshake() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepting = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            for _ in 0..2 {
+                kept.push(listener.accept().await.unwrap());
+            }
+            kept
+        });
+        let shared = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let mut own = 0;
+        let handshake = {
+            let shared = shared.clone();
+            move |_io: tokio::net::TcpStream| {
+                own += 1;
+                let total = shared.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                let seen = (own, total);
+                async move { Ok::<_, BoxError>(seen) }
+            }
+        };
+        // Both dials on the one factory.
+        let mut make = Handshake::new(TcpConnector::new(), handshake);
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let dial = async {
+                ServiceExt::<std::net::SocketAddr>::ready(&mut make)
+                    .await?
+                    .call(addr)
+                    .await
+            };
+            seen.push(
+                tokio::time::timeout(Duration::from_secs(10), dial)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        let (first, second) = (seen[0], seen[1]);
+        assert_eq!((first, second), ((1, 1), (1, 2)));
+        drop(accepting);
     }
 }

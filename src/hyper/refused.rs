@@ -61,25 +61,67 @@ pub(crate) fn is_go_away(error: &(dyn Error + 'static)) -> bool {
 ///
 /// # Example
 ///
-/// An HTTP/2 handshake with hyper's own builder:
+/// An HTTP/2 handshake with hyper's own builder, here for keep-alive pings
+/// (which need hyper's timer). A [`CloseWatch`](crate::connect::CloseWatch)
+/// closed when the connection's driver ends lets an idle connection's end
+/// be noticed at once:
 ///
 /// ```
+/// use std::io;
+/// use std::time::Duration;
+///
 /// use bytes::Bytes;
 /// use http_body_util::Full;
 /// use hyper::client::conn::http2;
-/// use hyper_util::rt::{TokioExecutor, TokioIo};
+/// use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 /// use tokio::net::TcpStream;
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_redial::connect::{CloseWatch, TcpConnector};
 /// use tower_redial::hyper::{Http2Connection, Resendable};
+/// use tower_redial::{Handshake, ReconnectLayer, ReconnectPolicy};
 ///
 /// async fn handshake(io: TcpStream) -> Result<Http2Connection<Full<Bytes>>, hyper::Error> {
 ///     let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-///         .keep_alive_interval(std::time::Duration::from_secs(20))
+///         .timer(TokioTimer::new())
+///         .keep_alive_interval(Duration::from_secs(20))
 ///         .handshake::<_, Resendable<Full<Bytes>>>(TokioIo::new(io))
 ///         .await?;
-///     tokio::spawn(connection);
-///     Ok(Http2Connection::new(sender))
+///     let closed = CloseWatch::new();
+///     tokio::spawn({
+///         let closed = closed.clone();
+///         async move {
+///             let _ = connection.await;
+///             closed.close(io::ErrorKind::UnexpectedEof);
+///         }
+///     });
+///     Ok(Http2Connection::new(sender).with_close_watch(closed))
 /// }
-/// # let _ = tower_redial::Handshake::new(tower_redial::connect::TcpConnector::new(), handshake);
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_redial::BoxError> {
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?;
+/// # tokio::spawn(async move {
+/// #     loop {
+/// #         let (io, _) = listener.accept().await.unwrap();
+/// #         let hello = hyper::service::service_fn(|_| async {
+/// #             Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from("hello"))))
+/// #         });
+/// #         tokio::spawn(
+/// #             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+/// #                 .serve_connection(TokioIo::new(io), hello),
+/// #         );
+/// #     }
+/// # });
+/// let client = ServiceBuilder::new()
+///     .layer(ReconnectLayer::new(ReconnectPolicy::default()))
+///     .service(Handshake::new(TcpConnector::new(), handshake))
+///     .multiplexed(addr);
+/// let request = http::Request::get(format!("http://{addr}/")).body(Full::new(Bytes::new()))?;
+/// let response = client.oneshot(request).await?;
+/// assert_eq!(response.status(), 200);
+/// # Ok(())
+/// # }
 /// ```
 pub struct Resendable<B> {
     body: Option<B>,
