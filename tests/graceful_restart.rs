@@ -568,29 +568,41 @@ async fn refusing_server(every: u64) -> (SocketAddr, Arc<Seen>, JoinHandle<()>) 
     (addr, seen, task)
 }
 
-fn refused_client(
-    addr: SocketAddr,
+/// Sends `requests` `POST`s with `body`, one after another, through a
+/// client with `layer` to a server that refuses every `every`-th stream.
+/// Checks that each ran once and that the one connection stayed up, and
+/// returns how many were sent again.
+async fn through_refusals(
+    every: u64,
     layer: ReconnectLayer<impl ResendPolicy<Request<Body>>>,
-) -> HttpClient {
-    ServiceBuilder::new()
-        .layer(layer)
-        .service(Handshake::new(TcpConnector::new(), http2::<Body>))
-        .multiplexed(addr)
-}
-
-async fn post(
-    client: &HttpClient,
-    addr: SocketAddr,
-    id: u64,
     body: &'static [u8],
-) -> Result<(), BoxError> {
-    let request = Request::post(format!("http://{addr}/"))
-        .header("x-id", id)
-        .body(Full::new(Bytes::from_static(body)))
-        .unwrap();
-    let response = client.clone().oneshot(request).await?;
-    assert_eq!(response.status(), http::StatusCode::OK);
-    Ok(())
+    requests: u64,
+) -> u64 {
+    let test = async {
+        let (addr, seen, server) = refusing_server(every).await;
+        let client: HttpClient = ServiceBuilder::new()
+            .layer(layer)
+            .service(Handshake::new(TcpConnector::new(), http2::<Body>))
+            .multiplexed(addr);
+        for id in 0..requests {
+            let request = Request::post(format!("http://{addr}/"))
+                .header("x-id", id)
+                .body(Full::new(Bytes::from_static(body)))
+                .unwrap();
+            let response = client.clone().oneshot(request).await.expect("answered");
+            assert_eq!(response.status(), http::StatusCode::OK);
+            assert_eq!(seen.times(id), 1, "request {id} ran once");
+        }
+        let stats = client.stats();
+        assert_eq!(
+            (stats.dials, stats.drops),
+            (1, 0),
+            "one connection: {stats:?}"
+        );
+        server.abort();
+        stats.retries
+    };
+    tokio::time::timeout(GUARD, test).await.expect("test hung")
 }
 
 /// A `POST` whose HTTP/2 stream the server refuses is sent again with the
@@ -599,20 +611,8 @@ async fn post(
 /// back whole. The connection stays up: the refusal was for one stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_stream_is_sent_again_and_runs_once() {
-    let test = async {
-        let (addr, seen, server) = refusing_server(u64::MAX).await;
-        let client = refused_client(addr, ReconnectLayer::new(policy()));
-        post(&client, addr, 7, b"").await.expect("answered");
-        assert_eq!(seen.times(7), 1, "ran once");
-        let stats = client.stats();
-        assert_eq!(
-            (stats.retries, stats.dials, stats.drops),
-            (1, 1, 0),
-            "{stats:?}"
-        );
-        server.abort();
-    };
-    tokio::time::timeout(GUARD, test).await.expect("test hung");
+    let retries = through_refusals(u64::MAX, ReconnectLayer::new(policy()), b"", 1).await;
+    assert_eq!(retries, 1);
 }
 
 /// A server that refuses every other stream costs one re-send each, on the
@@ -620,22 +620,8 @@ async fn a_refused_stream_is_sent_again_and_runs_once() {
 /// client never dials again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_streams_keep_the_connection() {
-    let test = async {
-        let (addr, seen, server) = refusing_server(2).await;
-        let client = refused_client(addr, ReconnectLayer::new(policy()));
-        for id in 0..20 {
-            post(&client, addr, id, b"").await.expect("answered");
-            assert_eq!(seen.times(id), 1, "request {id} ran once");
-        }
-        let stats = client.stats();
-        assert_eq!(
-            (stats.retries, stats.dials, stats.drops),
-            (20, 1, 0),
-            "{stats:?}"
-        );
-        server.abort();
-    };
-    tokio::time::timeout(GUARD, test).await.expect("test hung");
+    let retries = through_refusals(2, ReconnectLayer::new(policy()), b"", 20).await;
+    assert_eq!(retries, 20);
 }
 
 /// A refused `POST` whose body hyper may already have read is sent again
@@ -643,19 +629,7 @@ async fn refused_streams_keep_the_connection() {
 /// runs once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_stream_opted_in_is_sent_again_from_its_copy() {
-    let test = async {
-        let (addr, seen, server) = refusing_server(u64::MAX).await;
-        let layer = ReconnectLayer::new(policy()).resend_if(|_: &Request<Body>| true);
-        let client = refused_client(addr, layer);
-        post(&client, addr, 7, b"payload").await.expect("answered");
-        assert_eq!(seen.times(7), 1, "ran once");
-        let stats = client.stats();
-        assert_eq!(
-            (stats.retries, stats.dials, stats.drops),
-            (1, 1, 0),
-            "{stats:?}"
-        );
-        server.abort();
-    };
-    tokio::time::timeout(GUARD, test).await.expect("test hung");
+    let layer = ReconnectLayer::new(policy()).resend_if(|_: &Request<Body>| true);
+    let retries = through_refusals(u64::MAX, layer, b"payload", 1).await;
+    assert_eq!(retries, 1);
 }
