@@ -74,8 +74,6 @@ async fn run(proto: Proto) -> Result<(), BoxError> {
             Duration::from_millis(500),
         ))
         .wait_limit(Duration::from_secs(5))
-        // Also count hyper's "connection closed" errors as a dead connection.
-        .classifier(tower_redial::hyper::classifier())
         .build()?;
     let layer = ServiceBuilder::new().layer(ReconnectLayer::new(policy));
     let client: HttpClient = match proto {

@@ -34,7 +34,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{sleep, Instant, MissedTickBehavior};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_redial::postgres::{self, MakePostgres, PgClient, Query};
+use tower_redial::error::ConnectionLost;
+use tower_redial::postgres::{MakePostgres, PgClient, Query};
 use tower_redial::{Backoff, BoxError, NotSent, Phase, ReconnectLayer, ReconnectPolicy, Snapshot};
 
 use pg_server::PgServer;
@@ -70,7 +71,6 @@ async fn main() -> Result<(), BoxError> {
             Duration::from_millis(500),
         ))
         .wait_limit(Duration::from_secs(10))
-        .classifier(postgres::classifier())
         .build()?;
     let client: PgClient = ServiceBuilder::new()
         .layer(ReconnectLayer::new(policy))
@@ -273,7 +273,7 @@ async fn work(
             Err(error) if NotSent::is_in(&*error) || error.is::<tower_redial::Unavailable>() => {
                 tally.not_run.push(id)
             }
-            Err(error) if postgres::classifier().is_dead(&*error) => tally.maybe.push(id),
+            Err(error) if error.is::<ConnectionLost>() => tally.maybe.push(id),
             Err(error) => tally.other.push(format!("insert {id}: {error:?}")),
         }
     }

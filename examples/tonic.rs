@@ -78,7 +78,6 @@ async fn main() -> Result<(), BoxError> {
             Duration::from_millis(500),
         ))
         .wait_limit(Duration::from_secs(5))
-        .classifier(tower_redial::hyper::classifier())
         .build()?;
     let transport: Transport = ServiceBuilder::new()
         .layer(ReconnectLayer::new(policy))

@@ -16,6 +16,14 @@
 //! socket shows up here as [`BrokenPipe`](std::io::ErrorKind::BrokenPipe)
 //! instead of killing the process.
 //!
+//! A connection can also give its own verdict, whatever the classifier:
+//! a response error that is, or wraps, a
+//! [`ConnectionLost`] kills the connection
+//! under the default, and a [`NotSent`] does unless it
+//! [keeps the connection](NotSent::keep_connection). This is how the
+//! integrations report their protocols' transport failures, so the
+//! default classifier is the same whichever cargo features are on.
+//!
 //! # Example
 //!
 //! ```
@@ -36,7 +44,7 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 
-use crate::error::{ConnectTimeout, NotSent};
+use crate::error::{ConnectTimeout, ConnectionLost, NotSent};
 
 /// Decides whether a response error means the connection is dead.
 ///
@@ -94,10 +102,14 @@ impl fmt::Debug for Classifier {
 ///   `TimedOut`, `HostUnreachable` or `NetworkUnreachable`;
 /// - a [`NotSent`] (the connection could not take the request), unless it
 ///   [keeps the connection](NotSent::keep_connection);
-/// - a [`ConnectTimeout`];
-/// - with the `hyper` feature, a `hyper::Error` that is closed, canceled,
-///   an incomplete message, a timeout or the server's HTTP/2 GOAWAY (see
-///   `tower_redial::hyper::is_hyper_transport_error`).
+/// - a [`ConnectionLost`] (the connection said it broke);
+/// - a [`ConnectTimeout`].
+///
+/// It is the same whichever cargo features are on. The connections of
+/// this crate's integrations (hyper, redis, PostgreSQL) report their
+/// protocol's transport failures as a [`ConnectionLost`] or an
+/// [`io::Error`] of the matching kind, so they need no classifier of
+/// their own.
 ///
 /// # Example
 ///
@@ -112,13 +124,10 @@ impl fmt::Debug for Classifier {
 /// assert!(!is_transport_error(&answer));
 /// ```
 pub fn is_transport_error(error: &(dyn Error + 'static)) -> bool {
-    #[cfg(feature = "hyper")]
-    if crate::hyper::is_hyper_transport_error(error) {
-        return true;
-    }
     chain(error).any(|e| {
         e.downcast_ref::<NotSent>()
             .is_some_and(|not_sent| !not_sent.keeps_connection())
+            || e.is::<ConnectionLost>()
             || e.is::<ConnectTimeout>()
             || e.downcast_ref::<io::Error>()
                 .is_some_and(|io| is_transport_kind(io.kind()))
@@ -158,15 +167,15 @@ mod tests {
     use super::*;
 
     #[derive(Debug)]
-    struct Wrapper(io::Error);
+    struct Wrapper<E>(E);
 
-    impl fmt::Display for Wrapper {
+    impl<E> fmt::Display for Wrapper<E> {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("request failed")
         }
     }
 
-    impl Error for Wrapper {
+    impl<E: Error + 'static> Error for Wrapper<E> {
         fn source(&self) -> Option<&(dyn Error + 'static)> {
             Some(&self.0)
         }
@@ -190,6 +199,8 @@ mod tests {
             assert!(c.is_dead(&Wrapper(io::Error::from(kind))), "{kind:?}");
         }
         assert!(c.is_dead(&NotSent::new("closed")));
+        assert!(c.is_dead(&ConnectionLost::new("protocol error")));
+        assert!(c.is_dead(&Wrapper(ConnectionLost::new("eof"))));
         assert!(c.is_dead(&ConnectTimeout::new(std::time::Duration::from_secs(1))));
     }
 

@@ -10,6 +10,7 @@
 //! | [`Closed`] | the client gave up for good (attempt or time limit reached, or the factory failed), or its task ended | the last dial error |
 //! | [`ConnectTimeout`] | one dial took longer than the connect timeout (seen as the `source()` of the two above) | — |
 //! | [`NotSent`] | the connection refused the request before writing any of it | the connection's error |
+//! | [`ConnectionLost`] | the connection broke under the request, which may have reached the peer | the connection's error |
 //! | [`Overloaded`] | the queue was full and the policy sheds load instead of waiting | — |
 //! | [`ResponseTimeout`] | the policy's response timeout passed before the response came (off by default) | — |
 //! | [`Panicked`] | user code (the factory, a dial, the connection or its response) panicked while serving the request; the connection counts as dead | — |
@@ -381,6 +382,79 @@ impl fmt::Display for NotSent {
 }
 
 impl Error for NotSent {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// Marks an error as "the connection is gone".
+///
+/// A connection service returns `ConnectionLost` when a request failed
+/// because its connection broke: reset, closed before the response
+/// completed, timed out, or closed by the peer (an HTTP/2 GOAWAY). The
+/// request may have reached the peer, so it is sent again only if it is
+/// idempotent (see
+/// [`ReconnectLayer::resend_if`](crate::ReconnectLayer::resend_if)); the
+/// connection is dropped and redialed.
+///
+/// This is how a connection tells the client its verdict, whatever the
+/// [`Classifier`](crate::Classifier): the default classifier calls every
+/// `ConnectionLost` dead. The connections of this crate's integrations
+/// wrap their protocol's transport failures in it (hyper's "connection
+/// closed before message completed", a PostgreSQL session that ended), so
+/// the default classifier is the same whichever cargo features are on.
+/// The protocol's own error stays reachable as the
+/// [`source()`](Error::source).
+///
+/// # Example
+///
+/// ```
+/// use std::error::Error as _;
+/// use tower_redial::classify::is_transport_error;
+/// use tower_redial::error::ConnectionLost;
+///
+/// // A protocol error the default classifier cannot know...
+/// let desync = "reply out of step".to_string();
+/// assert!(!is_transport_error(&*tower_redial::BoxError::from(desync.clone())));
+/// // ...marked by the connection that knows it ended.
+/// let lost = ConnectionLost::new(desync);
+/// assert!(is_transport_error(&lost));
+/// assert_eq!(lost.source().unwrap().to_string(), "reply out of step");
+/// ```
+pub struct ConnectionLost {
+    source: BoxError,
+}
+
+impl ConnectionLost {
+    /// Marks `source` as the error that ended the connection.
+    pub fn new(source: impl Into<BoxError>) -> Self {
+        Self {
+            source: source.into(),
+        }
+    }
+
+    /// Whether `error`, or any error in its `source()` chain, is a
+    /// `ConnectionLost`.
+    pub fn is_in(error: &(dyn Error + 'static)) -> bool {
+        crate::classify::chain(error).any(|e| e.is::<ConnectionLost>())
+    }
+}
+
+impl fmt::Debug for ConnectionLost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionLost")
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl fmt::Display for ConnectionLost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("connection lost")
+    }
+}
+
+impl Error for ConnectionLost {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         Some(&*self.source)
     }

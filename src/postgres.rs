@@ -13,19 +13,14 @@
 //!
 //! ```no_run
 //! use tower::{ServiceBuilder, ServiceExt};
-//! use tower_redial::postgres::{self, MakePostgres, PgClient, Query};
+//! use tower_redial::postgres::{MakePostgres, PgClient, Query};
 //! use tower_redial::{BoxError, ReconnectLayer, ReconnectPolicy};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), BoxError> {
 //! let config: tokio_postgres::Config = "host=127.0.0.1 user=postgres dbname=postgres".parse()?;
-//! let policy = ReconnectPolicy::builder()
-//!     // Count "connection closed" and FATAL server errors as transport
-//!     // errors too (the connection redials after them either way).
-//!     .classifier(postgres::classifier())
-//!     .build()?;
 //! let client: PgClient = ServiceBuilder::new()
-//!     .layer(ReconnectLayer::new(policy))
+//!     .layer(ReconnectLayer::new(ReconnectPolicy::default()))
 //!     .service(MakePostgres::new())
 //!     .client(config);
 //!
@@ -122,20 +117,19 @@
 //! one worked). Reads, and writes that are safe to repeat, can opt in: mark
 //! them with [`Query::idempotent`], and build the layer with
 //! `.resend_if(Query::is_idempotent)`. Such queries are re-sent when their
-//! connection breaks with a transport error, as the policy's
-//! [`Classifier`] decides: use [`classifier`] for it.
+//! connection breaks under them: [`PgConnection`] reports that as a
+//! [`ConnectionLost`], which the default
+//! classifier calls dead (see [Errors](self#errors)).
 //!
 //! ```
 //! use tower::ServiceBuilder;
-//! use tower_redial::postgres::{self, MakePostgres, PgClient, Query};
+//! use tower_redial::postgres::{MakePostgres, PgClient, Query};
 //! use tower_redial::{ReconnectLayer, ReconnectPolicy};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower_redial::BoxError> {
 //! # let config = tokio_postgres::Config::new();
-//! let policy = ReconnectPolicy::builder()
-//!     .classifier(postgres::classifier())
-//!     .build()?;
+//! let policy = ReconnectPolicy::default();
 //! let client: PgClient = ServiceBuilder::new()
 //!     .layer(ReconnectLayer::new(policy).resend_if(Query::is_idempotent))
 //!     .service(MakePostgres::new())
@@ -171,8 +165,13 @@
 //!
 //! - the [`tokio_postgres::Error`] of the query, as a [`BoxError`]: the
 //!   server's answer (a [`DbError`](::tokio_postgres::error::DbError) such as
-//!   a unique violation), or a broken connection after the query may have
-//!   been sent;
+//!   a unique violation);
+//! - [`ConnectionLost`], with the
+//!   `tokio_postgres::Error` as its source, when the session ended after
+//!   the query may have been sent: the connection broke, or the server
+//!   ended the session (what [`is_postgres_transport_error`] finds, such as
+//!   `57P01 admin_shutdown` or a `FATAL` error). The default classifier
+//!   calls it dead, so no classifier needs to be set;
 //! - [`NotSent`], with a [`ConnectionClosed`] or a `tokio_postgres::Error` as
 //!   its source, only once the client's re-send attempts or budget are
 //!   spent;
@@ -199,7 +198,7 @@ use tower::Service;
 
 use crate::classify::{self, chain, Classifier};
 use crate::connect::CloseWatch;
-use crate::error::NotSent;
+use crate::error::{ConnectionLost, NotSent};
 use crate::BoxError;
 
 /// A reconnecting PostgreSQL client: what
@@ -514,13 +513,15 @@ impl Shared {
         })
     }
 
-    /// Boxes a query's error, and first marks the connection closed if the
-    /// error ends the session, so that nothing more is written to it and
-    /// the client redials whatever its classifier says.
+    /// Boxes a query's error. An error that ends the session first marks
+    /// the connection closed, so that nothing more is written to it, and
+    /// comes back as a [`ConnectionLost`], so that the client redials
+    /// whatever its classifier.
     fn failed(&self, error: ::tokio_postgres::Error) -> BoxError {
         if ends_session(&error) {
             tracing::debug!(%error, "postgres session ended under a query");
             self.closed.close(close_kind(&error));
+            return Box::new(ConnectionLost::new(error));
         }
         error.into()
     }
@@ -909,10 +910,10 @@ pub fn is_postgres_transport_error(error: &(dyn Error + 'static)) -> bool {
     })
 }
 
-/// The classifier for PostgreSQL clients: the default
+/// The classifier for a PostgreSQL connection of your own: the default
 /// [`is_transport_error`](crate::classify::is_transport_error) (IO errors,
-/// [`NotSent`], connect timeouts), or [`is_postgres_transport_error`]. The
-/// same as
+/// [`NotSent`], [`ConnectionLost`], connect timeouts), or
+/// [`is_postgres_transport_error`]. The same as
 ///
 /// ```
 /// # use tower_redial::{classify, postgres, Classifier};
@@ -920,12 +921,28 @@ pub fn is_postgres_transport_error(error: &(dyn Error + 'static)) -> bool {
 /// # ;
 /// ```
 ///
+/// [`PgConnection`] needs none: it already reports a query whose session
+/// ended as a [`ConnectionLost`], which the default classifier calls dead.
 /// Set it on the policy with
 /// [`ReconnectPolicyBuilder::classifier`](crate::ReconnectPolicyBuilder::classifier).
-/// Without it, a connection whose session ends still marks itself closed,
-/// and is redialed before the next query, but a query that failed because
-/// the session ended is not seen as a transport failure, so it is not
-/// re-sent even if marked [`idempotent`](Query::idempotent).
 pub fn classifier() -> Classifier {
     Classifier::new(|e| classify::is_transport_error(e) || is_postgres_transport_error(e))
+}
+
+/// The [`tokio_postgres::Error`] in `error`'s
+/// `source()` chain, if there is one: whether it is the error itself or
+/// wrapped in a [`ConnectionLost`] or a [`NotSent`]. Its
+/// [`code()`](::tokio_postgres::Error::code) is the SQLSTATE.
+///
+/// # Example
+///
+/// ```
+/// use tower_redial::postgres::postgres_error;
+/// use tower_redial::BoxError;
+///
+/// let other: BoxError = "not from postgres".into();
+/// assert!(postgres_error(&*other).is_none());
+/// ```
+pub fn postgres_error<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a ::tokio_postgres::Error> {
+    chain(error).find_map(|e| e.downcast_ref::<::tokio_postgres::Error>())
 }

@@ -29,7 +29,8 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{timeout, Instant};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_redial::connect::TcpConnector;
-use tower_redial::hyper::{classifier, http1, http2, is_hyper_transport_error};
+use tower_redial::error::ConnectionLost;
+use tower_redial::hyper::{http1, http2, hyper_error, is_hyper_transport_error};
 use tower_redial::{
     Backoff, BoxError, Client, Closed, Handshake, NotSent, Phase, ReconnectLayer, ReconnectPolicy,
     ResendPolicy, Unavailable,
@@ -270,7 +271,6 @@ fn policy() -> ReconnectPolicy {
         // Generous: no request may fail fast in these tests, however slow
         // the machine.
         .wait_limit(Duration::from_secs(60))
-        .classifier(classifier())
         .seed(7)
         .build()
         .unwrap()
@@ -619,6 +619,55 @@ async fn http2_requests_handed_back_unsent_are_resent_once() {
         );
     })
     .await;
+}
+
+/// A connection that dies under a request comes back as `ConnectionLost`,
+/// with hyper's error inside. That is the connection's own verdict: the
+/// default classifier calls the `ConnectionLost` dead, but not hyper's bare
+/// error, although this test is built with the `hyper` feature on. The
+/// default classifier is the same whatever the cargo features.
+async fn a_connection_dying_under_a_request_says_so(proto: Proto) {
+    guard(async {
+        let server = Server::start().await;
+        let addr = server.addr();
+        let io = TcpStream::connect(addr).await.unwrap();
+        let request = request(proto, addr, Method::POST, "/incr-then-die");
+        let error = match proto {
+            Proto::Http1 => {
+                let mut connection = http1::<Body>(io).await.unwrap();
+                connection.ready().await.unwrap().call(request).await
+            }
+            Proto::Http2 => {
+                let mut connection = http2::<Body>(io).await.unwrap();
+                connection.ready().await.unwrap().call(request).await
+            }
+        }
+        .unwrap_err();
+
+        assert!(error.is::<ConnectionLost>(), "{error:?}");
+        assert!(tower_redial::classify::is_transport_error(&*error));
+        let hyper = hyper_error(&*error).expect("hyper's error inside");
+        if let Proto::Http1 = proto {
+            // "Connection closed before message completed" carries no IO
+            // error: only the connection's verdict makes it dead. (HTTP/2
+            // reports a broken pipe here, an IO error either way.)
+            assert!(hyper.is_incomplete_message(), "{hyper:?}");
+            assert!(is_hyper_transport_error(hyper));
+            assert!(!tower_redial::classify::is_transport_error(hyper));
+        }
+        assert_eq!(server.incr(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn http1_a_connection_dying_under_a_request_says_so() {
+    a_connection_dying_under_a_request_says_so(Proto::Http1).await;
+}
+
+#[tokio::test]
+async fn http2_a_connection_dying_under_a_request_says_so() {
+    a_connection_dying_under_a_request_says_so(Proto::Http2).await;
 }
 
 /// A request sent on an HTTP/1 connection that closed after `poll_ready`

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 use tower::{ServiceBuilder, ServiceExt};
+use tower_redial::error::ConnectionLost;
 use tower_redial::postgres::{self, MakePostgres, PgClient, Query, Rows};
 use tower_redial::{
     Backoff, BoxError, Closed, NotSent, Phase, ReconnectLayer, ReconnectPolicy,
@@ -40,7 +41,6 @@ fn policy() -> ReconnectPolicyBuilder {
         .backoff(Backoff::exponential(ms(10), 2.0, ms(200)))
         .connect_timeout(Duration::from_secs(5))
         .wait_limit(Duration::from_secs(30))
-        .classifier(postgres::classifier())
 }
 
 /// The default client: no query that may have reached the server is re-sent.
@@ -123,7 +123,10 @@ fn outcome(result: &Result<Rows, BoxError>) -> Outcome {
     };
     if NotSent::is_in(&**error) || error.is::<Unavailable>() || error.is::<Closed>() {
         Outcome::NotRun(format!("{error:?}"))
-    } else if error.is::<tokio_postgres::Error>() && postgres::classifier().is_dead(&**error) {
+    } else if error.is::<ConnectionLost>()
+        && postgres::postgres_error(&**error).is_some()
+        && tower_redial::classify::is_transport_error(&**error)
+    {
         Outcome::Ambiguous
     } else {
         Outcome::Other(format!("{error:?}"))
@@ -536,6 +539,70 @@ async fn server_errors_keep_the_connection_and_fatal_ones_redial() {
         let new_pid: i32 = one(&client, session).await;
         assert_ne!(new_pid, pid, "a new session");
         assert!(client.stats().drops >= 1);
+    })
+    .await;
+}
+
+/// A query whose session the server ends under it (`pg_terminate_backend`,
+/// `57P01 admin_shutdown`) comes back as `ConnectionLost`, with
+/// PostgreSQL's error and its SQLSTATE as the source. No classifier is set:
+/// the connection's own verdict is enough for the default one, so the
+/// client redials, and an idempotent read caught the same way is re-sent
+/// on the new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ended_under_a_query_is_connection_lost() {
+    let server = PgServer::start().await;
+    let client = client_resending_reads(&server);
+    let (killer, connection) = server.config().connect(NoTls).await.unwrap();
+    tokio::spawn(connection);
+    // Sleeps for long on the session `$1`, and not at all on any other.
+    let sleep_on = |pid: i32| {
+        Query::new("SELECT pg_sleep(CASE WHEN pg_backend_pid() = $1 THEN 60 ELSE 0 END)").bind(pid)
+    };
+    // Ends session `pid` once it is running `pg_sleep`.
+    let terminate = |pid: i32| {
+        let killer = &killer;
+        async move {
+            loop {
+                let active: bool = killer
+                    .query_one(
+                        "SELECT count(*) > 0 FROM pg_stat_activity \
+                         WHERE pid = $1 AND state = 'active' AND query LIKE '%pg_sleep%'",
+                        &[&pid],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                if active {
+                    break;
+                }
+                tokio::time::sleep(ms(10)).await;
+            }
+            let row = killer
+                .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+                .await
+                .unwrap();
+            assert!(row.get::<_, bool>(0));
+        }
+    };
+    within(Duration::from_secs(30), "the test", async {
+        let session = Query::new("SELECT pg_backend_pid()").idempotent();
+        let pid: i32 = one(&client, session.clone()).await;
+
+        // Not idempotent: it fails, marked lost, with the server's reason.
+        let (result, ()) = tokio::join!(run(&client, sleep_on(pid)), terminate(pid));
+        let error = result.unwrap_err();
+        assert!(error.is::<ConnectionLost>(), "{error:?}");
+        let pg = postgres::postgres_error(&*error).expect("postgres's error inside");
+        assert_eq!(pg.code(), Some(&SqlState::ADMIN_SHUTDOWN));
+        assert!(tower_redial::classify::is_transport_error(&*error));
+
+        // Idempotent: the same failure is re-sent on a new session.
+        let pid: i32 = one(&client, session.clone()).await;
+        let (result, ()) = tokio::join!(run(&client, sleep_on(pid).idempotent()), terminate(pid));
+        result.expect("re-sent on a new session");
+        assert_ne!(one::<i32>(&client, session).await, pid, "a new session");
+        assert_eq!(client.stats().drops, 2);
     })
     .await;
 }

@@ -28,6 +28,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::NoTls;
 use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_redial::error::ConnectionLost;
 use tower_redial::postgres::{
     self, MakePostgres, PgClient, PgConnection, Query, QueryFuture, Rows,
 };
@@ -201,8 +202,10 @@ fn outcome(result: Result<Rows, BoxError>) -> Outcome {
     };
     if NotSent::is_in(&*error) {
         Outcome::NotSent(format!("{error:?}"))
-    } else if error.is::<tokio_postgres::Error>()
-        && (postgres::is_postgres_transport_error(&*error) || classify::is_transport_error(&*error))
+    } else if error.is::<ConnectionLost>()
+        && postgres::postgres_error(&*error).is_some_and(|e| {
+            postgres::is_postgres_transport_error(e) || classify::is_transport_error(e)
+        })
     {
         Outcome::Ambiguous(sqlstate(&*error))
     } else {

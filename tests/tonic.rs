@@ -20,7 +20,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tower::ServiceBuilder;
 use tower_redial::connect::TcpConnector;
-use tower_redial::hyper::{classifier, http2};
+use tower_redial::hyper::http2;
 use tower_redial::{
     Backoff, Client, Closed, Handshake, NotSent, Phase, ReconnectLayer, ReconnectPolicy,
     Unavailable,
@@ -137,7 +137,6 @@ fn grpc_client(addr: SocketAddr) -> (GrpcClient, Transport) {
         ))
         // Generous: no call may fail fast here, however slow the machine.
         .wait_limit(Duration::from_secs(60))
-        .classifier(classifier())
         .seed(7)
         .build()
         .unwrap();

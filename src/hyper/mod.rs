@@ -37,12 +37,8 @@
 //! #         );
 //! #     }
 //! # });
-//! let policy = ReconnectPolicy::builder()
-//!     // Also treat hyper's "connection closed" errors as a dead connection.
-//!     .classifier(tower_redial::hyper::classifier())
-//!     .build()?;
 //! let client = ServiceBuilder::new()
-//!     .layer(ReconnectLayer::new(policy))
+//!     .layer(ReconnectLayer::new(ReconnectPolicy::default()))
 //!     .service(Handshake::new(
 //!         TcpConnector::new(),
 //!         tower_redial::hyper::http1::<Full<Bytes>>,
@@ -91,8 +87,9 @@
 //! |---|---|---|
 //! | the connection closed before hyper wrote the request | [`NotSent`] with the request; its `source()` is hyper's `canceled` error | yes, by default (within the policy's attempts and budget) |
 //! | the server reset the HTTP/2 stream with `REFUSED_STREAM` | [`NotSent`] that [keeps the connection](NotSent::keep_connection), carrying the request if hyper had not read its body | yes, by default when it carries the request; else when opted in |
-//! | the server's HTTP/2 GOAWAY reached the request (hyper reports it also on a stream it had just opened, which the server may run) | the [`hyper::Error`] itself | only if you opted in with [`resend_if`](crate::ReconnectLayer::resend_if) |
-//! | the connection broke after the request may have been written | the [`hyper::Error`] itself (an incomplete message, a reset...) | only if you opted in with [`resend_if`](crate::ReconnectLayer::resend_if) and the [`classifier`] calls it dead |
+//! | the server's HTTP/2 GOAWAY reached the request (hyper reports it also on a stream it had just opened, which the server may run) | [`ConnectionLost`] with hyper's error as its `source()` | only if you opted in with [`resend_if`](crate::ReconnectLayer::resend_if) |
+//! | the connection broke after the request may have been written (an incomplete message, a reset, a closed channel, a keep-alive timeout) | [`ConnectionLost`] with hyper's error as its `source()` | only if you opted in with [`resend_if`](crate::ReconnectLayer::resend_if) |
+//! | anything else hyper reports (a malformed response, the request body's own error) | the [`hyper::Error`] itself | no; the connection is kept unless its `poll_ready` then fails |
 //! | the server answered, whatever the status | `Ok(response)`: a `503` is an answer, not an error | no |
 //!
 //! # Re-sending idempotent requests
@@ -100,9 +97,8 @@
 //! A request that may have reached the server is never sent again by
 //! default: a `POST` could then run twice. To opt in for requests that are
 //! safe to repeat, use [`ReconnectLayer::resend_if`](crate::ReconnectLayer::resend_if)
-//! with a predicate, and this module's [`classifier`], so that hyper's
-//! "connection closed before message completed" counts as a broken
-//! connection:
+//! with a predicate. Such a request is sent again when it failed with a
+//! [`NotSent`] or a [`ConnectionLost`]:
 //!
 //! ```
 //! use bytes::Bytes;
@@ -114,10 +110,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower_redial::BoxError> {
-//! let policy = ReconnectPolicy::builder()
-//!     .classifier(tower_redial::hyper::classifier())
-//!     .build()?;
-//! let layer = ReconnectLayer::new(policy).resend_if(|request: &Request<Full<Bytes>>| {
+//! let layer = ReconnectLayer::new(ReconnectPolicy::default()).resend_if(|request: &Request<Full<Bytes>>| {
 //!     matches!(*request.method(), Method::GET | Method::HEAD | Method::PUT | Method::DELETE)
 //! });
 //! let client = ServiceBuilder::new()
@@ -139,11 +132,16 @@
 //!
 //! hyper reports some dead connections without an IO error in the
 //! `source()` chain: "connection closed before message completed", "channel
-//! closed", "operation was canceled". [`is_hyper_transport_error`]
-//! recognises those, by type. With this feature on, the default classifier,
-//! [`is_transport_error`], includes it, so an opted-in request that failed
-//! with one of those errors is sent again. [`classifier`] is the same
-//! classifier, named for clarity when you combine it with your own rules.
+//! closed", "operation was canceled", an HTTP/2 GOAWAY from the server.
+//! [`is_hyper_transport_error`] recognises those, by type.
+//! [`Http1Connection`] and [`Http2Connection`] apply it to every error
+//! they return, and wrap each transport failure in a [`ConnectionLost`],
+//! which the default classifier calls dead. So no classifier needs to be
+//! set, and the default classifier does not change with this feature.
+//! hyper's error stays reachable: find it with [`hyper_error`].
+//!
+//! [`classifier`] is for a connection of your own around hyper's
+//! `SendRequest`, whose errors come out of hyper unwrapped.
 //!
 //! # Your own hyper settings
 //!
@@ -235,6 +233,7 @@ use tower::Service;
 
 use crate::classify::{chain, is_transport_error};
 use crate::connect::CloseWatch;
+use crate::error::ConnectionLost;
 use crate::{BoxError, Classifier, NotSent};
 
 mod refused;
@@ -324,7 +323,8 @@ where
 /// `poll_ready` fails once the connection has closed: the connection is
 /// dead, and the [`Reconnect`](crate::Reconnect) around it redials. A
 /// response fails with a [`NotSent`] carrying the request when hyper hands
-/// the request back unwritten, or else with hyper's own error; see the
+/// the request back unwritten, with a [`ConnectionLost`] when the
+/// connection broke under it, or else with hyper's own error; see the
 /// [module docs](self#what-is-sent-again).
 ///
 /// # Backpressure
@@ -491,8 +491,9 @@ type Sending = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>>
 /// The response future of [`Http1Connection`] and [`Http2Connection`].
 ///
 /// A request that hyper hands back unwritten, or whose HTTP/2 stream the
-/// server refused, comes out as a [`NotSent`] carrying it; any other
-/// failure as hyper's error.
+/// server refused, comes out as a [`NotSent`] carrying it; a request whose
+/// connection broke under it as a [`ConnectionLost`]; any other failure as
+/// hyper's error.
 pub struct ResponseFuture<B> {
     // hyper's sending future is an unnameable `impl Future`, so it is boxed.
     inner: Sending,
@@ -534,13 +535,15 @@ fn hand_back<B: Send + 'static>(mut error: TrySendError<Request<B>>) -> BoxError
 /// The error for a request that failed: a [`NotSent`] carrying `request`,
 /// which hyper handed back unwritten or which was rebuilt after the server
 /// refused its HTTP/2 stream; a [`NotSent`] alone for a refused stream whose
-/// request is gone; else hyper's error. A refused stream leaves its
-/// connection up.
+/// request is gone; a [`ConnectionLost`] for any other failure of the
+/// connection; else hyper's error. A refused stream leaves its connection
+/// up.
 fn give_back<B: Send + 'static>(request: Option<Request<B>>, error: ::hyper::Error) -> BoxError {
     let refused = is_refused(&error);
     let not_sent = match request {
         Some(request) => NotSent::with_request(request, error),
         None if refused => NotSent::new(error),
+        None if is_lost(&error) => return Box::new(ConnectionLost::new(error)),
         None => return Box::new(error),
     };
     Box::new(if refused {
@@ -583,13 +586,38 @@ pub fn is_hyper_transport_error(error: &(dyn Error + 'static)) -> bool {
         })
 }
 
-/// [`is_transport_error`] or [`is_hyper_transport_error`]: with the `hyper`
-/// feature on, the same as the default classifier. Handy as the base of
-/// your own rules.
+/// [`is_transport_error`] or [`is_hyper_transport_error`]: the classifier
+/// for a connection of your own around hyper's `SendRequest`, whose errors
+/// come out of hyper unwrapped. [`Http1Connection`] and
+/// [`Http2Connection`] need none: they already mark each transport failure
+/// as a [`ConnectionLost`] (see the
+/// [module docs](self#classifying-hypers-errors)).
 ///
 /// Set it on the policy with
-/// [`ReconnectPolicyBuilder::classifier`](crate::ReconnectPolicyBuilder::classifier);
-/// see the [module docs](self#classifying-hypers-errors).
+/// [`ReconnectPolicyBuilder::classifier`](crate::ReconnectPolicyBuilder::classifier).
 pub fn classifier() -> Classifier {
-    Classifier::new(|error| is_transport_error(error) || is_hyper_transport_error(error))
+    Classifier::new(is_lost)
+}
+
+/// Whether `error` means that its connection is gone: hyper's transport
+/// failures, and what the default classifier calls dead.
+fn is_lost(error: &(dyn Error + 'static)) -> bool {
+    is_hyper_transport_error(error) || is_transport_error(error)
+}
+
+/// The [`hyper::Error`] in `error`'s `source()` chain, if there is one:
+/// whether it is the error itself or wrapped in a [`ConnectionLost`] or a
+/// [`NotSent`].
+///
+/// # Example
+///
+/// ```
+/// use tower_redial::hyper::hyper_error;
+/// use tower_redial::BoxError;
+///
+/// let other: BoxError = "not from hyper".into();
+/// assert!(hyper_error(&*other).is_none());
+/// ```
+pub fn hyper_error<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a ::hyper::Error> {
+    chain(error).find_map(|e| e.downcast_ref::<::hyper::Error>())
 }
