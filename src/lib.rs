@@ -101,7 +101,9 @@
 //! - **Composition.** [`ReconnectLayer::target`] binds the layer to its
 //!   target, so that the layer's service is the [`Client`]: in one
 //!   `ServiceBuilder`, layers before it wrap each request and layers after
-//!   it wrap each dial. See [`TargetLayer`].
+//!   it wrap each dial. See [`TargetLayer`]. Unbound, the layer's service
+//!   ([`MakeReconnect`]) turns into a tower [`MakeService`] of clients
+//!   with [`MakeReconnect::into_make_service`]; see [`make`].
 //! - **Shutdown.** Dropping every clone of a client ends its task, and
 //!   with it any dial in flight, and closes its connection.
 //!
@@ -166,6 +168,7 @@ mod health;
 pub mod hyper;
 mod lane;
 mod layer;
+pub mod make;
 mod panic;
 mod policy;
 #[cfg(feature = "postgres")]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tower::retry::Policy;
 use tower::steer::Steer;
 use tower::util::BoxCloneSyncService;
-use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
+use tower::{service_fn, Layer, MakeService, Service, ServiceBuilder, ServiceExt};
 use tower_redial::{BoxError, Client, ReconnectLayer, ReconnectPolicy};
 
 fn ms(n: u64) -> Duration {
@@ -204,4 +204,53 @@ async fn tower_retry_over_the_client() {
             .unwrap(),
         9
     );
+}
+
+/// Uses any tower `MakeService` of `u64` services: knows nothing of this
+/// crate.
+async fn make_and_call<M>(make: &mut M, target: &'static str, request: u64) -> u64
+where
+    M: MakeService<&'static str, u64, Response = u64>,
+    M::MakeError: std::fmt::Debug,
+    M::Error: std::fmt::Debug,
+{
+    let client = make.make_service(target).await.unwrap();
+    client.oneshot(request).await.unwrap()
+}
+
+/// Unbound, the layer's service is a tower `MakeService`: each target it
+/// is called with gets its own client, which dials that target, lazily.
+/// Both bindings (one request at a time, and multiplexed) work.
+#[tokio::test(start_paused = true)]
+async fn the_layer_makes_a_make_service_of_clients() {
+    let dialed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let factory = {
+        let dialed = dialed.clone();
+        service_fn(move |target: &'static str| {
+            dialed.lock().unwrap().push(target);
+            async move {
+                Ok::<_, BoxError>(service_fn(move |n: u64| async move {
+                    Ok::<_, BoxError>(n + u64::from(target == "b"))
+                }))
+            }
+        })
+    };
+    let make = ServiceBuilder::new().layer(layer()).service(factory);
+
+    let mut clients = make.clone().into_make_service::<u64>();
+    let mut multiplexed = make.into_make_multiplexed::<u64>();
+    within(ms(1000), "calls through made clients", async {
+        assert_eq!(make_and_call(&mut clients, "a", 1).await, 1);
+        assert_eq!(make_and_call(&mut clients, "b", 1).await, 2);
+        assert_eq!(make_and_call(&mut multiplexed, "b", 5).await, 6);
+    })
+    .await;
+    assert_eq!(*dialed.lock().unwrap(), ["a", "b", "b"]);
+
+    // Making a client dials nothing: it is lazy.
+    let _idle = within(ms(1000), "making a client", clients.make_service("c"))
+        .await
+        .unwrap();
+    tokio::time::sleep(ms(100)).await;
+    assert_eq!(dialed.lock().unwrap().len(), 3);
 }

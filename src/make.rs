@@ -1,0 +1,176 @@
+//! [`MakeReconnect`] as a tower [`MakeService`](tower::MakeService): a
+//! `Service<Target>` whose response is a [`Client`].
+//!
+//! Code written against tower's `MakeService`, or any `Service` of targets,
+//! can then make reconnecting clients the way it makes anything else:
+//!
+//! ```
+//! use tower::{service_fn, MakeService, ServiceBuilder, ServiceExt};
+//! use tower_redial::{BoxError, ReconnectLayer, ReconnectPolicy};
+//!
+//! /// Knows nothing of tower-redial: any `MakeService` of `u32` services will do.
+//! async fn ask<M>(mut make: M, target: &'static str) -> Result<u32, BoxError>
+//! where
+//!     M: MakeService<&'static str, u32, Response = u32>,
+//!     M::MakeError: Into<BoxError>,
+//!     M::Error: Into<BoxError>,
+//! {
+//!     let client = make.make_service(target).await.map_err(Into::into)?;
+//!     client.oneshot(41).await.map_err(Into::into)
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let make_connection = service_fn(|_: &'static str| async {
+//!     Ok::<_, BoxError>(service_fn(|n: u32| async move { Ok::<_, BoxError>(n + 1) }))
+//! });
+//! let make_client = ServiceBuilder::new()
+//!     .layer(ReconnectLayer::new(ReconnectPolicy::default()))
+//!     .service(make_connection)
+//!     .into_make_service::<u32>();
+//! assert_eq!(ask(make_client, "db-1").await?, 42);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::{ready, Ready};
+use std::marker::PhantomData;
+use std::task::{Context, Poll};
+
+use tower::Service;
+
+use crate::client::Client;
+use crate::layer::MakeReconnect;
+use crate::retry::ResendPolicy;
+use crate::BoxError;
+
+/// [`MakeReconnect`] as a `Service<T>`: each call makes a [`Client`] bound
+/// to its target, with [`MakeReconnect::client`] (`K` =
+/// [`OneAtATime`]) or [`MakeReconnect::multiplexed`] (`K` =
+/// [`Multiplexed`]). Made by [`MakeReconnect::into_make_service`] and
+/// [`MakeReconnect::into_make_multiplexed`].
+///
+/// # Readiness and errors
+///
+/// Always ready, and never fails: a client is made at once and dials
+/// lazily, on its first request (see [`Client::connected`] to wait for a
+/// connection). So the error type is [`Infallible`].
+///
+/// # Panics
+///
+/// `call` spawns the client's task: it panics outside a tokio runtime.
+pub struct MakeClient<M, R, Req, K = OneAtATime> {
+    make: MakeReconnect<M, R>,
+    _request: PhantomData<fn(Req) -> K>,
+}
+
+/// A [`MakeClient`] that makes clients with [`MakeReconnect::client`]: for
+/// connections that serve one request at a time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OneAtATime;
+
+/// A [`MakeClient`] that makes clients with
+/// [`MakeReconnect::multiplexed`]: for connections that carry many requests
+/// at once and whose clones share them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Multiplexed;
+
+impl<M, R> MakeReconnect<M, R> {
+    /// This factory as a tower [`MakeService`](tower::MakeService) for
+    /// requests of type `Req`: a `Service<T>` whose response is
+    /// [`client(target)`](MakeReconnect::client). See [`MakeClient`] and
+    /// the [module docs](crate::make).
+    pub fn into_make_service<Req>(self) -> MakeClient<M, R, Req> {
+        MakeClient {
+            make: self,
+            _request: PhantomData,
+        }
+    }
+
+    /// As [`into_make_service`](MakeReconnect::into_make_service), with
+    /// clients made by [`multiplexed(target)`](MakeReconnect::multiplexed).
+    pub fn into_make_multiplexed<Req>(self) -> MakeClient<M, R, Req, Multiplexed> {
+        MakeClient {
+            make: self,
+            _request: PhantomData,
+        }
+    }
+}
+
+impl<M, R, Req, K> MakeClient<M, R, Req, K> {
+    /// The wrapped [`MakeReconnect`].
+    pub fn get_ref(&self) -> &MakeReconnect<M, R> {
+        &self.make
+    }
+}
+
+impl<M, R, T, Req> Service<T> for MakeClient<M, R, Req, OneAtATime>
+where
+    M: Service<T> + Clone + Send + 'static,
+    M::Future: Send + 'static,
+    M::Error: Into<BoxError>,
+    M::Response: Service<Req> + Send + 'static,
+    <M::Response as Service<Req>>::Future: Send + 'static,
+    <M::Response as Service<Req>>::Error: Into<BoxError>,
+    <M::Response as Service<Req>>::Response: Send + 'static,
+    T: Clone + fmt::Debug + Send + 'static,
+    Req: Send + 'static,
+    R: ResendPolicy<Req>,
+{
+    type Response = Client<Req, <M::Response as Service<Req>>::Response>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, target: T) -> Self::Future {
+        ready(Ok(self.make.client(target)))
+    }
+}
+
+impl<M, R, T, Req> Service<T> for MakeClient<M, R, Req, Multiplexed>
+where
+    M: Service<T> + Clone + Send + 'static,
+    M::Future: Send + 'static,
+    M::Error: Into<BoxError>,
+    M::Response: Service<Req> + Clone + Send + Sync + 'static,
+    <M::Response as Service<Req>>::Future: Send + 'static,
+    <M::Response as Service<Req>>::Error: Into<BoxError>,
+    <M::Response as Service<Req>>::Response: Send + 'static,
+    T: Clone + fmt::Debug + Send + 'static,
+    Req: Send + 'static,
+    R: ResendPolicy<Req>,
+{
+    type Response = Client<Req, <M::Response as Service<Req>>::Response>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, target: T) -> Self::Future {
+        ready(Ok(self.make.multiplexed(target)))
+    }
+}
+
+impl<M: Clone, R: Clone, Req, K> Clone for MakeClient<M, R, Req, K> {
+    fn clone(&self) -> Self {
+        Self {
+            make: self.make.clone(),
+            _request: PhantomData,
+        }
+    }
+}
+
+impl<M, R, Req, K> fmt::Debug for MakeClient<M, R, Req, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MakeClient")
+            .field("make", &self.make)
+            .finish_non_exhaustive()
+    }
+}
