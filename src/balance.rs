@@ -182,7 +182,7 @@ impl<M: Clone, R: Clone> MakeReconnect<M, R> {
 }
 
 /// The response type of the connections `M` makes for `T`.
-pub type Res<M, T, Req> = <<M as Service<T>>::Response as Service<Req>>::Response;
+type Res<M, T, Req> = <<M as Service<T>>::Response as Service<Req>>::Response;
 
 fn endpoint<M, T>(
     make: &M,

@@ -80,6 +80,20 @@ impl<R> ReconnectLayer<R> {
         }
     }
 
+    /// Installs a [`ResendPolicy`] of your own, which decides per request
+    /// whether a copy is kept to send again if the connection breaks under
+    /// it. Use it where [`resend_if`](ReconnectLayer::resend_if) does not
+    /// fit: for requests that are not `Clone`, but can be copied when, say,
+    /// their body is buffered. The rules of `resend_if` apply: a copy is
+    /// sent only after a transport error, within the policy's attempts and
+    /// retry budget. See [`ResendPolicy`] for an example.
+    pub fn resend_with<P>(self, resend: P) -> ReconnectLayer<P> {
+        ReconnectLayer {
+            policy: self.policy,
+            resend,
+        }
+    }
+
     /// The policy.
     pub fn policy(&self) -> &ReconnectPolicy {
         &self.policy

@@ -37,7 +37,56 @@ use crate::state::{Counter, Observer};
 use crate::BoxError;
 
 /// Decides which requests may be sent again after they may have reached the
-/// peer. Implemented by [`AtMostOnce`] (the default) and [`ResendIf`].
+/// peer. Implemented by [`AtMostOnce`] (the default) and [`ResendIf`]
+/// (made by [`ReconnectLayer::resend_if`](crate::ReconnectLayer::resend_if)),
+/// and installed with
+/// [`ReconnectLayer::resend_with`](crate::ReconnectLayer::resend_with).
+///
+/// The policy is asked once per request, before its first send. The copy
+/// it returns is what is sent again, and only if the request then fails
+/// with a transport error (see [`Classifier`]), within the policy's
+/// attempts and retry budget. A request its connection hands back as
+/// [`NotSent`] is sent again whatever the policy.
+///
+/// # Example
+///
+/// Uploads whose body may be a one-shot stream are not `Clone`; a buffered
+/// one can be copied.
+///
+/// ```
+/// use tower_redial::{ReconnectLayer, ReconnectPolicy, ResendPolicy};
+///
+/// enum Body {
+///     Buffered(Vec<u8>),
+///     Stream(tokio::sync::mpsc::Receiver<Vec<u8>>),
+/// }
+///
+/// struct Put {
+///     path: String,
+///     body: Body,
+/// }
+///
+/// /// A `PUT` is idempotent: re-send it whenever its body can be copied.
+/// #[derive(Clone)]
+/// struct BufferedPuts;
+///
+/// impl ResendPolicy<Put> for BufferedPuts {
+///     fn copy_if_idempotent(&self, put: &Put) -> Option<Put> {
+///         match &put.body {
+///             Body::Buffered(bytes) => Some(Put {
+///                 path: put.path.clone(),
+///                 body: Body::Buffered(bytes.clone()),
+///             }),
+///             Body::Stream(_) => None,
+///         }
+///     }
+/// }
+///
+/// let layer = ReconnectLayer::new(ReconnectPolicy::default()).resend_with(BufferedPuts);
+/// # let _ = layer;
+/// let put = Put { path: "/a".into(), body: Body::Buffered(b"x".to_vec()) };
+/// assert!(BufferedPuts.copy_if_idempotent(&put).is_some());
+/// ```
 pub trait ResendPolicy<Req>: Clone + Send + Sync + 'static {
     /// A copy of `request` to send again if its connection breaks, or `None`
     /// if re-sending it could run it twice with harm.

@@ -12,7 +12,8 @@ use tokio::time::{sleep_until, Instant};
 use tokio_test::assert_pending;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_redial::{
-    Backoff, BoxError, Client, Closed, NotSent, Phase, ReconnectLayer, ReconnectPolicy, Unavailable,
+    Backoff, BoxError, Client, Closed, NotSent, Phase, ReconnectLayer, ReconnectPolicy,
+    ResendPolicy, Unavailable,
 };
 use tower_test::mock::SendResponse;
 
@@ -275,6 +276,47 @@ async fn idempotent_requests_are_resent_when_opted_in() {
     reply.send_response("VALUE 7".to_string());
     assert_eq!(join(request).await.unwrap().unwrap(), "VALUE 7");
     assert_eq!(client.stats().retries, 1);
+
+    let request = tokio::spawn(send(client.clone(), "INCR hits"));
+    let (_, reply) = next_request(&mut second).await.unwrap();
+    reply.send_error(io::Error::from(io::ErrorKind::ConnectionReset));
+    assert!(join(request).await.unwrap().is_err());
+    assert_eq!(client.stats().retries, 1, "INCR was not re-sent");
+}
+
+/// Re-sends only what it copies; here, it copies `GET`s and marks the copy.
+#[derive(Clone)]
+struct MarkedGets;
+
+impl ResendPolicy<String> for MarkedGets {
+    fn copy_if_idempotent(&self, request: &String) -> Option<String> {
+        request
+            .starts_with("GET")
+            .then(|| format!("{request} (again)"))
+    }
+}
+
+/// A `ResendPolicy` of one's own, installed with `resend_with`, decides
+/// what is sent again, and its copy is what goes: a `GET` caught by a reset
+/// is re-sent as the policy's copy; an `INCR` is not re-sent.
+#[tokio::test(start_paused = true)]
+async fn a_resend_policy_of_ones_own_decides_what_is_sent_again() {
+    let dialer = Dialer::new([Outcome::Connect; 3]);
+    let client: Client<String, String> = ServiceBuilder::new()
+        .layer(ReconnectLayer::new(policy().build().unwrap()).resend_with(MarkedGets))
+        .service(dialer.clone())
+        .client("db");
+
+    let request = tokio::spawn(send(client.clone(), "GET hits"));
+    let mut first = dialer.conn_within(0, DEADLINE).await;
+    let (req, reply) = next_request(&mut first).await.unwrap();
+    assert_eq!(req, "GET hits", "the original goes first");
+    reply.send_error(io::Error::from(io::ErrorKind::ConnectionReset));
+    let mut second = dialer.conn_within(1, DEADLINE).await;
+    let (req, reply) = next_request(&mut second).await.unwrap();
+    assert_eq!(req, "GET hits (again)", "the policy's copy is re-sent");
+    reply.send_response("VALUE 7".to_string());
+    assert_eq!(join(request).await.unwrap().unwrap(), "VALUE 7");
 
     let request = tokio::spawn(send(client.clone(), "INCR hits"));
     let (_, reply) = next_request(&mut second).await.unwrap();
