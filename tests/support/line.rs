@@ -27,14 +27,16 @@
 //!
 //! # Client
 //!
-//! [`LineConnection`] is a `tower::Service<String>` over one TCP connection.
-//! Its errors carry their meaning by type:
+//! [`LineConnection`] is a `tower::Service<String>` over one TCP connection:
+//! the crate's `connect::Framed` with a line codec. Its errors carry their
+//! meaning by type:
 //!
-//! - a request that never left its queue comes back as a
-//!   [`NotSent`] holding the request (`take_request::<String>()`);
+//! - a request that never left its queue comes back as a `NotSent`
+//!   holding the request (`take_request::<String>()`);
 //! - a request that was (even partly) written, then lost its connection,
-//!   fails with the [`io::Error`] itself (`UnexpectedEof`,
-//!   `ConnectionReset`, ...), because the server may have executed it.
+//!   fails with a `ConnectionLost` around the [`io::Error`]
+//!   (`UnexpectedEof`, `ConnectionReset`, ...), because the server may have
+//!   executed it.
 //!
 //! # Time
 //!
@@ -48,13 +50,12 @@
 // Each includer uses only part of this module.
 #![allow(dead_code)]
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::error::Error;
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
@@ -63,12 +64,10 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_util::codec::{Decoder, Encoder, Framed, FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::codec::{Decoder, Encoder, Framed, LinesCodec, LinesCodecError};
 use tower::Service;
-use tower_redial::connect::CloseWatch;
-use tower_redial::NotSent;
 
 /// The boxed error of [`LineConnection`]; the same type as
 /// `tower_redial::BoxError`.
@@ -705,44 +704,24 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 // ---------------------------------------------------------------------------
 
 /// A pipelined client connection: a `tower::Service<String>` whose response
-/// is the reply line (without `\n`).
+/// is the reply line (without `\n`). It is the crate's
+/// [`connect::Framed`](tower_redial::connect::Framed) over [`StrictLines`],
+/// so its rules are `Framed`'s:
 ///
-/// A background task owns the socket. It writes requests in the order of
-/// [`call`](Service::call) and matches replies to them first in, first out.
-///
-/// - `poll_ready` is `Ready(Ok)` while the task runs and `Ready(Err)` once
-///   it has ended, with the kind of error that ended it; the task's end
-///   wakes whoever last polled it (see `CloseWatch`), so an idle
-///   connection's death is noticed with no request.
-/// - A request that was never written fails with a [`NotSent`] holding it.
-/// - A written request whose reply never came fails with the
-///   [`io::Error`] that ended the connection: kind `UnexpectedEof` when the
-///   server closed it, else the socket's error (such as `ConnectionReset`).
+/// - `poll_ready` is `Ready(Ok)` while the connection is open and
+///   `Ready(Err)` once it has ended, and its end wakes the client, so an
+///   idle connection's death is noticed with no request.
+/// - A request never written fails with a `NotSent` (holding it if it
+///   was still queued).
+/// - A written request whose reply never came fails with a
+///   `ConnectionLost` around the [`io::Error`] that ended the connection:
+///   kind `UnexpectedEof` when the server closed it, else the socket's error
+///   (such as `ConnectionReset`).
 /// - A request containing a line break fails at once with `InvalidInput`.
-///
-/// Dropping the connection closes the socket as soon as the replies already
-/// on their way have arrived (at once when none are); their response futures
-/// still complete.
 pub struct LineConnection {
-    jobs: mpsc::UnboundedSender<Job>,
-    closed: CloseWatch,
+    framed: tower_redial::connect::Framed<String, String>,
     local_addr: SocketAddr,
     peer_addr: SocketAddr,
-}
-
-type Reply = Result<String, BoxError>;
-
-/// A request and where its reply goes.
-struct Job {
-    line: String,
-    reply: oneshot::Sender<Reply>,
-}
-
-/// The request being written, and how much of it is written.
-struct Writing {
-    bytes: Vec<u8>,
-    written: usize,
-    job: Job,
 }
 
 impl LineConnection {
@@ -752,12 +731,8 @@ impl LineConnection {
         io.set_nodelay(true)?;
         let local_addr = io.local_addr()?;
         let peer_addr = io.peer_addr()?;
-        let (jobs, queue) = mpsc::unbounded_channel();
-        let closed = CloseWatch::new();
-        tokio::spawn(drive(io, queue, closed.for_clone()));
         Ok(LineConnection {
-            jobs,
-            closed,
+            framed: tower_redial::connect::Framed::new(io, StrictLines::default()),
             local_addr,
             peer_addr,
         })
@@ -770,12 +745,12 @@ impl LineConnection {
 
     /// Whether the connection has ended (`poll_ready` fails).
     pub fn is_closed(&self) -> bool {
-        self.jobs.is_closed()
+        self.framed.is_closed()
     }
 
     /// Waits until the connection has ended.
     pub async fn closed(&self) {
-        self.jobs.closed().await;
+        self.framed.closed().await;
     }
 
     /// The client side's address.
@@ -802,20 +777,13 @@ impl fmt::Debug for LineConnection {
 impl Service<String> for LineConnection {
     type Response = String;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Reply> + Send + 'static>>;
+    type Future = futures::future::Either<
+        tower_redial::connect::FramedFuture<String>,
+        std::future::Ready<Result<String, BoxError>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if let Poll::Ready(error) = self.closed.poll_closed(cx) {
-            return Poll::Ready(Err(error.into()));
-        }
-        if self.jobs.is_closed() {
-            Poll::Ready(Err(Box::new(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "line connection is closed",
-            ))))
-        } else {
-            Poll::Ready(Ok(()))
-        }
+        self.framed.poll_ready(cx)
     }
 
     fn call(&mut self, line: String) -> Self::Future {
@@ -824,131 +792,9 @@ impl Service<String> for LineConnection {
                 io::ErrorKind::InvalidInput,
                 "a request must be a single line",
             );
-            return Box::pin(std::future::ready(Err(error.into())));
+            return futures::future::Either::Right(std::future::ready(Err(error.into())));
         }
-        let (reply, replied) = oneshot::channel();
-        match self.jobs.send(Job { line, reply }) {
-            Ok(()) => Box::pin(async move {
-                replied.await.unwrap_or_else(|_| {
-                    // The task always answers; only a runtime shutting down
-                    // drops it mid-way.
-                    Err(io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        "line connection task ended without replying",
-                    )
-                    .into())
-                })
-            }),
-            Err(mpsc::error::SendError(job)) => {
-                Box::pin(std::future::ready(Err(not_sent(job.line))))
-            }
-        }
-    }
-}
-
-/// The error for a request that never left the queue: it comes back.
-fn not_sent(line: String) -> BoxError {
-    let cause = io::Error::new(
-        io::ErrorKind::NotConnected,
-        "line connection closed before the request was written",
-    );
-    Box::new(NotSent::with_request(line, cause))
-}
-
-/// The connection's task: writes queued requests, reads replies, and on the
-/// way out fails every request it still holds with the right error.
-async fn drive(stream: TcpStream, mut queue: mpsc::UnboundedReceiver<Job>, closed: CloseWatch) {
-    let (read, mut write) = stream.into_split();
-    let mut replies = FramedRead::new(read, StrictLines::default());
-    let mut in_flight: VecDeque<oneshot::Sender<Reply>> = VecDeque::new();
-    let mut writing: Option<Writing> = None;
-    let mut open = true;
-
-    let failure = loop {
-        if !open && writing.is_none() && in_flight.is_empty() {
-            // Every handle dropped and nothing owed: close quietly.
-            break None;
-        }
-        let unwritten: &[u8] = writing.as_ref().map_or(&[], |w| &w.bytes[w.written..]);
-        // Replies first, so a dead connection is noticed before writing more.
-        // `write` is cancel-safe: when another branch wins, nothing was
-        // written.
-        tokio::select! {
-            biased;
-            reply = replies.next() => match reply {
-                Some(Ok(line)) => match in_flight.pop_front() {
-                    Some(waiter) => {
-                        let _ = waiter.send(Ok(line));
-                    }
-                    None => {
-                        break Some(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("reply {line:?} without a request"),
-                        ))
-                    }
-                },
-                Some(Err(LinesCodecError::Io(e))) => break Some(e),
-                Some(Err(e)) => break Some(io::Error::new(io::ErrorKind::InvalidData, e)),
-                None => {
-                    break Some(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "server closed the connection",
-                    ))
-                }
-            },
-            wrote = write.write(unwritten), if writing.is_some() => match wrote {
-                Ok(0) => break Some(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    let done = writing.as_mut().map(|w| {
-                        w.written += n;
-                        w.written == w.bytes.len()
-                    });
-                    if done == Some(true) {
-                        if let Some(w) = writing.take() {
-                            in_flight.push_back(w.job.reply);
-                        }
-                    }
-                }
-                Err(e) => break Some(e),
-            },
-            job = queue.recv(), if open && writing.is_none() => match job {
-                Some(job) => {
-                    let mut bytes = Vec::with_capacity(job.line.len() + 1);
-                    bytes.extend_from_slice(job.line.as_bytes());
-                    bytes.push(b'\n');
-                    writing = Some(Writing { bytes, written: 0, job });
-                }
-                None => open = false,
-            },
-        }
-    };
-
-    // From here on `poll_ready` fails, with the kind of error that ended
-    // the connection, and `call` hands requests back.
-    closed.close(
-        failure
-            .as_ref()
-            .map_or(io::ErrorKind::NotConnected, io::Error::kind),
-    );
-    queue.close();
-    if let Some(failure) = failure {
-        let kind = failure.kind();
-        let message = failure.to_string();
-        let lost = || io::Error::new(kind, message.clone());
-        if let Some(w) = writing.take() {
-            let error: BoxError = if w.written == 0 {
-                Box::new(NotSent::with_request(w.job.line, lost()))
-            } else {
-                Box::new(lost())
-            };
-            let _ = w.job.reply.send(Err(error));
-        }
-        for waiter in in_flight.drain(..) {
-            let _ = waiter.send(Err(Box::new(lost())));
-        }
-    }
-    while let Ok(job) = queue.try_recv() {
-        let _ = job.reply.send(Err(not_sent(job.line)));
+        futures::future::Either::Left(self.framed.call(line))
     }
 }
 

@@ -6,14 +6,18 @@
 //! function that turns the IO into a service: a framed codec, hyper's
 //! `client::conn::http1::handshake`, a database client's setup.
 //!
+//! For a protocol of your own, make the service a [`Framed`]: one task
+//! owns the IO, replies are matched to requests in order, a request dropped
+//! mid-flight cannot leave its reply for the next one, and an idle
+//! connection's end is seen at once.
+//!
 //! # Example
 //!
 //! ```
-//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
 //! use tokio::net::{TcpListener, TcpStream};
-//! use tower::util::BoxService;
-//! use tower::{service_fn, ServiceBuilder, ServiceExt};
-//! use tower_redial::connect::TcpConnector;
+//! use tokio_util::codec::LinesCodec;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_redial::connect::{Framed, TcpConnector};
 //! use tower_redial::{BoxError, Handshake, ReconnectLayer, ReconnectPolicy};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -21,35 +25,32 @@
 //! # let listener = TcpListener::bind("127.0.0.1:0").await?;
 //! # let addr = listener.local_addr()?;
 //! # tokio::spawn(async move {
-//! #     let (mut io, _) = listener.accept().await.unwrap();
-//! #     let mut buf = [0; 1];
-//! #     while io.read_exact(&mut buf).await.is_ok() {
-//! #         io.write_all(&[buf[0] + 1]).await.unwrap();
+//! #     use futures::{SinkExt, StreamExt};
+//! #     let (io, _) = listener.accept().await.unwrap();
+//! #     let mut lines = tokio_util::codec::Framed::new(io, LinesCodec::new());
+//! #     while let Some(Ok(line)) = lines.next().await {
+//! #         let n: u64 = line.parse().unwrap();
+//! #         lines.send((n + 1).to_string()).await.unwrap();
 //! #     }
 //! # });
-//! // A one-byte "protocol": each connection is a service that sends a byte
-//! // and reads one back.
-//! async fn handshake(io: TcpStream) -> std::io::Result<BoxService<u8, u8, std::io::Error>> {
-//!     let io = std::sync::Arc::new(tokio::sync::Mutex::new(io));
-//!     Ok(BoxService::new(service_fn(move |byte: u8| {
-//!         let io = io.clone();
-//!         async move {
-//!             let mut io = io.lock().await;
-//!             io.write_all(&[byte]).await?;
-//!             io.read_u8().await
-//!         }
-//!     })))
+//! // A line protocol: each request is a line, and so is each reply.
+//! async fn handshake(io: TcpStream) -> std::io::Result<Framed<String, String>> {
+//!     Ok(Framed::new(io, LinesCodec::new()))
 //! }
 //!
 //! let make = Handshake::new(TcpConnector::new(), handshake);
 //! let client = ServiceBuilder::new()
 //!     .layer(ReconnectLayer::new(ReconnectPolicy::default()))
 //!     .service(make)
-//!     .client(addr);
-//! assert_eq!(client.oneshot(41).await?, 42);
+//!     .multiplexed(addr);
+//! assert_eq!(client.oneshot("41".to_string()).await?, "42");
 //! # Ok(())
 //! # }
 //! ```
+
+mod framed;
+
+pub use framed::{Framed, FramedFuture};
 
 use std::fmt;
 use std::future::Future;
