@@ -40,7 +40,7 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tower::ServiceBuilder;
 use tower_redial::connect::TcpConnector;
-use tower_redial::hyper::{classifier, http2};
+use tower_redial::hyper::http2;
 use tower_redial::{
     Backoff, Client, Closed, Handshake, NotSent, ReconnectLayer, ReconnectPolicy, Unavailable,
 };
@@ -212,7 +212,6 @@ fn grpc_client(addr: SocketAddr) -> (GrpcClient, Transport) {
             Duration::from_millis(100),
         ))
         .wait_limit(Duration::from_secs(30))
-        .classifier(classifier())
         .build()
         .unwrap();
     let client = ServiceBuilder::new()

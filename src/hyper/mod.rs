@@ -210,6 +210,16 @@
 //! `Status`, and the application decides whether to call again. The
 //! `tonic` example shows a server crash ridden through.
 //!
+//! In a graceful restart (tonic's `serve_with_shutdown`), two failures
+//! reach gRPC callers, and neither call is sent again:
+//!
+//! - a call whose stream the server refused fails with `Unavailable`. It
+//!   never ran, but hyper had already read its body, so it cannot be
+//!   rebuilt;
+//! - a call caught by the server's GOAWAY fails with `Internal`, tonic's
+//!   code for a GOAWAY with `NO_ERROR`. It may be one the server never saw,
+//!   or one it ran: hyper reports both the same way.
+//!
 //! # Tasks
 //!
 //! Each connection's driver runs on a task spawned with `tokio::spawn`. It
