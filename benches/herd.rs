@@ -27,7 +27,8 @@ use std::time::Duration;
 
 use tokio::time::{sleep_until, Instant};
 use tower::{Service, ServiceExt};
-use tower_redial::{Backoff, Jitter, Reconnect, ReconnectPolicy};
+use tower_redial::reconnect::Reconnect;
+use tower_redial::{Backoff, Jitter, ReconnectPolicy};
 
 const CLIENTS: u32 = 1_000;
 /// Connected and healthy for this long before the outage.

@@ -34,8 +34,9 @@ use tokio::time::{sleep, timeout, Instant, MissedTickBehavior};
 use tower::buffer::Buffer;
 use tower::util::BoxCloneService;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+use tower_redial::connect::Handshake;
 use tower_redial::connect::TcpConnector;
-use tower_redial::{Backoff, BoxError, Handshake, ReconnectLayer, ReconnectPolicy};
+use tower_redial::{Backoff, BoxError, ReconnectLayer, ReconnectPolicy};
 
 /// How long the listener stays down.
 const OUTAGE: Duration = Duration::from_millis(300);

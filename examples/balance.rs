@@ -44,10 +44,10 @@ mod example {
     use tokio::task::JoinSet;
     use tokio::time::{sleep, Instant};
     use tower::{ServiceBuilder, ServiceExt};
+    use tower_redial::connect::Handshake;
     use tower_redial::connect::TcpConnector;
-    use tower_redial::{
-        Backoff, BoxError, Client, Handshake, Jitter, ReconnectLayer, ReconnectPolicy, Stats,
-    };
+    use tower_redial::state::Stats;
+    use tower_redial::{Backoff, BoxError, Client, Jitter, ReconnectLayer, ReconnectPolicy};
 
     use super::line::{LineConnection, LineServer};
 

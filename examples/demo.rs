@@ -30,11 +30,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{sleep, Instant, MissedTickBehavior};
 use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_redial::connect::Handshake;
 use tower_redial::connect::TcpConnector;
-use tower_redial::{
-    Backoff, BoxError, Client, Closed, Handshake, Jitter, NotSent, Phase, ReconnectLayer,
-    ReconnectPolicy, Snapshot, Unavailable,
-};
+use tower_redial::error::{Closed, NotSent, Unavailable};
+use tower_redial::state::{Phase, Snapshot};
+use tower_redial::{Backoff, BoxError, Client, Jitter, ReconnectLayer, ReconnectPolicy};
 
 use line::LineServer;
 
@@ -439,7 +439,7 @@ fn note(
 // The tally
 // ---------------------------------------------------------------------------
 
-fn report(log: &Log, stats: tower_redial::Stats, server: &LineServer) {
+fn report(log: &Log, stats: tower_redial::state::Stats, server: &LineServer) {
     let requests = &log.requests;
     let count = |f: &dyn Fn(&Request) -> bool| requests.iter().filter(|r| f(r)).count();
     let sent = requests.len();

@@ -37,10 +37,10 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{sleep, Instant};
 use tower::{ServiceBuilder, ServiceExt};
+use tower_redial::connect::Handshake;
 use tower_redial::connect::TcpConnector;
-use tower_redial::{
-    Backoff, BoxError, Client, Handshake, Phase, ReconnectLayer, ReconnectPolicy, Snapshot,
-};
+use tower_redial::state::{Phase, Snapshot};
+use tower_redial::{Backoff, BoxError, Client, ReconnectLayer, ReconnectPolicy};
 
 type Body = Full<Bytes>;
 type HttpClient = Client<Request<Body>, Response<Incoming>>;
@@ -258,9 +258,9 @@ async fn work(
             let on_the_wire = result.as_ref().err().is_some_and(|e| {
                 chain(&**e).any(|e| e.is::<hyper::Error>() || e.is::<std::io::Error>())
                     && !chain(&**e).any(|e| {
-                        e.is::<tower_redial::NotSent>()
-                            || e.is::<tower_redial::Unavailable>()
-                            || e.is::<tower_redial::Closed>()
+                        e.is::<tower_redial::error::NotSent>()
+                            || e.is::<tower_redial::error::Unavailable>()
+                            || e.is::<tower_redial::error::Closed>()
                     })
             });
             Sent {

@@ -35,8 +35,10 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep, Instant, MissedTickBehavior};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_redial::error::ConnectionLost;
+use tower_redial::error::NotSent;
 use tower_redial::postgres::{MakePostgres, PgClient, Query};
-use tower_redial::{Backoff, BoxError, NotSent, Phase, ReconnectLayer, ReconnectPolicy, Snapshot};
+use tower_redial::state::{Phase, Snapshot};
+use tower_redial::{Backoff, BoxError, ReconnectLayer, ReconnectPolicy};
 
 use pg_server::PgServer;
 
@@ -270,7 +272,9 @@ async fn work(
                 tally.during_ok += usize::from(during);
                 tally.waited_ok += usize::from(during && finished > issued);
             }
-            Err(error) if NotSent::is_in(&*error) || error.is::<tower_redial::Unavailable>() => {
+            Err(error)
+                if NotSent::is_in(&*error) || error.is::<tower_redial::error::Unavailable>() =>
+            {
                 tally.not_run.push(id)
             }
             Err(error) if error.is::<ConnectionLost>() => tally.maybe.push(id),

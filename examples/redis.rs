@@ -30,10 +30,10 @@ use redis::{Cmd, Value};
 use tokio::sync::watch;
 use tokio::time::{sleep, Instant};
 use tower::{ServiceBuilder, ServiceExt};
+use tower_redial::error::Unavailable;
 use tower_redial::redis::{MakeRedis, RedisClient};
-use tower_redial::{
-    Backoff, BoxError, Jitter, Phase, ReconnectLayer, ReconnectPolicy, Snapshot, Unavailable,
-};
+use tower_redial::state::{Phase, Snapshot};
+use tower_redial::{Backoff, BoxError, Jitter, ReconnectLayer, ReconnectPolicy};
 
 use redis_server::RedisServer;
 

@@ -54,10 +54,10 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tower::ServiceBuilder;
+use tower_redial::connect::Handshake;
 use tower_redial::connect::TcpConnector;
-use tower_redial::{
-    Backoff, BoxError, Client, Handshake, Phase, ReconnectLayer, ReconnectPolicy, Snapshot,
-};
+use tower_redial::state::{Phase, Snapshot};
+use tower_redial::{Backoff, BoxError, Client, ReconnectLayer, ReconnectPolicy};
 
 type Transport = Client<http::Request<tonic::body::Body>, http::Response<hyper::body::Incoming>>;
 

@@ -21,7 +21,7 @@
 //!
 //! The wait limit applies to the client as a whole. While no endpoint is
 //! ready, requests wait in the queue. Once none has been ready for the wait
-//! limit, requests fail fast with [`Unavailable`](crate::Unavailable) (its
+//! limit, requests fail fast with [`Unavailable`](crate::error::Unavailable) (its
 //! `attempts()` is 0 and it has no `source()`: no single dial is to blame)
 //! until any endpoint is ready again.
 //!

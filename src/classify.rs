@@ -1,6 +1,6 @@
 //! Which errors mean "the connection is dead".
 //!
-//! Two kinds of error reach a [`Reconnect`](crate::Reconnect):
+//! Two kinds of error reach a [`Reconnect`](crate::reconnect::Reconnect):
 //!
 //! - **An error from the connection's `poll_ready`** always means the
 //!   connection is dead: by tower's contract, a service whose `poll_ready`
@@ -28,7 +28,8 @@
 //!
 //! ```
 //! use std::io;
-//! use tower_redial::{Classifier, ReconnectPolicy};
+//! use tower_redial::classify::Classifier;
+//! use tower_redial::ReconnectPolicy;
 //!
 //! // Also treat a protocol desync, reported as `InvalidData`, as fatal.
 //! let classifier = Classifier::new(|error| {
@@ -36,7 +37,7 @@
 //!         || tower_redial::classify::io_error_kind(error) == Some(io::ErrorKind::InvalidData)
 //! });
 //! let policy = ReconnectPolicy::builder().classifier(classifier).build()?;
-//! # Ok::<_, tower_redial::InvalidPolicy>(())
+//! # Ok::<_, tower_redial::error::InvalidPolicy>(())
 //! ```
 
 use std::error::Error;

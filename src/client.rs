@@ -69,11 +69,11 @@ use crate::{BoxError, ReconnectPolicy};
 ///
 /// # Errors
 ///
-/// Responses fail with [`Unavailable`](crate::Unavailable) when the
+/// Responses fail with [`Unavailable`](crate::error::Unavailable) when the
 /// connection has been down longer than the wait limit, with
-/// [`Closed`](crate::Closed) once the client gave up, or with the
+/// [`Closed`](crate::error::Closed) once the client gave up, or with the
 /// connection's own error. `poll_ready` fails only with
-/// [`Closed`](crate::Closed). See [`error`](crate::error).
+/// [`Closed`](crate::error::Closed). See [`error`](crate::error).
 ///
 /// # Clone
 ///
@@ -257,7 +257,8 @@ impl<Req, Res> Client<Req, Res> {
     ///
     /// ```
     /// use tower::{service_fn, ServiceBuilder};
-    /// use tower_redial::{BoxError, Phase, ReconnectLayer, ReconnectPolicy};
+    /// use tower_redial::state::Phase;
+    /// use tower_redial::{BoxError, ReconnectLayer, ReconnectPolicy};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), BoxError> {

@@ -92,7 +92,7 @@
 //! therefore comes back no later than the wait limit after the call.
 //!
 //! The attempt and time limits follow the same rules as in
-//! [`Reconnect`](crate::Reconnect); unlike the wait limit they are checked
+//! [`Reconnect`](crate::reconnect::Reconnect); unlike the wait limit they are checked
 //! after a failed attempt, so a dial may overrun the time limit by one delay
 //! and one connect timeout.
 //!

@@ -1,6 +1,6 @@
 //! Error types.
 //!
-//! Every error that [`Client`](crate::Client) and [`Reconnect`](crate::Reconnect)
+//! Every error that [`Client`](crate::Client) and [`Reconnect`](crate::reconnect::Reconnect)
 //! produce is a [`BoxError`]. Match on the kind with
 //! [`downcast_ref`](std::error::Error#method.downcast_ref):
 //!
@@ -16,7 +16,7 @@
 //! | [`Panicked`] | user code (the factory, a dial, the connection or its response) panicked while serving the request; the connection counts as dead | — |
 //! | anything else | the connection's own error for a request that may have reached the peer | — |
 //!
-//! [`Dial`](crate::Dial), the connector form, has one error of its own:
+//! [`Dial`](crate::dial::Dial), the connector form, has one error of its own:
 //! [`DialError`], once it gives up on a dial (`source()`: the last
 //! attempt's error). [`InvalidPolicy`] is returned by the policy builder.
 //!
@@ -277,7 +277,7 @@ impl Error for ConnectTimeout {}
 ///
 /// ```
 /// use std::io;
-/// use tower_redial::NotSent;
+/// use tower_redial::error::NotSent;
 ///
 /// let request = String::from("INCR hits");
 /// let cause = io::Error::from(io::ErrorKind::BrokenPipe);
@@ -322,7 +322,7 @@ impl NotSent {
     ///
     /// ```
     /// use tower_redial::classify::is_transport_error;
-    /// use tower_redial::NotSent;
+    /// use tower_redial::error::NotSent;
     ///
     /// let declined = NotSent::with_request("GET /", "refused").keep_connection();
     /// assert!(declined.keeps_connection());
@@ -398,7 +398,7 @@ impl Error for NotSent {
 /// connection is dropped and redialed.
 ///
 /// This is how a connection tells the client its verdict, whatever the
-/// [`Classifier`](crate::Classifier): the default classifier calls every
+/// [`Classifier`](crate::classify::Classifier): the default classifier calls every
 /// `ConnectionLost` dead. The connections of this crate's integrations
 /// wrap their protocol's transport failures in it (hyper's "connection
 /// closed before message completed", a PostgreSQL session that ended), so

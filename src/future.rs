@@ -25,10 +25,10 @@ use crate::BoxError;
 pub(crate) type BoxResponse<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 
 pin_project! {
-    /// The response future of [`Reconnect`](crate::Reconnect).
+    /// The response future of [`Reconnect`](crate::reconnect::Reconnect).
     ///
     /// It reports back to the service: a success proves the connection
-    /// healthy, and an error the [`Classifier`](crate::Classifier) calls dead
+    /// healthy, and an error the [`Classifier`](crate::classify::Classifier) calls dead
     /// has the connection dropped and redialed before the next request.
     pub struct ResponseFuture<F> {
         #[pin]
@@ -402,7 +402,7 @@ pub(crate) fn from_buffer(label: &Arc<str>, error: BoxError) -> BoxError {
 }
 
 pin_project! {
-    /// The future of [`Handshake`](crate::Handshake): connect, then handshake.
+    /// The future of [`Handshake`](crate::connect::Handshake): connect, then handshake.
     pub struct HandshakeFuture<C, H, F> {
         #[pin]
         state: HandshakeState<C, F>,

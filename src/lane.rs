@@ -9,7 +9,7 @@
 //!
 //! The lane is withdrawn as soon as anyone sees the connection die: the
 //! worker, a handle whose `poll_ready` on it fails, or any response, direct
-//! or through the queue, with an error the [`Classifier`](crate::Classifier)
+//! or through the queue, with an error the [`Classifier`](crate::classify::Classifier)
 //! calls dead. Withdrawing it marks the connection dead, for the worker to
 //! redial.
 //!
@@ -281,7 +281,7 @@ impl<Req, Res> fmt::Debug for LaneCell<Req, Res> {
     }
 }
 
-/// How the worker's [`Reconnect`](crate::Reconnect) publishes its connection
+/// How the worker's [`Reconnect`](crate::reconnect::Reconnect) publishes its connection
 /// `S`, whatever the request type.
 pub(crate) trait Publish<S>: Send {
     /// The connection proved healthy: let the handles call it directly.

@@ -14,7 +14,7 @@ use crate::{BoxError, ReconnectPolicy};
 /// The factory is a tower [`MakeService`](tower::MakeService): a
 /// `Service<Target>` whose response is a connection, itself a
 /// `Service<Request>`. A raw connector that yields IO becomes one through
-/// [`Handshake`](crate::Handshake).
+/// [`Handshake`](crate::connect::Handshake).
 ///
 /// The layer assembles, for each client, a [`Reconnect`] on a worker task
 /// behind tower's [`Buffer`](tower::buffer::Buffer), and re-sends failed
@@ -173,7 +173,7 @@ impl<M, R> MakeReconnect<M, R> {
     /// itself; see `docs/BENCHMARKS.md`.
     ///
     /// Nothing else changes: a connection that fails `poll_ready`, or a
-    /// response error the [`Classifier`](crate::Classifier) calls dead, sends
+    /// response error the [`Classifier`](crate::classify::Classifier) calls dead, sends
     /// the next requests back through the queue while the worker redials;
     /// the failed request is re-sent on the next connection exactly when
     /// [`client`](MakeReconnect::client) would re-send it.

@@ -109,6 +109,17 @@
 //!
 //! The defaults are listed on [`ReconnectPolicy`].
 //!
+//! # Where things are
+//!
+//! The crate root holds what every user needs: [`ReconnectLayer`],
+//! [`MakeReconnect`], [`Client`], [`ReconnectPolicy`] and its builder,
+//! [`Backoff`] and [`Jitter`], and [`BoxError`]. Everything else is reached
+//! through its module, by one path only: the errors in [`error`], what
+//! counts as a dead connection in [`classify`], connectors and connections
+//! in [`connect`], the client's state in [`state`], re-sends in [`retry`],
+//! binding to a target in [`bind`] and [`make`], the bare state machine in
+//! [`reconnect`].
+//!
 //! # Beyond one connection
 //!
 //! - [`dial`]: [`DialLayer`] adds dial backoff, a connect timeout and an
@@ -133,6 +144,15 @@
 //! None is on by default.
 //!
 //! [`MakeService`]: tower::MakeService
+//! [`Handshake`]: connect::Handshake
+//! [`DialLayer`]: dial::DialLayer
+//! [`Closed`]: error::Closed
+//! [`NotSent`]: error::NotSent
+//! [`Panicked`]: error::Panicked
+//! [`Unavailable`]: error::Unavailable
+//! [`IdleProbe`]: probe::IdleProbe
+//! [`Reconnect`]: reconnect::Reconnect
+//! [`TargetLayer`]: bind::TargetLayer
 //! [`multiplexed`]: MakeReconnect::multiplexed
 //! [`Buffer`]: tower::buffer::Buffer
 //! [`Retry`]: tower::retry::Retry
@@ -150,7 +170,7 @@ pub mod backoff;
 #[cfg(feature = "balance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "balance")))]
 pub mod balance;
-mod bind;
+pub mod bind;
 mod budget;
 pub mod classify;
 mod client;
@@ -175,32 +195,19 @@ mod policy;
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
 pub mod probe;
-mod reconnect;
+pub mod reconnect;
 mod redact;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
-mod retry;
+pub mod retry;
 pub mod state;
 mod timer;
 
 pub use crate::backoff::{Backoff, Jitter};
-pub use crate::bind::{MultiplexedTargetLayer, TargetLayer};
-pub use crate::classify::Classifier;
 pub use crate::client::Client;
-pub use crate::connect::Handshake;
-pub use crate::dial::{Dial, DialLayer};
-pub use crate::error::DialError;
-pub use crate::error::{
-    Closed, ConnectTimeout, InvalidPolicy, NotSent, Overloaded, Panicked, ResponseTimeout,
-    Unavailable,
-};
 pub use crate::layer::{MakeReconnect, ReconnectLayer};
 pub use crate::policy::{ReconnectPolicy, ReconnectPolicyBuilder};
-pub use crate::probe::{IdleProbe, IdleProbeLayer};
-pub use crate::reconnect::Reconnect;
-pub use crate::retry::{AtMostOnce, ResendIf, ResendPolicy};
-pub use crate::state::{Phase, Snapshot, Stats};
 
 /// The boxed error type used at the crate's boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

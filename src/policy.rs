@@ -18,7 +18,7 @@ use crate::error::InvalidPolicy;
 /// |---|---|---|
 /// | backoff | exponential, 100 ms × 2, capped at 30 s, full jitter, no limit | AWS "Exponential Backoff and Jitter": full jitter spends the least work |
 /// | connect timeout | 10 s per dial | a blackholed address is not left to the kernel's ~127 s SYN timeout |
-/// | wait limit | 5 s, then fail fast with [`Unavailable`](crate::Unavailable) | rides through a restart; bounded |
+/// | wait limit | 5 s, then fail fast with [`Unavailable`](crate::error::Unavailable) | rides through a restart; bounded |
 /// | queue capacity | 1024 requests | tonic's channel default |
 /// | when the queue is full | `poll_ready` waits (backpressure); [`load_shed`](ReconnectPolicyBuilder::load_shed) refuses with `Overloaded` instead | callers choose |
 /// | healthy after | 2 s Ready, or one successful response | a server that accepts and at once closes must not reset the backoff |
@@ -46,7 +46,7 @@ use crate::error::InvalidPolicy;
 ///     .queue_capacity(256)
 ///     .build()?;
 /// assert_eq!(policy.queue_capacity(), 256);
-/// # Ok::<_, tower_redial::InvalidPolicy>(())
+/// # Ok::<_, tower_redial::error::InvalidPolicy>(())
 /// ```
 #[derive(Clone)]
 pub struct ReconnectPolicy {
@@ -218,7 +218,7 @@ impl ReconnectPolicyBuilder {
     }
 
     /// Sets how long requests wait for a connection before they fail fast with
-    /// [`Unavailable`](crate::Unavailable). Must be above zero;
+    /// [`Unavailable`](crate::error::Unavailable). Must be above zero;
     /// `Duration::MAX` means requests wait for as long as it takes.
     pub fn wait_limit(mut self, limit: Duration) -> Self {
         self.policy.wait_limit = limit;
@@ -282,7 +282,7 @@ impl ReconnectPolicyBuilder {
     }
 
     /// Fails a request whose response has not come within `timeout` with
-    /// [`ResponseTimeout`](crate::ResponseTimeout). Off by default. Must be
+    /// [`ResponseTimeout`](crate::error::ResponseTimeout). Off by default. Must be
     /// above zero; `Duration::MAX` means never.
     ///
     /// On a connection that serves one request at a time (bound with

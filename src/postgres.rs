@@ -62,14 +62,14 @@
 //!    IO error, or a closed connection), or a notice says the server is
 //!    ending it. It marks itself closed through its
 //!    [`CloseWatch`], so its next `poll_ready` fails with
-//!    [`ConnectionClosed`], and the [`Reconnect`](crate::Reconnect) inside
+//!    [`ConnectionClosed`], and the [`Reconnect`](crate::reconnect::Reconnect) inside
 //!    the client drops it and redials at once. This holds with any
 //!    [`Classifier`], the default included.
 //! 2. While the server is down or not yet accepting connections (the dial is
 //!    refused, or answered with `57P03`), dials fail and are retried with the
 //!    policy's backoff. Requests wait in the client's queue, for up to the
 //!    policy's wait limit; past it they fail fast with
-//!    [`Unavailable`](crate::Unavailable).
+//!    [`Unavailable`](crate::error::Unavailable).
 //! 3. Once a dial succeeds, the queued requests run on the new connection.
 //!
 //! Requests caught by the restart itself end in one of two ways:
@@ -175,8 +175,8 @@
 //! - [`NotSent`], with a [`ConnectionClosed`] or a `tokio_postgres::Error` as
 //!   its source, only once the client's re-send attempts or budget are
 //!   spent;
-//! - the client's own errors: [`Unavailable`](crate::Unavailable) and
-//!   [`Closed`](crate::Closed); see [`error`](crate::error).
+//! - the client's own errors: [`Unavailable`](crate::error::Unavailable) and
+//!   [`Closed`](crate::error::Closed); see [`error`](crate::error).
 
 use std::error::Error;
 use std::fmt;
@@ -412,7 +412,7 @@ impl<'a> IntoIterator for &'a Rows {
 ///
 /// `poll_ready` is ready while the connection is open, and fails with
 /// [`ConnectionClosed`] once it has closed, so that a
-/// [`Reconnect`](crate::Reconnect) drops it and redials. The connection
+/// [`Reconnect`](crate::reconnect::Reconnect) drops it and redials. The connection
 /// counts as closed as soon as its IO task ends, a query on it fails with an
 /// error that ends the session, or the server's notice says it is ending
 /// the session.
@@ -916,7 +916,8 @@ pub fn is_postgres_transport_error(error: &(dyn Error + 'static)) -> bool {
 /// [`is_postgres_transport_error`]. The same as
 ///
 /// ```
-/// # use tower_redial::{classify, postgres, Classifier};
+/// # use tower_redial::classify::Classifier;
+/// # use tower_redial::{classify, postgres};
 /// Classifier::new(|e| classify::is_transport_error(e) || postgres::is_postgres_transport_error(e))
 /// # ;
 /// ```

@@ -7,7 +7,7 @@
 //! cheap request of your choosing (a Redis `PING`, a `SELECT 1`, a health
 //! check). If the probe fails, or gets no reply within its timeout, the
 //! connection is marked dead: its `poll_ready` fails with [`ProbeFailed`],
-//! so [`Reconnect`](crate::Reconnect) drops it and redials before the next
+//! so [`Reconnect`](crate::reconnect::Reconnect) drops it and redials before the next
 //! request is sent, instead of sending that request into the void.
 //!
 //! [`IdleProbeLayer`] applies the probe to every connection a factory makes;
@@ -18,7 +18,8 @@
 //! ```
 //! use std::time::Duration;
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
-//! use tower_redial::{BoxError, IdleProbeLayer, ReconnectLayer, ReconnectPolicy};
+//! use tower_redial::probe::IdleProbeLayer;
+//! use tower_redial::{BoxError, ReconnectLayer, ReconnectPolicy};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), BoxError> {
@@ -61,7 +62,7 @@
 //! a request waits on it. The policy's
 //! [`response_timeout`](crate::ReconnectPolicyBuilder::response_timeout)
 //! (off by default) fails such a request with
-//! [`ResponseTimeout`](crate::ResponseTimeout) and, on a connection that
+//! [`ResponseTimeout`](crate::error::ResponseTimeout) and, on a connection that
 //! serves one request at a time, counts the connection as dead, so it is
 //! redialed. The probe finds a silent peer before a request is sent; the
 //! timeout bounds the request that finds it first. They work together.
@@ -464,7 +465,7 @@ impl<F> fmt::Debug for ProbedFuture<F> {
 /// An idle probe failed or timed out: the connection is dead.
 ///
 /// [`IdleProbe`]'s `poll_ready` returns it once the probe has failed, which
-/// makes [`Reconnect`](crate::Reconnect) drop the connection and redial.
+/// makes [`Reconnect`](crate::reconnect::Reconnect) drop the connection and redial.
 /// [`source()`](Error::source) is the probe's error; a timeout has none.
 #[derive(Clone)]
 pub struct ProbeFailed {

@@ -54,7 +54,7 @@ use crate::BoxError;
 /// for good.
 ///
 /// A connection counts as dead when its `poll_ready` fails, or when a
-/// response fails with an error that the [`Classifier`](crate::Classifier)
+/// response fails with an error that the [`Classifier`](crate::classify::Classifier)
 /// calls dead. The first redial after a healthy connection dies is
 /// immediate; later ones follow the backoff, each due a backoff delay after
 /// the *start* of the attempt before it. The backoff starts over only once a

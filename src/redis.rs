@@ -50,7 +50,7 @@
 //!   `poll_ready` fails, the client drops the connection and redials, and
 //!   the commands wait in the client's queue, to be sent on the new
 //!   connection. Past the policy's wait limit they fail fast with
-//!   [`Unavailable`](crate::Unavailable) instead, and never run.
+//!   [`Unavailable`](crate::error::Unavailable) instead, and never run.
 //! - **A command that reaches a connection already known to be closed** (in
 //!   the instant between `poll_ready` and the first poll of its response
 //!   future) comes back as [`NotSent`], with the command inside, and the
@@ -87,7 +87,7 @@
 //!   `-LOADING` fails the dial with [`NotServing`]: the client backs off and
 //!   dials again, as it does while the port is closed, and commands wait in
 //!   its queue, within the policy's wait limit. Past it they fail fast with
-//!   [`Unavailable`](crate::Unavailable), whose `source()` is the
+//!   [`Unavailable`](crate::error::Unavailable), whose `source()` is the
 //!   `NotServing`, and never run. The `PING` costs one round trip per dial.
 //! - **A command refused with `-LOADING`** on an open connection (the server
 //!   reloads, as `DEBUG RELOAD` makes it, or a replica loads its master's
@@ -111,7 +111,7 @@
 //! | `-LOADING` | a dial so answered fails with [`NotServing`], and is retried by the backoff; a command so answered is re-sent on the next connection, and its connection retired | every command is refused until the dataset is loaded, which ends by itself; the next connection that passes its `PING` finds it loaded |
 //! | `-MASTERDOWN` | the same as `-LOADING` | the same, until the replica's link to its master is back |
 //! | `-BUSY` | passed to the caller as a [`::redis::RedisError`]; the connection stays | a script or function has run past `busy-reply-threshold`. It may run forever, and only a command sent on a connection (`SCRIPT KILL`, `FUNCTION KILL`, `SHUTDOWN NOSAVE`) ends it: holding commands back would hold those back too |
-//! | `-READONLY` | passed to the caller; the connection stays | the server is a replica, and every connection to it gets the same answer: a re-send would loop. After a failover behind a DNS name, a new dial may reach the new primary: to redial on `-READONLY`, give the policy a [`Classifier`](crate::Classifier) that calls it dead (below); the command is still not re-sent |
+//! | `-READONLY` | passed to the caller; the connection stays | the server is a replica, and every connection to it gets the same answer: a re-send would loop. After a failover behind a DNS name, a new dial may reach the new primary: to redial on `-READONLY`, give the policy a [`Classifier`](crate::classify::Classifier) that calls it dead (below); the command is still not re-sent |
 //! | `-NOREPLICAS` | passed to the caller; the connection stays | writes are refused until enough replicas keep up (`min-replicas-to-write`); reads are served, and every connection gets the same answer |
 //! | `-TRYAGAIN`, `-CLUSTERDOWN`, `-MOVED`, `-ASK`, `-CROSSSLOT` | passed to the caller; the connection stays | cluster routing: this client talks to one node, and redialing it changes nothing; use redis-rs's cluster client |
 //! | `-OOM`, `-MISCONF`, `-NOAUTH`, `-NOPERM` | passed to the caller; the connection stays | the server's settings or state refuse the command, on every connection alike |
@@ -129,8 +129,9 @@
 //!
 //! ```
 //! use redis::{ErrorKind, ServerErrorKind};
+//! use tower_redial::classify::Classifier;
 //! use tower_redial::redis::redis_error;
-//! use tower_redial::{classify, Classifier, ReconnectPolicy};
+//! use tower_redial::{classify, ReconnectPolicy};
 //!
 //! let classifier = Classifier::new(|error| {
 //!     classify::is_transport_error(error)
@@ -138,7 +139,7 @@
 //!             .is_some_and(|e| e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly))
 //! });
 //! let policy = ReconnectPolicy::builder().classifier(classifier).build()?;
-//! # Ok::<_, tower_redial::InvalidPolicy>(())
+//! # Ok::<_, tower_redial::error::InvalidPolicy>(())
 //! ```
 //!
 //! # Compared with redis-rs's `ConnectionManager`
@@ -157,7 +158,7 @@
 //! | the command in flight (an `INCR` the server held, unrun) | fails with `broken pipe`; not re-sent; the books show it never ran | the same |
 //! | commands issued in a 0.3 s outage, after the in-flight command failed | all wait and succeed, 0.36 s after they were issued | all wait and succeed, after 0.54 s: the failed in-flight command had started its reconnect |
 //! | commands issued in a 0.3 s outage of an idle connection | all wait and succeed, after 0.36 s | the first one or two to reach the dead connection fail at once with `broken pipe`; the rest wait and succeed, after 0.54 s |
-//! | commands issued in a 2.5 s outage of an idle connection, past our 1 s wait limit | all fail fast with [`Unavailable`](crate::Unavailable) after 1.0 s, and never run | the first one or two fail at once, as above; the rest wait and succeed, after 4.3 s: its backoff found the server back only then |
+//! | commands issued in a 2.5 s outage of an idle connection, past our 1 s wait limit | all fail fast with [`Unavailable`](crate::error::Unavailable) after 1.0 s, and never run | the first one or two fail at once, as above; the rest wait and succeed, after 4.3 s: its backoff found the server back only then |
 //!
 //! In short: `ConnectionManager` learns that its connection died only when a
 //! command fails on it, so after a quiet spell it is one of your commands
@@ -173,12 +174,12 @@
 //! |---|---|---|
 //! | [`::redis::RedisError`] | the server answered with an error (`WRONGTYPE`, `BUSY`, `READONLY`, …), or the reply could not be parsed | the command reached the server; the connection stays |
 //! | [`io::Error`] with the `RedisError` inside ([`get_ref`](io::Error::get_ref)) | the transport failed: reset, closed, refused, timed out | the command may have run; the connection is redialed |
-//! | [`NotSent`], [`Unavailable`](crate::Unavailable), [`Closed`](crate::Closed) | see [`error`](crate::error) | |
-//! | [`NotServing`] | a dial's error (so the `source()` of [`Unavailable`](crate::Unavailable)), or the `source()` of a [`NotSent`] whose re-sends are spent: the server is up but not serving (`LOADING`, `MASTERDOWN`) | nothing ran; see [Replies that mean "not run"](#replies-that-mean-not-run) |
+//! | [`NotSent`], [`Unavailable`](crate::error::Unavailable), [`Closed`](crate::error::Closed) | see [`error`](crate::error) | |
+//! | [`NotServing`] | a dial's error (so the `source()` of [`Unavailable`](crate::error::Unavailable)), or the `source()` of a [`NotSent`] whose re-sends are spent: the server is up but not serving (`LOADING`, `MASTERDOWN`) | nothing ran; see [Replies that mean "not run"](#replies-that-mean-not-run) |
 //!
 //! Transport failures are turned into an [`io::Error`] of the matching kind
 //! (`BrokenPipe`, `ConnectionReset`, `TimedOut`, …) so that the default
-//! [`Classifier`](crate::Classifier) knows them, by type, as "the connection
+//! [`Classifier`](crate::classify::Classifier) knows them, by type, as "the connection
 //! is dead". [`redis_error`] finds the [`::redis::RedisError`] in either form.
 //!
 //! # Timeouts

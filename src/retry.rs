@@ -11,8 +11,8 @@
 //!   [`ReconnectLayer::resend_if`](crate::ReconnectLayer::resend_if), its
 //!   predicate says it is idempotent, and the error is a transport error (per
 //!   the [`Classifier`]).
-//! - A request that failed fast ([`Unavailable`](crate::Unavailable)) or on
-//!   a [`Closed`](crate::Closed) client is not re-sent: that is the answer.
+//! - A request that failed fast ([`Unavailable`]) or on
+//!   a [`Closed`] client is not re-sent: that is the answer.
 //!
 //! Every re-send needs an attempt left (three sends in all, by default) and a
 //! token from a budget with the accounting of tower's
@@ -54,7 +54,8 @@ use crate::BoxError;
 /// one can be copied.
 ///
 /// ```
-/// use tower_redial::{ReconnectLayer, ReconnectPolicy, ResendPolicy};
+/// use tower_redial::retry::ResendPolicy;
+/// use tower_redial::{ReconnectLayer, ReconnectPolicy};
 ///
 /// enum Body {
 ///     Buffered(Vec<u8>),

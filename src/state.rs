@@ -10,7 +10,8 @@
 //!
 //! ```
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
-//! use tower_redial::{BoxError, Phase, ReconnectLayer, ReconnectPolicy};
+//! use tower_redial::state::Phase;
+//! use tower_redial::{BoxError, ReconnectLayer, ReconnectPolicy};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), BoxError> {
@@ -59,12 +60,12 @@ pub enum Phase {
     Ready,
     /// Unavailable for longer than the wait limit, and between dials (gRPC's
     /// TRANSIENT_FAILURE): requests fail at once with
-    /// [`Unavailable`](crate::Unavailable), whose `source()` is the latest
+    /// [`Unavailable`](crate::error::Unavailable), whose `source()` is the latest
     /// dial error. Redialing carries on by the backoff, driven by the
     /// client's own task, with no request needed.
     FailFast,
     /// Gave up for good, or shut down: requests fail with
-    /// [`Closed`](crate::Closed).
+    /// [`Closed`](crate::error::Closed).
     Closed,
 }
 
@@ -173,7 +174,7 @@ pub struct Stats {
     pub dial_failures: u64,
     /// Established connections that were found dead and dropped.
     pub drops: u64,
-    /// Requests that failed fast with [`Unavailable`](crate::Unavailable).
+    /// Requests that failed fast with [`Unavailable`](crate::error::Unavailable).
     pub fail_fast: u64,
     /// Requests re-sent by the retry policy.
     pub retries: u64,

@@ -12,8 +12,10 @@ use futures::FutureExt;
 use http_body_util::Empty;
 use tokio::net::TcpListener;
 use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_redial::connect::Handshake;
 use tower_redial::connect::TcpConnector;
-use tower_redial::{Handshake, Overloaded, ReconnectLayer, ReconnectPolicy};
+use tower_redial::error::Overloaded;
+use tower_redial::{ReconnectLayer, ReconnectPolicy};
 
 const QUEUE: usize = 64;
 const SENT: usize = 2_000;

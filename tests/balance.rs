@@ -11,9 +11,9 @@ use std::time::Duration;
 use scripted::{within, Dialer, Outcome};
 use tokio::time::{sleep_until, timeout, Instant};
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
-use tower_redial::{
-    Backoff, BoxError, Client, Phase, ReconnectLayer, ReconnectPolicy, Unavailable,
-};
+use tower_redial::error::Unavailable;
+use tower_redial::state::Phase;
+use tower_redial::{Backoff, BoxError, Client, ReconnectLayer, ReconnectPolicy};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)

@@ -46,10 +46,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::discover::Change;
 use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_redial::connect::Handshake;
 use tower_redial::connect::TcpConnector;
+use tower_redial::error::Unavailable;
+use tower_redial::state::Phase;
 use tower_redial::{
-    Backoff, Client, Handshake, Jitter, Phase, ReconnectLayer, ReconnectPolicy,
-    ReconnectPolicyBuilder, Unavailable,
+    Backoff, Client, Jitter, ReconnectLayer, ReconnectPolicy, ReconnectPolicyBuilder,
 };
 
 type LineClient = Client<String, String>;
@@ -81,7 +83,9 @@ fn policy_builder(wait_limit: Duration) -> ReconnectPolicyBuilder {
 }
 
 /// The layer every test uses: idempotent `GET`s may be re-sent.
-fn layer(policy: ReconnectPolicy) -> ReconnectLayer<impl tower_redial::ResendPolicy<String>> {
+fn layer(
+    policy: ReconnectPolicy,
+) -> ReconnectLayer<impl tower_redial::retry::ResendPolicy<String>> {
     ReconnectLayer::new(policy).resend_if(|request: &String| request.starts_with("GET"))
 }
 

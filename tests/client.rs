@@ -11,10 +11,10 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tokio_test::assert_pending;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_redial::{
-    Backoff, BoxError, Client, Closed, NotSent, Phase, ReconnectLayer, ReconnectPolicy,
-    ResendPolicy, Unavailable,
-};
+use tower_redial::error::{Closed, NotSent, Unavailable};
+use tower_redial::retry::ResendPolicy;
+use tower_redial::state::Phase;
+use tower_redial::{Backoff, BoxError, Client, ReconnectLayer, ReconnectPolicy};
 use tower_test::mock::SendResponse;
 
 fn ms(n: u64) -> Duration {
@@ -178,7 +178,7 @@ async fn full_queue_sheds_load_when_asked() {
     assert!(!first.is_finished() && queued.iter().all(|q| !q.is_finished()));
     let before = Instant::now();
     let error = send(client.clone(), "GET").await.unwrap_err();
-    assert!(error.is::<tower_redial::Overloaded>(), "{error}");
+    assert!(error.is::<tower_redial::error::Overloaded>(), "{error}");
     assert_eq!(Instant::now(), before, "refused at once");
     assert_eq!(dialer.dials(), 1);
 }

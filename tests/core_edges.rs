@@ -15,9 +15,9 @@ use std::time::Duration;
 use futures::FutureExt;
 use scripted::{within, ConnHandle, Dialer, Outcome};
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_redial::{
-    Backoff, BoxError, Client, ConnectTimeout, Phase, ReconnectLayer, ReconnectPolicy, Unavailable,
-};
+use tower_redial::error::{ConnectTimeout, Unavailable};
+use tower_redial::state::Phase;
+use tower_redial::{Backoff, BoxError, Client, ReconnectLayer, ReconnectPolicy};
 
 /// How long a test waits on the client or a connection before it fails.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -192,7 +192,10 @@ async fn connected_on_a_client_that_gave_up_is_closed() {
     let error = within(DEADLINE, "connected", client.connected())
         .await
         .unwrap_err();
-    assert!(error.is::<tower_redial::Closed>(), "not Closed: {error}");
+    assert!(
+        error.is::<tower_redial::error::Closed>(),
+        "not Closed: {error}"
+    );
     assert_eq!(dialer.dials(), 1);
 }
 
@@ -392,7 +395,7 @@ fn refused_dials_give_up_at_once_on_a_multi_thread_runtime() {
         tokio::time::timeout(Duration::from_secs(10), client.connected()).await
     });
     let error = result.expect("not within 10 s").unwrap_err();
-    assert!(error.is::<tower_redial::Closed>(), "{error}");
+    assert!(error.is::<tower_redial::error::Closed>(), "{error}");
     assert_eq!(dialer.dials(), 2);
     // The second dial waited out the backoff delay (a lower bound, which a
     // slow machine cannot fail).

@@ -18,7 +18,8 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 use tower_redial::connect::{Keepalive, TcpConnector};
 use tower_redial::dial::{Dial, DialLayer};
-use tower_redial::{Backoff, BoxError, ConnectTimeout, DialError, ReconnectPolicy};
+use tower_redial::error::{ConnectTimeout, DialError};
+use tower_redial::{Backoff, BoxError, ReconnectPolicy};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)

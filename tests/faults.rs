@@ -26,10 +26,11 @@ use support::outcome::{outcome, Outcome, Tally};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
+use tower_redial::connect::Handshake;
 use tower_redial::connect::TcpConnector;
+use tower_redial::state::Phase;
 use tower_redial::{
-    Backoff, BoxError, Client, Handshake, Jitter, Phase, ReconnectLayer, ReconnectPolicy,
-    ReconnectPolicyBuilder,
+    Backoff, BoxError, Client, Jitter, ReconnectLayer, ReconnectPolicy, ReconnectPolicyBuilder,
 };
 
 type LineClient = Client<String, String>;

@@ -13,9 +13,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder, Encoder, LinesCodec, LinesCodecError};
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+use tower_redial::connect::Handshake;
 use tower_redial::connect::{Framed, TcpConnector};
 use tower_redial::error::ConnectionLost;
-use tower_redial::{BoxError, Handshake, NotSent, Phase, ReconnectLayer, ReconnectPolicy};
+use tower_redial::error::NotSent;
+use tower_redial::state::Phase;
+use tower_redial::{BoxError, ReconnectLayer, ReconnectPolicy};
 
 async fn within<F: Future>(what: &str, future: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(10), future)

@@ -33,11 +33,11 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 use tower::{ServiceBuilder, ServiceExt};
+use tower_redial::connect::Handshake;
 use tower_redial::connect::TcpConnector;
 use tower_redial::hyper::{http1, http2};
-use tower_redial::{
-    Backoff, BoxError, Client, Handshake, ReconnectLayer, ReconnectPolicy, ResendPolicy,
-};
+use tower_redial::retry::ResendPolicy;
+use tower_redial::{Backoff, BoxError, Client, ReconnectLayer, ReconnectPolicy};
 
 type Body = Full<Bytes>;
 type HttpClient = Client<Request<Body>, Response<Incoming>>;

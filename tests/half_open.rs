@@ -28,10 +28,10 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 use tower::{ServiceBuilder, ServiceExt};
+use tower_redial::connect::Handshake;
 use tower_redial::connect::{Keepalive, TcpConnector};
-use tower_redial::{
-    Backoff, BoxError, Client, Handshake, Jitter, Phase, ReconnectLayer, ReconnectPolicy, Stats,
-};
+use tower_redial::state::{Phase, Stats};
+use tower_redial::{Backoff, BoxError, Client, Jitter, ReconnectLayer, ReconnectPolicy};
 
 type LineClient = Client<String, String>;
 

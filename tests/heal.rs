@@ -12,10 +12,9 @@ use std::time::Duration;
 use scripted::{within, ConnHandle, Dialer, Outcome};
 use tokio::time::{sleep_until, timeout, Instant};
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_redial::{
-    Backoff, BoxError, Client, ConnectTimeout, Phase, ReconnectLayer, ReconnectPolicy, Snapshot,
-    Unavailable,
-};
+use tower_redial::error::{ConnectTimeout, Unavailable};
+use tower_redial::state::{Phase, Snapshot};
+use tower_redial::{Backoff, BoxError, Client, ReconnectLayer, ReconnectPolicy};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -542,8 +541,8 @@ async fn dropping_the_last_handle_mid_dial_closes_every_socket() {
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tower::service_fn;
+    use tower_redial::connect::Handshake;
     use tower_redial::connect::TcpConnector;
-    use tower_redial::Handshake;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -746,7 +745,7 @@ async fn a_client_that_gave_up_shows_its_dials_and_cause_everywhere() {
         .await
         .unwrap_err();
     let closed = error
-        .downcast_ref::<tower_redial::Closed>()
+        .downcast_ref::<tower_redial::error::Closed>()
         .expect("Closed");
     assert_eq!(closed.attempts(), 1);
     assert!(
@@ -764,7 +763,7 @@ async fn a_client_that_gave_up_shows_its_dials_and_cause_everywhere() {
     let request = within(secs(10), "a request", client.clone().oneshot("GET".into())).await;
     let error = request.unwrap_err();
     let closed = error
-        .downcast_ref::<tower_redial::Closed>()
+        .downcast_ref::<tower_redial::error::Closed>()
         .expect("Closed");
     assert_eq!(closed.attempts(), 1);
 }

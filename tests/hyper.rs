@@ -28,13 +28,14 @@ use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{timeout, Instant};
 use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_redial::connect::Handshake;
 use tower_redial::connect::TcpConnector;
 use tower_redial::error::ConnectionLost;
+use tower_redial::error::{Closed, NotSent, Unavailable};
 use tower_redial::hyper::{http1, http2, hyper_error, is_hyper_transport_error};
-use tower_redial::{
-    Backoff, BoxError, Client, Closed, Handshake, NotSent, Phase, ReconnectLayer, ReconnectPolicy,
-    ResendPolicy, Unavailable,
-};
+use tower_redial::retry::ResendPolicy;
+use tower_redial::state::Phase;
+use tower_redial::{Backoff, BoxError, Client, ReconnectLayer, ReconnectPolicy};
 
 type Body = Full<Bytes>;
 type HttpClient = Client<Request<Body>, Response<Incoming>>;

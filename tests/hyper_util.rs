@@ -26,7 +26,8 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{sleep_until, Instant};
 use tower::Layer;
 use tower_redial::dial::{Dial, DialLayer};
-use tower_redial::{Backoff, DialError, ReconnectPolicy};
+use tower_redial::error::DialError;
+use tower_redial::{Backoff, ReconnectPolicy};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)

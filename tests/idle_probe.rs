@@ -22,11 +22,11 @@ use support::line::*;
 use tokio::time::Instant;
 use tower::buffer::Buffer;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+use tower_redial::connect::Handshake;
 use tower_redial::connect::TcpConnector;
+use tower_redial::probe::IdleProbe;
 use tower_redial::probe::ProbeFailed;
-use tower_redial::{
-    Backoff, BoxError, Client, Handshake, IdleProbe, Jitter, ReconnectLayer, ReconnectPolicy,
-};
+use tower_redial::{Backoff, BoxError, Client, Jitter, ReconnectLayer, ReconnectPolicy};
 
 const IDLE: Duration = Duration::from_millis(200);
 const TIMEOUT: Duration = Duration::from_millis(300);

@@ -23,10 +23,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
+use tower_redial::connect::Handshake;
 use tower_redial::connect::TcpConnector;
+use tower_redial::error::Unavailable;
+use tower_redial::state::Phase;
 use tower_redial::{
-    Backoff, BoxError, Client, Handshake, Jitter, Phase, ReconnectLayer, ReconnectPolicy,
-    ReconnectPolicyBuilder, Unavailable,
+    Backoff, BoxError, Client, Jitter, ReconnectLayer, ReconnectPolicy, ReconnectPolicyBuilder,
 };
 
 type LineClient = Client<String, String>;

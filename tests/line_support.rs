@@ -9,8 +9,9 @@ use std::io;
 use support::line::*;
 use tokio::net::TcpStream;
 use tower::{Service, ServiceExt};
+use tower_redial::connect::Handshake;
 use tower_redial::connect::TcpConnector;
-use tower_redial::{Handshake, NotSent};
+use tower_redial::error::NotSent;
 
 /// Connects to `server`, panicking on failure.
 async fn connect(server: &LineServer) -> LineConnection {

@@ -15,10 +15,10 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_redial::{
-    Backoff, BoxError, Classifier, Client, NotSent, Phase, ReconnectLayer, ReconnectPolicy,
-    Unavailable,
-};
+use tower_redial::classify::Classifier;
+use tower_redial::error::{NotSent, Unavailable};
+use tower_redial::state::Phase;
+use tower_redial::{Backoff, BoxError, Client, ReconnectLayer, ReconnectPolicy};
 use tower_test::mock::SendResponse;
 
 fn ms(n: u64) -> Duration {

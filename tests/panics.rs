@@ -15,10 +15,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+use tower_redial::connect::Handshake;
 use tower_redial::connect::TcpConnector;
-use tower_redial::{
-    Backoff, BoxError, Client, Handshake, Panicked, Phase, ReconnectLayer, ReconnectPolicy,
-};
+use tower_redial::error::Panicked;
+use tower_redial::state::Phase;
+use tower_redial::{Backoff, BoxError, Client, ReconnectLayer, ReconnectPolicy};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -371,7 +372,7 @@ fn a_client_whose_task_ended_says_so() {
         .unwrap();
     let error = second.block_on(send(&client, "again")).unwrap_err();
     let closed = error
-        .downcast_ref::<tower_redial::Closed>()
+        .downcast_ref::<tower_redial::error::Closed>()
         .unwrap_or_else(|| panic!("not Closed: {error}"));
     assert_eq!(closed.to_string(), "the client's task for \"db\" has ended");
 }

@@ -121,7 +121,7 @@ fn settings() -> impl Strategy<Value = Settings> {
         )
 }
 
-fn build(s: &Settings) -> Result<ReconnectPolicy, tower_redial::InvalidPolicy> {
+fn build(s: &Settings) -> Result<ReconnectPolicy, tower_redial::error::InvalidPolicy> {
     let mut builder = ReconnectPolicy::builder()
         .backoff(s.backoff.clone())
         .connect_timeout(s.connect_timeout)

@@ -24,11 +24,10 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_redial::error::ConnectionLost;
+use tower_redial::error::{Closed, NotSent, Unavailable};
 use tower_redial::postgres::{self, MakePostgres, PgClient, Query, Rows};
-use tower_redial::{
-    Backoff, BoxError, Closed, NotSent, Phase, ReconnectLayer, ReconnectPolicy,
-    ReconnectPolicyBuilder, Unavailable,
-};
+use tower_redial::state::Phase;
+use tower_redial::{Backoff, BoxError, ReconnectLayer, ReconnectPolicy, ReconnectPolicyBuilder};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)

@@ -29,12 +29,12 @@ use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::NoTls;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_redial::error::ConnectionLost;
+use tower_redial::error::NotSent;
 use tower_redial::postgres::{
     self, MakePostgres, PgClient, PgConnection, Query, QueryFuture, Rows,
 };
-use tower_redial::{
-    classify, Backoff, BoxError, NotSent, Phase, ReconnectLayer, ReconnectPolicy, Stats,
-};
+use tower_redial::state::{Phase, Stats};
+use tower_redial::{classify, Backoff, BoxError, ReconnectLayer, ReconnectPolicy};
 
 /// Tasks inserting at once.
 const TASKS: usize = 8;

@@ -12,9 +12,11 @@ use scripted::{within, ConnHandle, Dialer, Outcome};
 use tokio::time::{advance, Instant};
 use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok};
 use tower::service_fn;
-use tower_redial::{
-    Backoff, BoxError, Classifier, Closed, ConnectTimeout, Phase, Reconnect, ReconnectPolicy,
-};
+use tower_redial::classify::Classifier;
+use tower_redial::error::{Closed, ConnectTimeout};
+use tower_redial::reconnect::Reconnect;
+use tower_redial::state::Phase;
+use tower_redial::{Backoff, BoxError, ReconnectPolicy};
 use tower_test::mock::{SendResponse, Spawn};
 
 fn ms(n: u64) -> Duration {
@@ -163,7 +165,9 @@ async fn accept_then_close_still_fails_fast_at_the_wait_limit() {
     let error = within(DEADLINE, "the response", svc.call("GET".to_string()))
         .await
         .unwrap_err();
-    let unavailable = error.downcast_ref::<tower_redial::Unavailable>().unwrap();
+    let unavailable = error
+        .downcast_ref::<tower_redial::error::Unavailable>()
+        .unwrap();
     assert_eq!(unavailable.down_for(), ms(1000));
 }
 

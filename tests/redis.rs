@@ -39,10 +39,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, Instant};
 use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_redial::error::{NotSent, Unavailable};
 use tower_redial::redis::{redis_error, MakeRedis, RedisClient, RedisConnection};
-use tower_redial::{
-    BoxError, Client, NotSent, Phase, ReconnectLayer, ReconnectPolicy, Unavailable,
-};
+use tower_redial::state::Phase;
+use tower_redial::{BoxError, Client, ReconnectLayer, ReconnectPolicy};
 
 /// `kill -9`s in the chaos run.
 const KILLS: usize = 10;

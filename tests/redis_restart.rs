@@ -26,8 +26,10 @@ use redis_server::RedisServer;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, Instant};
 use tower::{ServiceBuilder, ServiceExt};
+use tower_redial::error::Unavailable;
 use tower_redial::redis::{MakeRedis, NotServing, RedisClient};
-use tower_redial::{BoxError, Phase, ReconnectLayer, Unavailable};
+use tower_redial::state::Phase;
+use tower_redial::{BoxError, ReconnectLayer};
 
 /// Restarts in each restart run.
 const RESTARTS: usize = 10;

@@ -11,7 +11,8 @@ use std::time::Duration;
 use scripted::{within, ConnHandle, Dialer, Outcome};
 use tokio::time::{timeout, Instant};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_redial::{Client, ReconnectLayer, ReconnectPolicy, ResponseTimeout};
+use tower_redial::error::ResponseTimeout;
+use tower_redial::{Client, ReconnectLayer, ReconnectPolicy};
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)

@@ -36,7 +36,8 @@ use support::outcome::{Outcome, Tally};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::ServiceExt;
-use tower_redial::{Backoff, BoxError, Client, Jitter, ReconnectPolicy, Stats};
+use tower_redial::state::Stats;
+use tower_redial::{Backoff, BoxError, Client, Jitter, ReconnectPolicy};
 
 type LineClient = Client<String, String>;
 

@@ -19,12 +19,12 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tower::ServiceBuilder;
+use tower_redial::connect::Handshake;
 use tower_redial::connect::TcpConnector;
+use tower_redial::error::{Closed, NotSent, Unavailable};
 use tower_redial::hyper::http2;
-use tower_redial::{
-    Backoff, Client, Closed, Handshake, NotSent, Phase, ReconnectLayer, ReconnectPolicy,
-    Unavailable,
-};
+use tower_redial::state::Phase;
+use tower_redial::{Backoff, Client, ReconnectLayer, ReconnectPolicy};
 
 /// The reconnecting HTTP/2 client that carries the gRPC calls.
 type Transport = Client<http::Request<tonic::body::Body>, http::Response<hyper::body::Incoming>>;

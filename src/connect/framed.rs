@@ -55,8 +55,8 @@ use crate::BoxError;
 /// use tokio::net::TcpStream;
 /// use tokio_util::codec::LinesCodec;
 /// use tower::{ServiceBuilder, ServiceExt};
-/// use tower_redial::connect::{Framed, TcpConnector};
-/// use tower_redial::{BoxError, Handshake, ReconnectLayer, ReconnectPolicy};
+/// use tower_redial::connect::{Framed, Handshake, TcpConnector};
+/// use tower_redial::{BoxError, ReconnectLayer, ReconnectPolicy};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), BoxError> {

@@ -17,8 +17,8 @@
 //! use tokio::net::{TcpListener, TcpStream};
 //! use tokio_util::codec::LinesCodec;
 //! use tower::{ServiceBuilder, ServiceExt};
-//! use tower_redial::connect::{Framed, TcpConnector};
-//! use tower_redial::{BoxError, Handshake, ReconnectLayer, ReconnectPolicy};
+//! use tower_redial::connect::{Framed, Handshake, TcpConnector};
+//! use tower_redial::{BoxError, ReconnectLayer, ReconnectPolicy};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), BoxError> {
@@ -163,7 +163,7 @@ where
 /// | a connection whose peer closed or restarted | at once (FIN/RST) | at once |
 ///
 /// Once the kernel drops the connection, the next read or write on it fails,
-/// and [`Reconnect`](crate::Reconnect) redials. Keepalive probes also keep
+/// and [`Reconnect`](crate::reconnect::Reconnect) redials. Keepalive probes also keep
 /// idle NAT and load-balancer mappings alive.
 ///
 /// `TCP_USER_TIMEOUT` exists on Linux and Android only; elsewhere

@@ -3,7 +3,7 @@
 //! *Needs the `hyper` feature.*
 //!
 //! [`http1`] and [`http2`] are handshake functions for
-//! [`Handshake`](crate::Handshake): each takes a freshly connected IO, runs
+//! [`Handshake`](crate::connect::Handshake): each takes a freshly connected IO, runs
 //! hyper's client handshake, spawns the connection's driver task, and returns
 //! a connection service, [`Http1Connection`] or [`Http2Connection`]. Paired
 //! with a connector and wrapped in [`ReconnectLayer`](crate::ReconnectLayer),
@@ -18,8 +18,8 @@
 //! use http::{header, Request};
 //! use http_body_util::{BodyExt, Full};
 //! use tower::{ServiceBuilder, ServiceExt};
-//! use tower_redial::connect::TcpConnector;
-//! use tower_redial::{BoxError, Handshake, ReconnectLayer, ReconnectPolicy};
+//! use tower_redial::connect::{Handshake, TcpConnector};
+//! use tower_redial::{BoxError, ReconnectLayer, ReconnectPolicy};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), BoxError> {
@@ -55,7 +55,7 @@
 //! # }
 //! ```
 //!
-//! For HTTP/2, hand [`http2`] to the [`Handshake`](crate::Handshake)
+//! For HTTP/2, hand [`http2`] to the [`Handshake`](crate::connect::Handshake)
 //! instead, and give requests an absolute URI (`http://host:port/path`):
 //! HTTP/2 sends the scheme and authority in every request.
 //!
@@ -105,8 +105,8 @@
 //! use http::{Method, Request};
 //! use http_body_util::Full;
 //! use tower::ServiceBuilder;
-//! use tower_redial::connect::TcpConnector;
-//! use tower_redial::{Handshake, ReconnectLayer, ReconnectPolicy};
+//! use tower_redial::connect::{Handshake, TcpConnector};
+//! use tower_redial::{ReconnectLayer, ReconnectPolicy};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower_redial::BoxError> {
@@ -180,8 +180,8 @@
 //! ```
 //! use tonic_health::pb::health_client::HealthClient;
 //! use tower::ServiceBuilder;
-//! use tower_redial::connect::TcpConnector;
-//! use tower_redial::{Handshake, ReconnectLayer, ReconnectPolicy};
+//! use tower_redial::connect::{Handshake, TcpConnector};
+//! use tower_redial::{ReconnectLayer, ReconnectPolicy};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower_redial::BoxError> {
@@ -241,10 +241,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Service;
 
+use crate::classify::Classifier;
 use crate::classify::{chain, is_transport_error};
 use crate::connect::CloseWatch;
 use crate::error::ConnectionLost;
-use crate::{BoxError, Classifier, NotSent};
+use crate::error::NotSent;
+use crate::BoxError;
 
 mod refused;
 
@@ -254,7 +256,7 @@ use refused::{is_go_away, is_refused, Spare};
 /// Makes an HTTP/1 connection over `io`: hyper's client handshake, with the
 /// connection's driver spawned on the tokio runtime.
 ///
-/// A handshake function for [`Handshake`](crate::Handshake); name the
+/// A handshake function for [`Handshake`](crate::connect::Handshake); name the
 /// request body type, as in `tower_redial::hyper::http1::<Full<Bytes>>`.
 /// See the [module docs](self) for an example.
 ///
@@ -283,7 +285,7 @@ where
 /// upgrade): hyper's client handshake, with the connection's driver spawned
 /// on the tokio runtime.
 ///
-/// A handshake function for [`Handshake`](crate::Handshake); name the
+/// A handshake function for [`Handshake`](crate::connect::Handshake); name the
 /// request body type, as in `tower_redial::hyper::http2::<Full<Bytes>>`.
 /// Requests need an absolute URI. See the [module docs](self).
 ///
@@ -331,7 +333,7 @@ where
 /// # Errors
 ///
 /// `poll_ready` fails once the connection has closed: the connection is
-/// dead, and the [`Reconnect`](crate::Reconnect) around it redials. A
+/// dead, and the [`Reconnect`](crate::reconnect::Reconnect) around it redials. A
 /// response fails with a [`NotSent`] carrying the request when hyper hands
 /// the request back unwritten, with a [`ConnectionLost`] when the
 /// connection broke under it, or else with hyper's own error; see the
@@ -578,9 +580,8 @@ fn give_back<B: Send + 'static>(request: Option<Request<B>>, error: ::hyper::Err
 /// # Example
 ///
 /// ```
-/// use tower_redial::classify::is_transport_error;
+/// use tower_redial::classify::{is_transport_error, Classifier};
 /// use tower_redial::hyper::is_hyper_transport_error;
-/// use tower_redial::Classifier;
 ///
 /// let classifier = Classifier::new(|e| is_transport_error(e) || is_hyper_transport_error(e));
 /// # let _ = classifier;

@@ -13,7 +13,7 @@
 //! hyper does not hand such a request back. [`Resendable`] wraps the
 //! request body so that, when hyper drops it unread, the body returns to
 //! the caller's side; with a copy of the request head, the request is whole
-//! again and is re-sent like any other [`NotSent`](crate::NotSent).
+//! again and is re-sent like any other [`NotSent`](crate::error::NotSent).
 
 use std::error::Error;
 use std::fmt;
@@ -57,7 +57,7 @@ pub(crate) fn is_go_away(error: &(dyn Error + 'static)) -> bool {
 /// [`Http2Connection::new`](super::Http2Connection::new).
 ///
 /// Once hyper has read any of the body, it cannot come back, and a refused
-/// request fails with a [`NotSent`](crate::NotSent) that carries no request.
+/// request fails with a [`NotSent`](crate::error::NotSent) that carries no request.
 ///
 /// # Example
 ///
@@ -76,9 +76,9 @@ pub(crate) fn is_go_away(error: &(dyn Error + 'static)) -> bool {
 /// use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 /// use tokio::net::TcpStream;
 /// use tower::{ServiceBuilder, ServiceExt};
-/// use tower_redial::connect::{CloseWatch, TcpConnector};
+/// use tower_redial::connect::{CloseWatch, Handshake, TcpConnector};
 /// use tower_redial::hyper::{Http2Connection, Resendable};
-/// use tower_redial::{Handshake, ReconnectLayer, ReconnectPolicy};
+/// use tower_redial::{ReconnectLayer, ReconnectPolicy};
 ///
 /// async fn handshake(io: TcpStream) -> Result<Http2Connection<Full<Bytes>>, hyper::Error> {
 ///     let (sender, connection) = http2::Builder::new(TokioExecutor::new())

@@ -9,11 +9,11 @@ use std::time::Duration;
 use tower::timeout::error::Elapsed;
 use tower::ServiceBuilder;
 use tower_redial::classify::is_transport_error;
+use tower_redial::classify::Classifier;
+use tower_redial::connect::Handshake;
 use tower_redial::connect::TcpConnector;
-use tower_redial::{
-    BoxError, Classifier, Client, Closed, Handshake, NotSent, ReconnectLayer,
-    ReconnectPolicyBuilder, Unavailable,
-};
+use tower_redial::error::{Closed, NotSent, Unavailable};
+use tower_redial::{BoxError, Client, ReconnectLayer, ReconnectPolicyBuilder};
 
 use super::line::{find_error, io_kind, LineConnection};
 

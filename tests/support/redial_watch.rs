@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
-use tower_redial::{Client, Phase, Snapshot, Stats};
+use tower_redial::state::{Phase, Snapshot, Stats};
+use tower_redial::Client;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)

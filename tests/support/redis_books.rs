@@ -18,8 +18,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
 use tower::ServiceExt;
+use tower_redial::error::{Closed, NotSent, Unavailable};
 use tower_redial::redis::{redis_error, NotServing, RedisClient};
-use tower_redial::{Backoff, BoxError, Closed, Jitter, NotSent, ReconnectPolicy, Unavailable};
+use tower_redial::{Backoff, BoxError, Jitter, ReconnectPolicy};
 
 /// Concurrent callers in a run.
 pub const TASKS: usize = 16;
