@@ -167,7 +167,7 @@
 //!     tokio::spawn(connection);
 //!     Ok(Http1Connection::new(sender))
 //! }
-//! # let _ = tower_redial::Handshake::new(tower_redial::connect::TcpConnector::new(), handshake);
+//! # let _ = tower_redial::connect::Handshake::new(tower_redial::connect::TcpConnector::new(), handshake);
 //! ```
 //!
 //! # With tonic
