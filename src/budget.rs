@@ -9,10 +9,18 @@
 //! atomic adds, with no lock and no clock read; the window rotates only every
 //! [`ROTATE_EVERY`] deposits, and on every withdrawal (which is rare).
 //!
-//! Deposits made between two rotations are credited to the window current at
-//! the first of them, as tower does with its writer slot; with rotations
-//! less frequent, they may be credited to an earlier window than their own,
-//! and so expire early. The error only ever makes the budget stricter.
+//! The two differ only in when a deposit expires; with no time passing they
+//! decide alike (tested side by side with tower's). No deposit or
+//! withdrawal counts once more than the ttl has passed since it was made.
+//! Within the ttl:
+//!
+//! - deposits made between two rotations are credited to the window current
+//!   at the first of them, as tower does with its writer slot, so they may
+//!   expire early;
+//! - tower rotates at every deposit, and each rotation rounds the time since
+//!   the last one up to whole windows, so in tower's budget a deposit may
+//!   expire well before the ttl; here, rotating less often, it may count for
+//!   longer than there, up to the ttl.
 
 use std::fmt;
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
@@ -239,5 +247,154 @@ mod tests {
             .count();
         assert!(granted >= ROTATE_EVERY, "granted {granted}");
         assert!(granted <= 3 * ROTATE_EVERY, "granted {granted}");
+    }
+
+    /// One step of traffic: deposits (successes), time passing, re-sends.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Deposit(usize),
+        Advance(u64),
+        Withdraw(usize),
+    }
+
+    fn steps() -> impl proptest::strategy::Strategy<Value = Vec<Step>> {
+        use proptest::prelude::*;
+        proptest::collection::vec(
+            prop_oneof![
+                (1..200usize).prop_map(Step::Deposit),
+                (1..1500u64).prop_map(Step::Advance),
+                (1..20usize).prop_map(Step::Withdraw),
+            ],
+            1..60,
+        )
+    }
+
+    /// Runs `steps` on this budget and on tower's `TpsBudget` side by side,
+    /// and calls `check(ours, tower's)` at every withdrawal. Tower's budget
+    /// is kept in step with ours: a withdrawal tower grants and ours does
+    /// not is given back to it (`withdraw` deposits of one each, the exact
+    /// inverse at a percentage of 1/n, as both budgets then deposit 1 and
+    /// withdraw n into the same slot at the same instant).
+    fn side_by_side(
+        ttl: Duration,
+        min_per_sec: u32,
+        percent: f32,
+        steps: &[Step],
+        mut check: impl FnMut(bool, bool),
+    ) {
+        use tower::retry::budget::TpsBudget;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let ours = RetryBudget::new(ttl, min_per_sec, percent);
+            let towers = TpsBudget::new(ttl, min_per_sec, percent);
+            let withdraw = (1.0 / percent).round() as usize;
+            for step in steps {
+                match *step {
+                    Step::Deposit(n) => (0..n).for_each(|_| {
+                        ours.deposit();
+                        towers.deposit();
+                    }),
+                    Step::Advance(ms) => time::advance(Duration::from_millis(ms)).await,
+                    Step::Withdraw(n) => {
+                        for _ in 0..n {
+                            let (a, b) = (ours.withdraw(), towers.withdraw());
+                            check(a, b);
+                            if b && !a {
+                                (0..withdraw).for_each(|_| towers.deposit());
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    proptest::proptest! {
+        /// Whatever the traffic, once more than the ttl has passed with
+        /// none, every deposit and withdrawal has expired, in this budget as
+        /// in tower's: both grant exactly the reserve, `min_per_sec` × ttl
+        /// re-sends.
+        #[test]
+        fn nothing_counts_once_the_ttl_has_passed(
+            ttl in 1..10u64,
+            min_per_sec in 0..5u32,
+            n in proptest::sample::select(vec![1u32, 2, 4, 5, 10]),
+            mut steps in steps(),
+        ) {
+            steps.push(Step::Advance(ttl * 1000 + 1));
+            steps.push(Step::Withdraw(100));
+            // The decisions of the last 100 withdrawals, after the quiet spell.
+            let mut decisions = Vec::new();
+            side_by_side(secs(ttl), min_per_sec, 1.0 / n as f32, &steps, |ours, towers| {
+                decisions.push((ours, towers));
+            });
+            let last = &decisions[decisions.len() - 100..];
+            let granted = (
+                last.iter().filter(|(ours, _)| *ours).count(),
+                last.iter().filter(|(_, towers)| *towers).count(),
+            );
+            let reserve = (min_per_sec as u64 * ttl) as usize;
+            proptest::prop_assert_eq!(granted, (reserve.min(100), reserve.min(100)));
+        }
+
+        /// While no time passes, no window rotates in either budget, and the
+        /// two agree on every withdrawal.
+        #[test]
+        fn agrees_with_towers_budget_while_time_stands_still(
+            ttl in 1..10u64,
+            min_per_sec in 0..5u32,
+            n in proptest::sample::select(vec![1u32, 2, 4, 5, 10]),
+            steps in steps(),
+        ) {
+            let still: Vec<Step> = steps
+                .into_iter()
+                .filter(|step| !matches!(step, Step::Advance(_)))
+                .collect();
+            let mut differ = 0;
+            side_by_side(secs(ttl), min_per_sec, 1.0 / n as f32, &still, |ours, towers| {
+                differ += usize::from(ours != towers);
+            });
+            proptest::prop_assert_eq!(differ, 0);
+        }
+    }
+
+    /// Deposits outlive their life in tower's budget, but not the ttl:
+    /// tower's window rotates at every deposit, and each rotation rounds the
+    /// time since the last one up to whole windows, so a deposit there may
+    /// expire well before the ttl. Here 192 deposits made at 0 s still count
+    /// at 4.2 s with a 6 s ttl, where tower's budget has dropped them; both
+    /// drop them after 6 s.
+    #[test]
+    fn a_deposit_may_outlive_its_life_in_towers_budget_but_not_the_ttl() {
+        use Step::*;
+        let before_the_ttl = [
+            Deposit(192),
+            Advance(601),
+            Deposit(1),
+            Advance(601),
+            Withdraw(10),
+            Advance(1801),
+            Deposit(1),
+            Advance(1201),
+            Withdraw(1),
+        ];
+        let mut last = (false, false);
+        side_by_side(secs(6), 0, 0.25, &before_the_ttl, |ours, towers| {
+            last = (ours, towers);
+        });
+        assert_eq!(last, (true, false), "at 4.2 s");
+
+        let mut after_the_ttl = before_the_ttl.to_vec();
+        after_the_ttl.pop();
+        after_the_ttl.push(Advance(1800));
+        after_the_ttl.push(Withdraw(1));
+        side_by_side(secs(6), 0, 0.25, &after_the_ttl, |ours, towers| {
+            last = (ours, towers);
+        });
+        assert_eq!(last, (false, false), "at 6.0 s");
     }
 }
