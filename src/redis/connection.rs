@@ -1,217 +1,5 @@
-//! Redis: the `redis` crate's multiplexed connection as a connection service.
-//!
-//! [`MakeRedis`] is a connection factory for
-//! [`ReconnectLayer`](crate::ReconnectLayer): given a redis URL or a
-//! [`ConnectionInfo`], it dials and hands back a [`RedisConnection`], a tower
-//! service over one [`MultiplexedConnection`] that takes a [`Cmd`] (or a
-//! [`Pipeline`]) and answers with a [`Value`]. The layer turns it into a
-//! [`RedisClient`] that stays connected.
-//!
-//! Needs the `redis` feature.
-//!
-//! # Example
-//!
-//! ```no_run
-//! use redis::Cmd;
-//! use tower::{ServiceBuilder, ServiceExt};
-//! use tower_redial::redis::{MakeRedis, RedisClient};
-//! use tower_redial::{BoxError, ReconnectLayer, ReconnectPolicy};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), BoxError> {
-//! let client: RedisClient = ServiceBuilder::new()
-//!     .layer(ReconnectLayer::new(ReconnectPolicy::default()))
-//!     .service(MakeRedis::new())
-//!     .multiplexed("redis://127.0.0.1:6379/");
-//!
-//! // Clone the client into each task; nothing is dialed until the first command.
-//! let visits = client.clone().oneshot(Cmd::incr("visits", 1)).await?;
-//! let visits: i64 = redis::from_redis_value(visits)?;
-//! println!("visit number {visits}");
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! `examples/redis.rs` runs this against a `redis-server` that it kills and
-//! restarts: `cargo run --example redis --features redis`.
-//!
-//! # What happens to a command when the server goes away
-//!
-//! Each [`RedisConnection`] watches its own socket. The moment the socket
-//! reports end-of-file or an error, or redis-rs's connection task ends, the
-//! connection is known to be closed:
-//!
-//! - **Commands that were sent**, and are still awaiting their replies, fail
-//!   at once with the transport error (an [`io::Error`], see
-//!   [Errors](#errors)). They may or may not have run on the server, so they
-//!   are not sent again (at most once), unless you opt in with
-//!   [`ReconnectLayer::resend_if`](crate::ReconnectLayer::resend_if).
-//! - **Commands issued afterwards** are not written to the dead socket:
-//!   `poll_ready` fails, the client drops the connection and redials, and
-//!   the commands wait in the client's queue, to be sent on the new
-//!   connection. Past the policy's wait limit they fail fast with
-//!   [`Unavailable`](crate::error::Unavailable) instead, and never run.
-//! - **A command that reaches a connection already known to be closed** (in
-//!   the instant between `poll_ready` and the first poll of its response
-//!   future) comes back as [`NotSent`], with the command inside, and the
-//!   client sends it on the next connection.
-//!
-//! One case cannot be told apart: commands that redis-rs had queued inside
-//! its connection task, but not yet written, when the socket died. redis-rs
-//! reports them exactly like commands that were written (a `BrokenPipe`), so
-//! they too count as possibly sent, and are not re-sent.
-//!
-//! A command never waits for its reply on a connection known to be closed.
-//! redis-rs alone does not promise this: a command handed to its connection
-//! task in the very instant the task ends can be neither written nor
-//! failed, and waits out the response timeout (tokio's channel keeps a value
-//! sent with a permit taken just before its receiver was dropped; tokio
-//! issue 7714). Here such a command fails with the transport error as soon
-//! as the connection is known to be closed, like the others in flight.
-//!
-//! A graceful `SHUTDOWN` looks the same from here as a `kill -9`: the
-//! server stops reading, exits, and the kernel closes its sockets. It does
-//! not answer the commands queued behind the `SHUTDOWN`, and replies it had
-//! not yet written are lost, so the commands in flight fail as possibly sent
-//! and the rest wait, or are handed back and re-sent, exactly as above.
-//!
-//! # A server that is up but not serving
-//!
-//! A `redis-server` restarted with persistence (an append-only file or an
-//! RDB snapshot) accepts connections at once, but until it has loaded its
-//! dataset it refuses almost every command with `-LOADING`, without running
-//! it. Handing that to the caller would fail a command that merely came too
-//! early, so:
-//!
-//! - **A dial** ends with a `PING`. A server that refuses it with
-//!   `-LOADING` fails the dial with [`NotServing`]: the client backs off and
-//!   dials again, as it does while the port is closed, and commands wait in
-//!   its queue, within the policy's wait limit. Past it they fail fast with
-//!   [`Unavailable`](crate::error::Unavailable), whose `source()` is the
-//!   `NotServing`, and never run. The `PING` costs one round trip per dial.
-//! - **A command refused with `-LOADING`** on an open connection (the server
-//!   reloads, as `DEBUG RELOAD` makes it, or a replica loads its master's
-//!   dataset) comes back as [`NotSent`], holding the command, and the
-//!   connection is retired: its `poll_ready` fails with `NotServing`, the
-//!   client redials, and the command is re-sent on the next connection,
-//!   within the policy's re-send attempts and budget. Commands already
-//!   awaiting their replies on the retired connection still get them.
-//!
-//! A replica cut off from its master, with `replica-serve-stale-data no`,
-//! refuses commands (`PING` too) with `-MASTERDOWN` until its link is back,
-//! and is handled the same way.
-//!
-//! # Replies that mean "not run"
-//!
-//! redis-server refuses a command with each of these replies before it
-//! runs it (in `processCommand`, or in cluster routing, before `call`).
-//!
-//! | reply | what the client does | why |
-//! |---|---|---|
-//! | `-LOADING` | a dial so answered fails with [`NotServing`], and is retried by the backoff; a command so answered is re-sent on the next connection, and its connection retired | every command is refused until the dataset is loaded, which ends by itself; the next connection that passes its `PING` finds it loaded |
-//! | `-MASTERDOWN` | the same as `-LOADING` | the same, until the replica's link to its master is back |
-//! | `-BUSY` | passed to the caller as a [`::redis::RedisError`]; the connection stays | a script or function has run past `busy-reply-threshold`. It may run forever, and only a command sent on a connection (`SCRIPT KILL`, `FUNCTION KILL`, `SHUTDOWN NOSAVE`) ends it: holding commands back would hold those back too |
-//! | `-READONLY` | passed to the caller; the connection stays | the server is a replica, and every connection to it gets the same answer: a re-send would loop. After a failover behind a DNS name, a new dial may reach the new primary: to redial on `-READONLY`, give the policy a [`Classifier`](crate::classify::Classifier) that calls it dead (below); the command is still not re-sent |
-//! | `-NOREPLICAS` | passed to the caller; the connection stays | writes are refused until enough replicas keep up (`min-replicas-to-write`); reads are served, and every connection gets the same answer |
-//! | `-TRYAGAIN`, `-CLUSTERDOWN`, `-MOVED`, `-ASK`, `-CROSSSLOT` | passed to the caller; the connection stays | cluster routing: this client talks to one node, and redialing it changes nothing; use redis-rs's cluster client |
-//! | `-OOM`, `-MISCONF`, `-NOAUTH`, `-NOPERM` | passed to the caller; the connection stays | the server's settings or state refuse the command, on every connection alike |
-//!
-//! The replies are told apart by redis-rs's [`ServerErrorKind`], never by
-//! their text.
-//!
-//! A pipeline is handed back as [`NotSent`] only when the server refused
-//! every one of its commands with `-LOADING` or `-MASTERDOWN` (a
-//! transaction's too: its `EXEC` is then aborted). If it refused only some,
-//! the others ran: the pipeline's error reaches the caller, and the
-//! connection is still retired.
-//!
-//! To redial on `-READONLY`:
-//!
-//! ```
-//! use redis::{ErrorKind, ServerErrorKind};
-//! use tower_redial::classify::Classifier;
-//! use tower_redial::redis::redis_error;
-//! use tower_redial::{classify, ReconnectPolicy};
-//!
-//! let classifier = Classifier::new(|error| {
-//!     classify::is_transport_error(error)
-//!         || redis_error(error)
-//!             .is_some_and(|e| e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly))
-//! });
-//! let policy = ReconnectPolicy::builder().classifier(classifier).build()?;
-//! # Ok::<_, tower_redial::error::InvalidPolicy>(())
-//! ```
-//!
-//! # Compared with redis-rs's `ConnectionManager`
-//!
-//! What each does when its server is killed with `kill -9` and restarted on
-//! the same port, as observed by the test
-//! `side_by_side_with_connection_manager` in `tests/redis.rs` (the same
-//! script run once against each; the same in every run). Both speak RESP2
-//! with a 10 s response timeout; `ConnectionManager` has its default
-//! reconnect settings (6 retries, 100 ms × 2 with jitter), `RedisClient` a
-//! 1 s wait limit and a backoff from 10 ms, capped at 100 ms. In each outage
-//! the script issues 8 `INCR`s at once.
-//!
-//! | when the server dies… | `RedisClient` | `ConnectionManager` |
-//! |---|---|---|
-//! | the command in flight (an `INCR` the server held, unrun) | fails with `broken pipe`; not re-sent; the books show it never ran | the same |
-//! | commands issued in a 0.3 s outage, after the in-flight command failed | all wait and succeed, 0.36 s after they were issued | all wait and succeed, after 0.54 s: the failed in-flight command had started its reconnect |
-//! | commands issued in a 0.3 s outage of an idle connection | all wait and succeed, after 0.36 s | the first one or two to reach the dead connection fail at once with `broken pipe`; the rest wait and succeed, after 0.54 s |
-//! | commands issued in a 2.5 s outage of an idle connection, past our 1 s wait limit | all fail fast with [`Unavailable`](crate::error::Unavailable) after 1.0 s, and never run | the first one or two fail at once, as above; the rest wait and succeed, after 4.3 s: its backoff found the server back only then |
-//!
-//! In short: `ConnectionManager` learns that its connection died only when a
-//! command fails on it, so after a quiet spell it is one of your commands
-//! that finds out, and fails. It has no wait limit: commands wait for as long
-//! as its reconnect retries last (6 retries by default, from 100 ms and
-//! doubling; longer when each dial times out). `RedisClient` learns it from
-//! the socket itself, so it writes no command to a connection it knows is
-//! dead, and no command waits longer than the wait limit.
-//!
-//! # Errors
-//!
-//! | error | when | what to do with it |
-//! |---|---|---|
-//! | [`::redis::RedisError`] | the server answered with an error (`WRONGTYPE`, `BUSY`, `READONLY`, …), or the reply could not be parsed | the command reached the server; the connection stays |
-//! | [`io::Error`] with the `RedisError` inside ([`get_ref`](io::Error::get_ref)) | the transport failed: reset, closed, refused, timed out | the command may have run; the connection is redialed |
-//! | [`NotSent`], [`Unavailable`](crate::error::Unavailable), [`Closed`](crate::error::Closed) | see [`error`](crate::error) | |
-//! | [`NotServing`] | a dial's error (so the `source()` of [`Unavailable`](crate::error::Unavailable)), or the `source()` of a [`NotSent`] whose re-sends are spent: the server is up but not serving (`LOADING`, `MASTERDOWN`) | nothing ran; see [Replies that mean "not run"](#replies-that-mean-not-run) |
-//!
-//! Transport failures are turned into an [`io::Error`] of the matching kind
-//! (`BrokenPipe`, `ConnectionReset`, `TimedOut`, …) so that the default
-//! [`Classifier`](crate::classify::Classifier) knows them, by type, as "the connection
-//! is dead". [`redis_error`] finds the [`::redis::RedisError`] in either form.
-//!
-//! # Timeouts
-//!
-//! - Each dial is bounded by the policy's
-//!   [`connect_timeout`](crate::ReconnectPolicyBuilder::connect_timeout); the
-//!   connection timeout of the [`AsyncConnectionConfig`] is not used.
-//! - Each command is bounded by the config's response timeout: 500 ms in
-//!   redis-rs's default config, which [`MakeRedis::new`] uses. A command
-//!   that times out fails with a `TimedOut` [`io::Error`], which the default
-//!   classifier takes for a dead connection, so the connection is redialed.
-//!   For blocking commands (`BLPOP` and the like), raise or remove it with
-//!   [`MakeRedis::with_config`].
-//!
-//! # Targets
-//!
-//! The target is anything redis-rs turns into a [`ConnectionInfo`]: a URL
-//! (`&str`, `String`) or a `ConnectionInfo`. It is parsed and resolved
-//! afresh on every dial; to catch a malformed URL up front, parse it
-//! yourself with [`IntoConnectionInfo`] and pass the `ConnectionInfo`. A
-//! URL's password is never printed: the client's logs mask it, and
-//! `ConnectionInfo`'s own `Debug` form hides it.
-//!
-//! TCP (`redis://`) and Unix-socket (`redis+unix://`) addresses are dialed
-//! here, with the address's TCP settings, and watched as described above.
-//! Host names are resolved with the system resolver; a resolver set in the
-//! `AsyncConnectionConfig` is not used. Any other address (TLS, which needs
-//! one of redis-rs's TLS features) is dialed by redis-rs itself; such a
-//! connection cannot be watched, so it is found dead only when a command
-//! fails on it with a transport error.
+//! One multiplexed redis connection, watched, as a tower service.
 
-use std::error::Error;
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -220,90 +8,17 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use ::redis::aio::MultiplexedConnection;
-use ::redis::{
-    AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo,
-    Pipeline, RedisError, ServerError, ServerErrorKind, Value,
-};
+use ::redis::{AsyncConnectionConfig, Cmd, ConnectionInfo, Pipeline, RedisError, Value};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower::Service;
 
+use super::errors::into_box;
+use super::refusal::{NotServing, Query};
 use crate::connect::CloseWatch;
 use crate::error::NotSent;
-use crate::{BoxError, Client};
-
-/// A reconnecting redis client, as made by
-/// [`ReconnectLayer`](crate::ReconnectLayer) over [`MakeRedis`]: sends a
-/// [`Cmd`], answers with a [`Value`].
-///
-/// For pipelines, make a `Client<Pipeline, Value>` the same way.
-pub type RedisClient = Client<Cmd, Value>;
-
-/// A connection factory: dials a redis server and makes a
-/// [`RedisConnection`].
-///
-/// As a `Service<T>`, where `T` is a URL or a [`ConnectionInfo`] (anything
-/// [`IntoConnectionInfo`]), it connects, runs redis-rs's handshake (`AUTH`,
-/// `SELECT`, `HELLO` as the target asks), spawns the connection's task, and
-/// sends a `PING`: a server that is up but not serving yet (loading its
-/// dataset, say) fails the dial with [`NotServing`]. See the
-/// [module docs](self) for how to use it and what it does.
-///
-/// # Default
-///
-/// redis-rs's default [`AsyncConnectionConfig`]: a 500 ms response timeout,
-/// no concurrency limit.
-#[derive(Clone, Default)]
-pub struct MakeRedis {
-    config: AsyncConnectionConfig,
-}
-
-impl MakeRedis {
-    /// A factory with redis-rs's default connection config.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// A factory whose connections use `config`: its response timeout,
-    /// pipeline buffer size, concurrency limit and push sender. Its
-    /// connection timeout and DNS resolver are not used (see the
-    /// [module docs](self#timeouts)).
-    pub fn with_config(config: AsyncConnectionConfig) -> Self {
-        Self { config }
-    }
-}
-
-impl fmt::Debug for MakeRedis {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MakeRedis")
-            .field("config", &self.config)
-            .finish()
-    }
-}
-
-impl<T> Service<T> for MakeRedis
-where
-    T: IntoConnectionInfo,
-{
-    type Response = RedisConnection;
-    type Error = BoxError;
-    type Future = ConnectFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, target: T) -> Self::Future {
-        let info = target.into_connection_info();
-        let config = self.config.clone();
-        ConnectFuture(Box::pin(async move {
-            let info = info.map_err(into_box)?;
-            connect(info, config).await
-        }))
-    }
-}
+use crate::BoxError;
 
 /// One multiplexed redis connection as a tower service.
 ///
@@ -319,19 +34,19 @@ where
 /// polled once the connection is known to be closed is handed back unsent,
 /// as a [`NotSent`] holding the command; one still awaiting its reply when
 /// the connection closes fails at once with the transport error. See the
-/// [module docs](self#what-happens-to-a-command-when-the-server-goes-away).
+/// [module docs](super#what-happens-to-a-command-when-the-server-goes-away).
 ///
 /// `poll_ready` also fails, with [`NotServing`], once the server has
 /// refused a command because it is not serving (`-LOADING`,
 /// `-MASTERDOWN`): the connection is retired, so that the client redials.
 /// Commands already awaiting their replies on it still get them. See
-/// [Replies that mean "not run"](self#replies-that-mean-not-run).
+/// [Replies that mean "not run"](super#replies-that-mean-not-run).
 ///
 /// # Errors
 ///
 /// A server error reply is a [`::redis::RedisError`]; a transport failure is
 /// an [`io::Error`] with the `RedisError` inside. See
-/// [Errors](self#errors).
+/// [Errors](super#errors).
 ///
 /// # Clone
 ///
@@ -450,7 +165,7 @@ impl Closer {
 impl RedisConnection {
     /// Runs redis-rs's handshake over `stream`, and spawns the connection's
     /// task, watching the socket.
-    async fn handshake<S>(
+    pub(super) async fn handshake<S>(
         stream: S,
         info: &ConnectionInfo,
         config: AsyncConnectionConfig,
@@ -484,7 +199,7 @@ impl RedisConnection {
 
     /// A connection that redis-rs dialed itself: its socket cannot be
     /// watched, so it closes only when retired.
-    fn unwatched(connection: MultiplexedConnection) -> Self {
+    pub(super) fn unwatched(connection: MultiplexedConnection) -> Self {
         let (closer, closed) = Closer::new();
         Self {
             connection,
@@ -498,7 +213,7 @@ impl RedisConnection {
     /// because the server is not serving (see [`NotServing`]).
     ///
     /// For a connection that cannot be watched (see
-    /// [Targets](self#targets)), only a retirement shows.
+    /// [Targets](super#targets)), only a retirement shows.
     pub fn is_closed(&self) -> bool {
         self.closed.closed().is_some()
     }
@@ -508,7 +223,7 @@ impl RedisConnection {
     /// [`NotServing`], as does a transport failure. Any other answer, an
     /// error reply included (a `PING` that the ACL denies, say), passes: the
     /// server is serving.
-    async fn check_serving(&self) -> Result<(), BoxError> {
+    pub(super) async fn check_serving(&self) -> Result<(), BoxError> {
         let ping = ::redis::cmd("PING");
         let mut connection = self.connection.clone();
         let mut ended = self.shared.closer.subscribe();
@@ -609,148 +324,6 @@ fn closed_before_reply(kind: io::ErrorKind) -> RedisError {
     ))
 }
 
-/// A request that a [`RedisConnection`] sends: [`Cmd`] and [`Pipeline`],
-/// each with its own `query_async`.
-trait Query: Send + Sync + 'static {
-    /// Sends the request on `connection`, and awaits its reply.
-    fn query_on<'a>(
-        &'a self,
-        connection: &'a mut MultiplexedConnection,
-    ) -> impl Future<Output = Result<Value, RedisError>> + Send + 'a;
-
-    /// The server's refusal, in `reply`, of this request's commands because
-    /// it is not serving, if it refused any.
-    fn refusal(&self, reply: &Result<Value, RedisError>) -> Option<Refusal>;
-}
-
-impl Query for Cmd {
-    fn query_on<'a>(
-        &'a self,
-        connection: &'a mut MultiplexedConnection,
-    ) -> impl Future<Output = Result<Value, RedisError>> + Send + 'a {
-        self.query_async::<Value>(connection)
-    }
-
-    fn refusal(&self, reply: &Result<Value, RedisError>) -> Option<Refusal> {
-        let Err(error) = reply else { return None };
-        let cause = NotServing::from_reply(error)?;
-        Some(Refusal { cause, whole: true })
-    }
-}
-
-impl Query for Pipeline {
-    fn query_on<'a>(
-        &'a self,
-        connection: &'a mut MultiplexedConnection,
-    ) -> impl Future<Output = Result<Value, RedisError>> + Send + 'a {
-        self.query_async::<Value>(connection)
-    }
-
-    fn refusal(&self, reply: &Result<Value, RedisError>) -> Option<Refusal> {
-        let errors: Vec<ServerError> = match reply {
-            // Each command's error, transactions' included.
-            Err(error) => error
-                .clone()
-                .into_server_errors()?
-                .iter()
-                .map(|(_, error)| error.clone())
-                .collect(),
-            // A pipeline that ignores errors answers them as values.
-            Ok(Value::Array(values)) => values
-                .iter()
-                .filter_map(|value| match value {
-                    Value::ServerError(error) => Some(error.clone()),
-                    _ => None,
-                })
-                .collect(),
-            Ok(_) => return None,
-        };
-        let refused = errors
-            .iter()
-            .filter(|error| not_serving_kind(error.kind()))
-            .count();
-        let first = errors
-            .into_iter()
-            .find(|error| not_serving_kind(error.kind()))?;
-        Some(Refusal {
-            cause: NotServing {
-                reply: first.into(),
-            },
-            whole: refused == self.len(),
-        })
-    }
-}
-
-/// The server's refusal of a request's commands because it is not serving.
-struct Refusal {
-    cause: NotServing,
-    /// Whether it refused every command of the request, so that none ran.
-    whole: bool,
-}
-
-/// Whether a server error of `kind` says the server is not serving:
-/// `-LOADING` or `-MASTERDOWN`.
-fn not_serving_kind(kind: Option<ServerErrorKind>) -> bool {
-    matches!(
-        kind,
-        Some(ServerErrorKind::BusyLoading | ServerErrorKind::MasterDown)
-    )
-}
-
-/// The redis server is up, but does not serve commands yet, and said so by
-/// refusing one: `-LOADING` (it is loading its dataset into memory, after a
-/// restart or while a replica resyncs) or `-MASTERDOWN` (a replica cut off
-/// from its master, with `replica-serve-stale-data no`). The refused
-/// command did not run.
-///
-/// A dial whose `PING` is so refused fails with this error: the client
-/// backs off and dials again, and requests wait in its queue, within the
-/// policy's wait limit. A command so refused on an open connection comes
-/// back as a [`NotSent`] holding the command, with this error as its source,
-/// and the client re-sends it on its next connection. See
-/// [Replies that mean "not run"](self#replies-that-mean-not-run).
-///
-/// [`source()`](Error::source) is the server's reply, a
-/// [`::redis::RedisError`].
-#[derive(Clone, Debug)]
-pub struct NotServing {
-    reply: RedisError,
-}
-
-impl NotServing {
-    /// The refusal in `reply`, if it is one.
-    fn from_reply(reply: &RedisError) -> Option<Self> {
-        let ErrorKind::Server(kind) = reply.kind() else {
-            return None;
-        };
-        not_serving_kind(Some(kind)).then(|| Self {
-            reply: reply.clone(),
-        })
-    }
-
-    /// Whether the server is loading its dataset (`-LOADING`); if not, it
-    /// is a replica cut off from its master (`-MASTERDOWN`).
-    pub fn is_loading(&self) -> bool {
-        self.reply.kind() == ErrorKind::Server(ServerErrorKind::BusyLoading)
-    }
-}
-
-impl fmt::Display for NotServing {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.is_loading() {
-            "redis server is loading its dataset"
-        } else {
-            "redis replica is cut off from its master"
-        })
-    }
-}
-
-impl Error for NotServing {
-    fn source(&self) -> Option<&(dyn Error + 'static)> {
-        Some(&self.reply)
-    }
-}
-
 impl Service<Cmd> for RedisConnection {
     type Response = Value;
     type Error = BoxError;
@@ -793,23 +366,6 @@ impl fmt::Debug for RedisConnection {
     }
 }
 
-/// The future of a [`MakeRedis`] dial.
-pub struct ConnectFuture(Pin<Box<dyn Future<Output = Result<RedisConnection, BoxError>> + Send>>);
-
-impl Future for ConnectFuture {
-    type Output = Result<RedisConnection, BoxError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.0.as_mut().poll(cx)
-    }
-}
-
-impl fmt::Debug for ConnectFuture {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConnectFuture").finish_non_exhaustive()
-    }
-}
-
 /// The response future of a [`RedisConnection`].
 pub struct ResponseFuture(Pin<Box<dyn Future<Output = Result<Value, BoxError>> + Send>>);
 
@@ -825,63 +381,6 @@ impl fmt::Debug for ResponseFuture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
-}
-
-/// Dials `info`, and checks that the server serves commands.
-async fn connect(
-    info: ConnectionInfo,
-    config: AsyncConnectionConfig,
-) -> Result<RedisConnection, BoxError> {
-    let connection = dial(info, config).await?;
-    connection.check_serving().await?;
-    Ok(connection)
-}
-
-/// Dials `info`: TCP and Unix sockets here, watched; anything else through
-/// redis-rs.
-async fn dial(
-    info: ConnectionInfo,
-    config: AsyncConnectionConfig,
-) -> Result<RedisConnection, BoxError> {
-    match info.addr() {
-        ConnectionAddr::Tcp(host, port) => {
-            let stream = TcpStream::connect((host.as_str(), *port)).await?;
-            apply_tcp_settings(&stream, info.tcp_settings())?;
-            RedisConnection::handshake(stream, &info, config).await
-        }
-        #[cfg(unix)]
-        ConnectionAddr::Unix(path) => {
-            let stream = tokio::net::UnixStream::connect(path).await?;
-            RedisConnection::handshake(stream, &info, config).await
-        }
-        _ => {
-            // Our connect timeout bounds the dial.
-            let config = config.set_connection_timeout(None);
-            let connection = ::redis::Client::open(info)
-                .map_err(into_box)?
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-                .map_err(into_box)?;
-            Ok(RedisConnection::unwatched(connection))
-        }
-    }
-}
-
-/// Applies the address's TCP settings, as redis-rs does.
-fn apply_tcp_settings(
-    stream: &TcpStream,
-    settings: &::redis::io::tcp::TcpSettings,
-) -> io::Result<()> {
-    use ::redis::io::tcp::socket2::SockRef;
-
-    stream.set_nodelay(settings.nodelay())?;
-    let socket = SockRef::from(stream);
-    if let Some(keepalive) = settings.keepalive() {
-        socket.set_tcp_keepalive(keepalive)?;
-    }
-    #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
-    socket.set_tcp_user_timeout(settings.user_timeout())?;
-    Ok(())
 }
 
 /// A socket that records the first end-of-file or error it reports.
@@ -937,108 +436,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 }
 
-/// A redis error as a [`BoxError`]: transport failures become an
-/// [`io::Error`] of the matching kind, with the redis error inside.
-fn into_box(error: RedisError) -> BoxError {
-    match transport_kind(&error) {
-        Some(kind) => Box::new(io::Error::new(kind, error)),
-        None => Box::new(error),
-    }
-}
-
-/// The IO error kind of a transport failure, or `None` for anything else.
-fn transport_kind(error: &RedisError) -> Option<io::ErrorKind> {
-    if !error.is_io_error() {
-        return None;
-    }
-    // redis-rs keeps the IO error behind an `Arc` in its `source()`.
-    let kind = crate::classify::chain(error).find_map(|e| {
-        e.downcast_ref::<io::Error>()
-            .or_else(|| {
-                e.downcast_ref::<Arc<dyn Error + Send + Sync>>()
-                    .and_then(|inner| inner.downcast_ref::<io::Error>())
-            })
-            .map(io::Error::kind)
-    });
-    Some(kind.unwrap_or(if error.is_timeout() {
-        io::ErrorKind::TimedOut
-    } else if error.is_connection_refusal() {
-        io::ErrorKind::ConnectionRefused
-    } else if error.is_connection_dropped() {
-        io::ErrorKind::ConnectionAborted
-    } else {
-        io::ErrorKind::Other
-    }))
-}
-
-/// The [`::redis::RedisError`] in `error`, whether it is the error itself,
-/// sits in its `source()` chain, or is inside an [`io::Error`] (as
-/// transport failures are; see [Errors](self#errors)).
-///
-/// # Example
-///
-/// ```
-/// use std::io;
-/// use tower_redial::redis::redis_error;
-/// use tower_redial::BoxError;
-///
-/// let reset = redis::RedisError::from(io::Error::from(io::ErrorKind::ConnectionReset));
-/// let error: BoxError = Box::new(io::Error::new(io::ErrorKind::ConnectionReset, reset));
-/// assert!(redis_error(&*error).is_some_and(|e| e.is_connection_dropped()));
-///
-/// let other: BoxError = "no redis here".into();
-/// assert!(redis_error(&*other).is_none());
-/// ```
-pub fn redis_error<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a RedisError> {
-    crate::classify::chain(error).find_map(|e| {
-        e.downcast_ref::<RedisError>().or_else(|| {
-            e.downcast_ref::<io::Error>()
-                .and_then(io::Error::get_ref)
-                .and_then(|inner| inner.downcast_ref::<RedisError>())
-        })
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use std::error::Error;
+
+    use ::redis::{ErrorKind, IntoConnectionInfo, ServerErrorKind};
+
+    use super::super::errors::redis_error;
     use super::*;
     use crate::classify::is_transport_error;
-
-    /// Transport failures become IO errors of the precise kind, which the
-    /// default classifier calls dead; the redis error stays reachable.
-    #[test]
-    fn transport_failures_become_io_errors() {
-        for kind in [
-            io::ErrorKind::BrokenPipe,
-            io::ErrorKind::ConnectionReset,
-            io::ErrorKind::UnexpectedEof,
-            io::ErrorKind::TimedOut,
-            io::ErrorKind::ConnectionRefused,
-        ] {
-            let error = into_box(RedisError::from(io::Error::from(kind)));
-            let io = error.downcast_ref::<io::Error>().expect("an io::Error");
-            assert_eq!(io.kind(), kind);
-            assert!(is_transport_error(&*error), "{kind:?}");
-            assert!(redis_error(&*error).is_some_and(RedisError::is_io_error));
-        }
-    }
-
-    /// A server's error reply stays a `RedisError`, which the default
-    /// classifier does not take for a dead connection.
-    #[test]
-    fn server_errors_stay_redis_errors() {
-        let reply = ::redis::parse_redis_value(b"-WRONGTYPE Operation against a key\r\n")
-            .expect("a valid reply")
-            .extract_error()
-            .expect_err("an error reply");
-        let error = into_box(reply);
-        assert!(error.is::<RedisError>());
-        assert!(!is_transport_error(&*error));
-        assert_eq!(
-            redis_error(&*error).and_then(RedisError::code),
-            Some("WRONGTYPE")
-        );
-    }
 
     /// A socket that reports end-of-file marks the connection closed, for
     /// the client and for the commands awaiting replies alike.
