@@ -1,0 +1,367 @@
+//! One PostgreSQL session as a tower service.
+
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::{pin, Pin};
+use std::sync::{Arc, OnceLock};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use ::tokio_postgres::error::SqlState;
+use ::tokio_postgres::types::ToSql;
+use ::tokio_postgres::AsyncMessage;
+use futures_core::Stream;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
+use tower::Service;
+
+use crate::classify::{self, chain};
+use crate::connect::CloseWatch;
+use crate::error::{ConnectionLost, NotSent};
+use crate::BoxError;
+
+use super::errors::{is_postgres_transport_error, ConnectionClosed};
+use super::query::{Kind, Param, Query, Rows};
+
+/// How long a dropped connection may take to finish its in-flight replies
+/// and say goodbye to the server before its IO task is ended anyway.
+const GOODBYE: Duration = Duration::from_secs(5);
+
+/// One PostgreSQL connection as a `Service<`[`Query`]`>`.
+///
+/// It owns a `tokio_postgres::Client`, whose connection runs on a spawned
+/// task. Queries from concurrent calls are pipelined on the connection.
+///
+/// # Readiness
+///
+/// `poll_ready` is ready while the connection is open, and fails with
+/// [`ConnectionClosed`] once it has closed, so that a
+/// [`Reconnect`](crate::reconnect::Reconnect) drops it and redials. The connection
+/// counts as closed as soon as its IO task ends, a query on it fails with an
+/// error that ends the session, or the server's notice says it is ending
+/// the session.
+///
+/// # Errors
+///
+/// A query on a connection that was already closed, or whose session ended
+/// while it was being prepared, fails with [`NotSent`] carrying the query
+/// back; any other failure is the query's `tokio_postgres::Error`. See
+/// [What happens when the server restarts](super#what-happens-when-the-server-restarts).
+///
+/// # Shutdown
+///
+/// The connection's task ends when the connection closes, or once the
+/// service and its in-flight queries are dropped: the connection then sends
+/// the server a goodbye (`Terminate`) and closes. A server that does not
+/// answer the queries still in flight gets 5 seconds before the task ends
+/// anyway.
+pub struct PgConnection {
+    shared: Arc<Shared>,
+    /// Closed when the connection's task ends, waking the client.
+    closed: CloseWatch,
+}
+
+struct Shared {
+    client: ::tokio_postgres::Client,
+    ended: Arc<Ended>,
+    /// A copy of the connection's close watch: queries close it when an
+    /// error ends the session, and check it before they write anything.
+    closed: CloseWatch,
+    /// Dropped with the client: tells the connection's task to wind down.
+    _dropped: oneshot::Sender<()>,
+}
+
+/// How the connection's task ended.
+#[derive(Default)]
+struct Ended {
+    error: OnceLock<Arc<::tokio_postgres::Error>>,
+}
+
+impl PgConnection {
+    /// Takes a connected client and its connection, and spawns the
+    /// connection's IO task.
+    ///
+    /// Use this to connect in your own way (a custom socket, TLS setup or
+    /// `connect_raw`); [`MakePostgres`](super::MakePostgres) calls it for you.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a tokio runtime.
+    pub fn new<S, T>(
+        client: ::tokio_postgres::Client,
+        connection: ::tokio_postgres::Connection<S, T>,
+    ) -> Self
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let ended = Arc::new(Ended::default());
+        let (dropped_tx, dropped) = oneshot::channel();
+        let closed = CloseWatch::new();
+        tokio::spawn(drive(
+            connection,
+            dropped,
+            ended.clone(),
+            closed.for_clone(),
+        ));
+        Self {
+            shared: Arc::new(Shared {
+                client,
+                ended,
+                closed: closed.for_clone(),
+                _dropped: dropped_tx,
+            }),
+            closed,
+        }
+    }
+
+    /// Whether the connection has closed, or is known to be closing: its
+    /// task has ended, or the server has said that it is ending the session
+    /// (see [What happens when the server restarts](super#what-happens-when-the-server-restarts)).
+    /// A closed connection never opens again: its `poll_ready` fails.
+    pub fn is_closed(&self) -> bool {
+        self.shared.is_closed()
+    }
+}
+
+impl Shared {
+    fn is_closed(&self) -> bool {
+        self.closed.closed().is_some() || self.client.is_closed()
+    }
+
+    /// The error for a closed connection, with the reason it closed, if
+    /// the connection's task has recorded one.
+    fn closed_error(&self) -> BoxError {
+        Box::new(ConnectionClosed {
+            source: self.ended.error.get().cloned(),
+        })
+    }
+
+    /// Boxes a query's error. An error that ends the session first marks
+    /// the connection closed, so that nothing more is written to it, and
+    /// comes back as a [`ConnectionLost`], so that the client redials
+    /// whatever its classifier.
+    fn failed(&self, error: ::tokio_postgres::Error) -> BoxError {
+        if ends_session(&error) {
+            tracing::debug!(%error, "postgres session ended under a query");
+            self.closed.close(close_kind(&error));
+            return Box::new(ConnectionLost::new(error));
+        }
+        error.into()
+    }
+}
+
+/// Runs the connection until it closes, or until the client is dropped and
+/// the connection has said goodbye (or [`GOODBYE`] has passed).
+async fn drive<S, T>(
+    mut connection: ::tokio_postgres::Connection<S, T>,
+    dropped: oneshot::Receiver<()>,
+    ended: Arc<Ended>,
+    closed: CloseWatch,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut dropped = dropped;
+    let finished = poll_fn(|cx| {
+        if let Poll::Ready(result) = poll_connection(&mut connection, &closed, cx) {
+            return Poll::Ready(Some(result));
+        }
+        Pin::new(&mut dropped).poll(cx).map(|_| None)
+    })
+    .await;
+    let result = match finished {
+        Some(result) => result,
+        // The client is gone: the connection finishes the replies in flight,
+        // sends `Terminate` and closes, unless the server hangs.
+        None => {
+            let goodbye = poll_fn(|cx| poll_connection(&mut connection, &closed, cx));
+            match tokio::time::timeout(GOODBYE, goodbye).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::debug!("postgres connection did not close in time; dropping it");
+                    Ok(())
+                }
+            }
+        }
+    };
+    match result {
+        Ok(()) => {
+            tracing::debug!("postgres connection closed");
+            closed.close(io::ErrorKind::UnexpectedEof);
+        }
+        Err(error) => {
+            tracing::debug!(%error, "postgres connection ended");
+            let kind = close_kind(&error);
+            let _ = ended.error.set(Arc::new(error));
+            closed.close(kind);
+        }
+    }
+}
+
+/// Drives the connection until it ends, as its own `Future` does, and reads
+/// the server's notices on the way: a notice that the server is ending the
+/// session closes `closed` at once, before the stream ends.
+fn poll_connection<S, T>(
+    connection: &mut ::tokio_postgres::Connection<S, T>,
+    closed: &CloseWatch,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), ::tokio_postgres::Error>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match ready!(connection.poll_message(cx)) {
+            None => return Poll::Ready(Ok(())),
+            Some(Err(error)) => return Poll::Ready(Err(error)),
+            Some(Ok(AsyncMessage::Notice(notice))) if ends_session_notice(&notice) => {
+                tracing::debug!(
+                    code = notice.code().code(),
+                    message = notice.message(),
+                    "postgres server is ending the session"
+                );
+                closed.close(io::ErrorKind::ConnectionAborted);
+            }
+            Some(Ok(AsyncMessage::Notice(notice))) => tracing::debug!(
+                severity = notice.severity(),
+                code = notice.code().code(),
+                message = notice.message(),
+                "postgres notice"
+            ),
+            // Notifications: nothing here listens for them.
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// The IO error kind to close a connection's watch with, for the error that
+/// ended it.
+fn close_kind(error: &::tokio_postgres::Error) -> io::ErrorKind {
+    chain(error)
+        .find_map(|e| e.downcast_ref::<io::Error>())
+        .map_or(io::ErrorKind::ConnectionAborted, io::Error::kind)
+}
+
+impl Service<Query> for PgConnection {
+    type Response = Rows;
+    type Error = BoxError;
+    type Future = QueryFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.closed.poll_closed(cx).is_ready() || self.shared.client.is_closed() {
+            return Poll::Ready(Err(self.shared.closed_error()));
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, query: Query) -> QueryFuture {
+        QueryFuture {
+            inner: Box::pin(run(self.shared.clone(), query)),
+        }
+    }
+}
+
+/// Runs one query; see [`PgConnection`]'s `# Errors`.
+///
+/// A query comes back [`NotSent`] only when its statement provably never
+/// ran: the connection was known to be closed before the statement was
+/// handed to it, or the session ended while the statement was being
+/// prepared (`Parse` and `Describe` run nothing). Once the statement (or a
+/// batch) has been handed to the connection, its bytes may have reached the
+/// server, and any failure goes back as it is.
+async fn run(shared: Arc<Shared>, query: Query) -> Result<Rows, BoxError> {
+    let client = &shared.client;
+    let not_sent = |query: Query, cause: BoxError| -> BoxError {
+        tracing::debug!(error = %cause, "postgres query not executed; handing it back");
+        Box::new(NotSent::with_request(query, cause))
+    };
+    // Nothing is written to a connection known to be closed.
+    if shared.is_closed() {
+        return Err(not_sent(query, shared.closed_error()));
+    }
+    if query.kind == Kind::Batch {
+        return match client.batch_execute(&query.sql).await {
+            Ok(()) => Ok(Rows::default()),
+            Err(error) => Err(shared.failed(error)),
+        };
+    }
+    let statement = match client.prepare(&query.sql).await {
+        Ok(statement) => statement,
+        Err(error) if ends_session(&error) => {
+            let error = shared.failed(error);
+            return Err(not_sent(query, error));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    if shared.is_closed() {
+        return Err(not_sent(query, shared.closed_error()));
+    }
+    // From here on the statement may run. Even `57P01 admin_shutdown` does
+    // not say that it did not: the server may have committed it, or an
+    // earlier statement of a batch, before it was told to stop.
+    execute(client, &statement, &query.params)
+        .await
+        .map_err(|error| shared.failed(error))
+}
+
+/// Binds and executes a prepared statement, and collects its rows.
+async fn execute(
+    client: &::tokio_postgres::Client,
+    statement: &::tokio_postgres::Statement,
+    params: &[Param],
+) -> Result<Rows, ::tokio_postgres::Error> {
+    let params = params.iter().map(|p| &**p as &(dyn ToSql + Sync));
+    let stream = client.query_raw(statement, params).await?;
+    let mut stream = pin!(stream);
+    let mut rows = Vec::new();
+    while let Some(row) = poll_fn(|cx| stream.as_mut().poll_next(cx)).await {
+        rows.push(row?);
+    }
+    Ok(Rows {
+        rows,
+        rows_affected: stream.rows_affected().unwrap_or(0),
+    })
+}
+
+/// Whether a query's error means that the session is over: an IO error, or
+/// what [`is_postgres_transport_error`] finds.
+fn ends_session(error: &::tokio_postgres::Error) -> bool {
+    is_postgres_transport_error(error) || classify::is_transport_error(error)
+}
+
+/// Whether a notice says that the server is ending the session at once:
+/// `57P01 admin_shutdown` (an immediate shutdown) or `57P02 crash_shutdown`
+/// (another server process crashed). PostgreSQL sends these as `WARNING`s,
+/// and the server process exits right after.
+fn ends_session_notice(notice: &::tokio_postgres::error::DbError) -> bool {
+    [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN].contains(notice.code())
+}
+
+impl fmt::Debug for PgConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgConnection")
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// The response future of [`PgConnection`].
+pub struct QueryFuture {
+    inner: Pin<Box<dyn Future<Output = Result<Rows, BoxError>> + Send>>,
+}
+
+impl Future for QueryFuture {
+    type Output = Result<Rows, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for QueryFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueryFuture").finish_non_exhaustive()
+    }
+}

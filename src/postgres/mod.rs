@@ -1,0 +1,288 @@
+//! PostgreSQL through `tokio-postgres`: a client that stays connected while
+//! the server restarts.
+//!
+//! [`MakePostgres`] is the connection factory. Given a
+//! [`Config`], it connects (without TLS by
+//! default) and spawns the connection's IO task. Each connection is a
+//! [`PgConnection`]: a `Service<`[`Query`]`>` that answers with [`Rows`].
+//! Wrap the factory in a [`ReconnectLayer`](crate::ReconnectLayer) and bind
+//! it to a config to get a [`PgClient`]: one connection, redialed with backoff
+//! when it breaks, shared by every clone of the client.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_redial::postgres::{MakePostgres, PgClient, Query};
+//! use tower_redial::{BoxError, ReconnectLayer, ReconnectPolicy};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let config: tokio_postgres::Config = "host=127.0.0.1 user=postgres dbname=postgres".parse()?;
+//! let client: PgClient = ServiceBuilder::new()
+//!     .layer(ReconnectLayer::new(ReconnectPolicy::default()))
+//!     .service(MakePostgres::new())
+//!     .client(config);
+//!
+//! client
+//!     .clone()
+//!     .oneshot(Query::batch("CREATE TABLE IF NOT EXISTS visits (id bigint PRIMARY KEY)"))
+//!     .await?;
+//! let inserted = client
+//!     .clone()
+//!     .oneshot(Query::new("INSERT INTO visits (id) VALUES ($1)").bind(7_i64))
+//!     .await?;
+//! assert_eq!(inserted.rows_affected(), 1);
+//!
+//! let rows = client
+//!     .oneshot(Query::new("SELECT count(*) FROM visits").idempotent())
+//!     .await?;
+//! let count: i64 = rows.first().expect("one row").get(0);
+//! println!("{count} visits");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What happens when the server restarts
+//!
+//! What a session sees depends on how the server is stopped. The connection
+//! tells the cases apart by SQLSTATE, never by message text:
+//!
+//! | how | what the session sees | what the connection does |
+//! |---|---|---|
+//! | `pg_ctl -m fast` (the default), `pg_terminate_backend` | `FATAL 57P01 admin_shutdown`, as the answer to the query in progress or on its own, then the end of the stream | closes |
+//! | `pg_ctl -m immediate` | a `WARNING` notice `57P01 admin_shutdown`, then the end of the stream | closes, on the notice |
+//! | another server process crashed | a `WARNING` notice `57P02 crash_shutdown`, then the end of the stream | closes, on the notice |
+//! | `pg_ctl -m smart` | nothing: the session goes on | stays open (see below) |
+//! | a server shutting down, starting up or in recovery | every new connection is refused with `FATAL 57P03 cannot_connect_now` | a dial failure |
+//!
+//! 1. The connection closes as soon as it sees one of these: its IO task
+//!    ends, or a query on it fails with an error that ends the session (a
+//!    `FATAL` or `PANIC` error, class `08`, `57P01`, `57P02`, `57P03`, an
+//!    IO error, or a closed connection), or a notice says the server is
+//!    ending it. It marks itself closed through its
+//!    [`CloseWatch`](crate::connect::CloseWatch), so its next `poll_ready` fails with
+//!    [`ConnectionClosed`], and the [`Reconnect`](crate::reconnect::Reconnect) inside
+//!    the client drops it and redials at once. This holds with any
+//!    [`Classifier`](crate::classify::Classifier), the default included.
+//! 2. While the server is down or not yet accepting connections (the dial is
+//!    refused, or answered with `57P03`), dials fail and are retried with the
+//!    policy's backoff. Requests wait in the client's queue, for up to the
+//!    policy's wait limit; past it they fail fast with
+//!    [`Unavailable`](crate::error::Unavailable).
+//! 3. Once a dial succeeds, the queued requests run on the new connection.
+//!
+//! Requests caught by the restart itself end in one of two ways:
+//!
+//! - **Not executed.** A query is run in two steps: the statement is
+//!   prepared, then executed. A query handed to a connection already known
+//!   to be closed is not written at all; a query whose session ended while
+//!   it was being prepared never ran, since preparing runs nothing. It is
+//!   handed back as [`NotSent`](crate::error::NotSent), and the client re-sends it on the next
+//!   connection without being asked to.
+//! - **Maybe executed.** A query whose execute step, or a
+//!   [`batch`](Query::batch), had been handed to the connection when the
+//!   session ended fails with the connection's [`tokio_postgres::Error`]:
+//!   `57P01`, or [`is_closed`](::tokio_postgres::Error::is_closed). The
+//!   server may have run it, and committed it, before it went away: only the
+//!   reply was lost. Even `57P01` does not say otherwise: a batch
+//!   `"BEGIN; INSERT ...; COMMIT; SELECT ..."` that is stopped in its last
+//!   statement fails with it after its insert committed. Such a query is
+//!   **not** re-sent (see below). Check for its effect before you do it
+//!   again, or make the statement safe to repeat (`INSERT ... ON CONFLICT
+//!   DO NOTHING`). (A query that tokio-postgres still held unwritten when
+//!   the connection ended fails the same way: tokio-postgres does not tell
+//!   the two apart, so neither can this crate.)
+//!
+//! **A smart shutdown waits for the client.** `pg_ctl stop -m smart` (or
+//! `restart -m smart`) refuses new connections with `57P03` and waits for
+//! every session to end. A client keeps its connection for as long as it
+//! lives, and queries on that connection go on working, so a smart shutdown
+//! waits until every clone of the client is dropped. `pg_ctl` gives up
+//! after its timeout (`-t`, 60 s by default) with "server does not shut
+//! down", and leaves the server refusing new connections; once the last
+//! session ends, the server stops and does not start again. To restart a
+//! server under long-lived clients, use `-m fast`: the client redials and
+//! its queued requests wait. Or drop the clients first.
+//!
+//! Everything tied to the old session is gone: prepared statements, `SET`
+//! parameters, temporary tables, advisory locks, `LISTEN` channels and any
+//! open transaction (which the server rolled back).
+//!
+//! # At most once
+//!
+//! By default a query that may have reached the server is never sent again:
+//! an `INSERT` whose reply was lost may well have committed, and sending it
+//! again would insert twice (or fail on a unique key, and hide that the first
+//! one worked). Reads, and writes that are safe to repeat, can opt in: mark
+//! them with [`Query::idempotent`], and build the layer with
+//! `.resend_if(Query::is_idempotent)`. Such queries are re-sent when their
+//! connection breaks under them: [`PgConnection`] reports that as a
+//! [`ConnectionLost`](crate::error::ConnectionLost), which the default
+//! classifier calls dead (see [Errors](self#errors)).
+//!
+//! ```
+//! use tower::ServiceBuilder;
+//! use tower_redial::postgres::{MakePostgres, PgClient, Query};
+//! use tower_redial::{ReconnectLayer, ReconnectPolicy};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_redial::BoxError> {
+//! # let config = tokio_postgres::Config::new();
+//! let policy = ReconnectPolicy::default();
+//! let client: PgClient = ServiceBuilder::new()
+//!     .layer(ReconnectLayer::new(policy).resend_if(Query::is_idempotent))
+//!     .service(MakePostgres::new())
+//!     .client(config);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Transactions
+//!
+//! A transaction lives on one connection, and the layer does not carry one
+//! across a redial: if the connection breaks mid-transaction, the server
+//! rolls it back, and the rest of it must not run on the next connection as
+//! if nothing happened. Clones of a client also share one connection and
+//! pipeline their queries on it, so a `BEGIN` sent as one request and a
+//! `COMMIT` sent as another could wrap other callers' queries, or be split
+//! by a redial. Never do that. Send a whole transaction as one request
+//! instead:
+//!
+//! - one statement (each statement is its own transaction), or a
+//!   data-modifying `WITH` query;
+//! - a [`Query::batch`] such as
+//!   `"BEGIN; UPDATE ...; INSERT ...; COMMIT"`, which runs as one
+//!   simple-query message. If the connection breaks before the reply, the
+//!   batch either committed as a whole or not at all.
+//!
+//! For interactive transactions, take a plain `tokio_postgres::Client` of
+//! your own.
+//!
+//! # Errors
+//!
+//! A query fails with:
+//!
+//! - the [`tokio_postgres::Error`] of the query, as a [`BoxError`](crate::BoxError): the
+//!   server's answer (a [`DbError`](::tokio_postgres::error::DbError) such as
+//!   a unique violation);
+//! - [`ConnectionLost`](crate::error::ConnectionLost), with the
+//!   `tokio_postgres::Error` as its source, when the session ended after
+//!   the query may have been sent: the connection broke, or the server
+//!   ended the session (what [`is_postgres_transport_error`] finds, such as
+//!   `57P01 admin_shutdown` or a `FATAL` error). The default classifier
+//!   calls it dead, so no classifier needs to be set;
+//! - [`NotSent`](crate::error::NotSent), with a [`ConnectionClosed`] or a `tokio_postgres::Error` as
+//!   its source, only once the client's re-send attempts or budget are
+//!   spent;
+//! - the client's own errors: [`Unavailable`](crate::error::Unavailable) and
+//!   [`Closed`](crate::error::Closed); see [`error`](crate::error).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use ::tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use ::tokio_postgres::{Config, NoTls, Socket};
+use tower::Service;
+
+/// A reconnecting PostgreSQL client: what
+/// `ServiceBuilder::new().layer(ReconnectLayer::new(policy)).service(MakePostgres::new()).client(config)`
+/// returns. See the [module docs](self).
+pub type PgClient = crate::Client<Query, Rows>;
+
+mod connection;
+mod errors;
+mod query;
+
+pub use connection::{PgConnection, QueryFuture};
+pub use errors::{classifier, is_postgres_transport_error, postgres_error, ConnectionClosed};
+pub use query::{Query, Rows};
+
+/// The connection factory: a `Service<`[`Config`]`>`
+/// that connects and returns a [`PgConnection`].
+///
+/// Wrap it in a [`ReconnectLayer`](crate::ReconnectLayer); see the
+/// [module docs](self). Every dial connects with a fresh clone of the config,
+/// so host names are resolved afresh. The config names the connection in
+/// logs; its `Debug` form never shows the password.
+///
+/// The dial error is the `tokio_postgres::Error` of the connect: a refused
+/// or reset connection, an authentication failure, or the server's
+/// `57P03 cannot_connect_now` while it starts up or shuts down.
+///
+/// # TLS
+///
+/// [`MakePostgres::new`] connects without TLS (`NoTls`).
+/// [`MakePostgres::with_tls`] takes any `tokio-postgres` TLS connector, such
+/// as `postgres-native-tls`' or `postgres-openssl`'s.
+#[derive(Clone, Debug)]
+pub struct MakePostgres<T = NoTls> {
+    tls: T,
+}
+
+impl MakePostgres {
+    /// A factory that connects without TLS.
+    pub fn new() -> Self {
+        Self { tls: NoTls }
+    }
+}
+
+impl Default for MakePostgres {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> MakePostgres<T> {
+    /// A factory that connects through the TLS connector `tls`.
+    pub fn with_tls(tls: T) -> Self {
+        Self { tls }
+    }
+}
+
+impl<T> Service<Config> for MakePostgres<T>
+where
+    T: MakeTlsConnect<Socket> + Clone + Send + 'static,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    type Response = PgConnection;
+    type Error = ::tokio_postgres::Error;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, config: Config) -> Connecting {
+        let tls = self.tls.clone();
+        Connecting {
+            inner: Box::pin(async move {
+                let (client, connection) = config.connect(tls).await?;
+                Ok(PgConnection::new(client, connection))
+            }),
+        }
+    }
+}
+
+/// The future of [`MakePostgres`]: a connect in progress.
+pub struct Connecting {
+    inner: Pin<Box<dyn Future<Output = Result<PgConnection, ::tokio_postgres::Error>> + Send>>,
+}
+
+impl Future for Connecting {
+    type Output = Result<PgConnection, ::tokio_postgres::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for Connecting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connecting").finish_non_exhaustive()
+    }
+}
