@@ -324,3 +324,73 @@ async fn framed_is_cancel_safe_under_a_client() {
     );
     assert_eq!(client.stats().dials, 1, "the same connection");
 }
+
+/// A reply cut off by the end of the stream is no reply: its request fails
+/// with `ConnectionLost`, as the peer may have run it.
+#[tokio::test]
+async fn a_reply_cut_off_by_the_end_of_the_stream_is_lost() {
+    use tokio::io::AsyncWriteExt;
+    let (mut connection, mut peer) = pipe(1024);
+    let call = connection.ready().await.unwrap().call("half".into());
+    assert_eq!(read_some(&mut peer).await, "half\n");
+    peer.write_all(b"hello wor").await.unwrap();
+    drop(peer);
+    let error = within("the cut-off reply", call).await.unwrap_err();
+    assert!(error.is::<ConnectionLost>(), "{error:?}");
+    let ended = within("the close", connection.closed()).await;
+    assert_eq!(ended.kind(), io::ErrorKind::UnexpectedEof);
+}
+
+/// Dropping every handle closes the connection once no caller waits for a
+/// reply: a caller still waiting keeps it open until its reply comes; one
+/// that gave up does not.
+#[tokio::test]
+async fn dropping_every_handle_closes_once_no_caller_waits() {
+    // A caller still waiting: answered, then the connection closes.
+    let (mut connection, peer) = pipe(1024);
+    let mut peer = Lines::new(peer, LinesCodec::new());
+    let waiting = connection.ready().await.unwrap().call("waiting".into());
+    drop(connection);
+    assert_eq!(
+        within("the request", peer.next()).await.unwrap().unwrap(),
+        "waiting"
+    );
+    peer.send("answer").await.unwrap();
+    assert_eq!(within("the reply", waiting).await.unwrap(), "answer");
+    assert!(within("the close", peer.next()).await.is_none());
+
+    // A caller that gave up: the connection closes without its reply.
+    let (mut connection, peer) = pipe(1024);
+    let mut peer = Lines::new(peer, LinesCodec::new());
+    let given_up = connection.ready().await.unwrap().call("given up".into());
+    assert_eq!(
+        within("the request", peer.next()).await.unwrap().unwrap(),
+        "given up"
+    );
+    drop(given_up);
+    drop(connection);
+    assert!(within("the close", peer.next()).await.is_none());
+}
+
+/// Replies are matched first in, first out: a frame the peer sends unasked,
+/// while a request waits, is taken as that request's reply (a protocol with
+/// frames of its own needs request ids).
+#[tokio::test]
+async fn a_frame_sent_unasked_answers_the_oldest_request() {
+    let (mut connection, peer) = pipe(1024);
+    let mut peer = Lines::new(peer, LinesCodec::new());
+    let first = connection.ready().await.unwrap().call("first".into());
+    let second = connection.ready().await.unwrap().call("second".into());
+    assert_eq!(
+        within("first", peer.next()).await.unwrap().unwrap(),
+        "first"
+    );
+    assert_eq!(
+        within("second", peer.next()).await.unwrap().unwrap(),
+        "second"
+    );
+    peer.send("reply to first").await.unwrap();
+    peer.send("unasked").await.unwrap();
+    assert_eq!(within("first", first).await.unwrap(), "reply to first");
+    assert_eq!(within("second", second).await.unwrap(), "unasked");
+}

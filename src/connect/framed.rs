@@ -21,7 +21,10 @@ use crate::BoxError;
 /// tokio-util codec: a [`Decoder`] of responses and an [`Encoder`] of
 /// requests, such as `LinesCodec` or `LengthDelimitedCodec` with a message
 /// layer on top. Replies are matched to requests in order, first in, first
-/// out, and requests are pipelined.
+/// out, and requests are pipelined. So the protocol must answer each request
+/// with exactly one frame, in order: a frame the peer sends unasked is taken
+/// as the reply to the oldest request waiting. A protocol with frames of its
+/// own (pushes, pub/sub) needs to match replies by request id instead.
 ///
 /// It is what this crate recommends for a protocol of your own, because it
 /// keeps the rules a reconnecting client relies on:
@@ -36,7 +39,8 @@ use crate::BoxError;
 ///   closing an idle connection is seen at once: `poll_ready` then fails
 ///   (through a [`CloseWatch`]) and the client redials with no request.
 ///   A frame that arrives with no request waiting for it ends the
-///   connection too, as a protocol error.
+///   connection too, as a protocol error, and so does a frame cut off by
+///   the end of the stream: its request fails with [`ConnectionLost`].
 /// - **Errors say what happened.** A request that was not written when the
 ///   connection ended fails with [`NotSent`]: carrying the request if it was
 ///   still queued, or alone if its encoding had begun. A request written,
@@ -45,6 +49,8 @@ use crate::BoxError;
 ///   the connection stays up.
 ///
 /// Clones share the connection, as redis's multiplexed connection does.
+/// Dropping every clone closes the connection once no caller waits for a
+/// reply any more: at once if none does.
 /// Nothing bounds how many requests one connection holds: the client's
 /// queue does, when requests go through it (not on the direct lane of a
 /// multiplexed client).
@@ -105,7 +111,7 @@ where
 {
     /// A connection over `io`, framed by `codec`. Spawns the task that owns
     /// `io` and runs until the connection ends, or until every clone is
-    /// dropped and every reply owed has come.
+    /// dropped and no caller still waits for a reply.
     pub fn new<IO, C>(io: IO, codec: C) -> Self
     where
         IO: AsyncRead + AsyncWrite + Send + 'static,
@@ -239,11 +245,13 @@ fn lost(kind: io::ErrorKind, message: impl Into<String>) -> BoxError {
     Box::new(ConnectionLost::new(io::Error::new(kind, message.into())))
 }
 
+/// A caller's end of a request: where its reply goes.
+type Reply<Res> = oneshot::Sender<Result<Res, BoxError>>;
+
 /// The request being written, and how much of it is.
-struct Writing<Res> {
+struct Writing {
     bytes: BytesMut,
     written: usize,
-    reply: oneshot::Sender<Result<Res, BoxError>>,
 }
 
 /// How much is read at a time.
@@ -266,15 +274,14 @@ async fn drive<IO, C, Req, Res>(
 {
     let (mut read, mut write) = tokio::io::split(io);
     let mut received = BytesMut::with_capacity(READ_SIZE);
-    let mut in_flight: VecDeque<oneshot::Sender<Result<Res, BoxError>>> = VecDeque::new();
-    let mut writing: Option<Writing<Res>> = None;
+    let mut in_flight: VecDeque<Reply<Res>> = VecDeque::new();
+    // The request being written, and its caller's end, kept apart so that
+    // the write and the watch on the callers can run side by side.
+    let mut writing: Option<Writing> = None;
+    let mut writing_reply: Option<Reply<Res>> = None;
     let mut open = true;
 
     let failure: Option<io::Error> = loop {
-        if !open && writing.is_none() && in_flight.is_empty() {
-            // Every handle dropped and nothing owed: close quietly.
-            break None;
-        }
         let unwritten: &[u8] = writing.as_ref().map_or(&[], |w| &w.bytes[w.written..]);
         // Replies first, so that a dead connection is noticed before more
         // is written. Each branch is cancel-safe: when another one wins,
@@ -282,13 +289,16 @@ async fn drive<IO, C, Req, Res>(
         tokio::select! {
             biased;
             read = read.read_buf(&mut received) => match read {
-                Ok(0) => match decode_eof(&mut codec, &mut received, &mut in_flight) {
-                    Ok(()) => break Some(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the peer closed the connection",
-                    )),
-                    Err(error) => break Some(error),
-                },
+                // The peer closed. A frame cut off by the end of the stream
+                // is no reply: its request fails as lost.
+                Ok(0) if received.is_empty() => break Some(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the peer closed the connection",
+                )),
+                Ok(0) => break Some(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "a reply cut off by the end of the stream",
+                )),
                 Ok(_) => {
                     if let Err(error) = decode(&mut codec, &mut received, &mut in_flight) {
                         break Some(error);
@@ -299,6 +309,9 @@ async fn drive<IO, C, Req, Res>(
                 }
                 Err(error) => break Some(error),
             },
+            // Every handle is gone, and so is every caller still owed a
+            // reply: nothing is left to wait for.
+            () = callers_gone(&mut in_flight, &mut writing_reply), if !open => break None,
             wrote = write.write(unwritten), if writing.is_some() => match wrote {
                 Ok(0) => break Some(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
@@ -306,8 +319,9 @@ async fn drive<IO, C, Req, Res>(
                         w.written += n;
                         w.written == w.bytes.len()
                     });
-                    if let Some(w) = writing.take_if(|_| done) {
-                        in_flight.push_back(w.reply);
+                    if done {
+                        writing = None;
+                        in_flight.extend(writing_reply.take());
                     }
                 }
                 Err(error) => break Some(error),
@@ -320,7 +334,10 @@ async fn drive<IO, C, Req, Res>(
                     let mut bytes = BytesMut::new();
                     match codec.encode(job.request, &mut bytes) {
                         Ok(()) if bytes.is_empty() => in_flight.push_back(job.reply),
-                        Ok(()) => writing = Some(Writing { bytes, written: 0, reply: job.reply }),
+                        Ok(()) => {
+                            writing = Some(Writing { bytes, written: 0 });
+                            writing_reply = Some(job.reply);
+                        }
                         Err(error) => {
                             let _ = job.reply.send(Err(error.into()));
                         }
@@ -341,13 +358,13 @@ async fn drive<IO, C, Req, Res>(
     if let Some(failure) = failure {
         tracing::debug!(error = %failure, "framed connection ended");
         let message = failure.to_string();
-        if let Some(w) = writing.take() {
+        if let (Some(w), Some(reply)) = (writing.take(), writing_reply.take()) {
             let error = if w.written == 0 {
                 not_sent::<Req>(None)
             } else {
                 lost(kind, message.clone())
             };
-            let _ = w.reply.send(Err(error));
+            let _ = reply.send(Err(error));
         }
         for waiter in in_flight.drain(..) {
             let _ = waiter.send(Err(lost(kind, message.clone())));
@@ -359,13 +376,33 @@ async fn drive<IO, C, Req, Res>(
     let _ = write.shutdown().await;
 }
 
+/// Ready once every caller in `in_flight` and `writing` has dropped its
+/// response future (at once if there are none); until then it wakes the
+/// task when one does.
+fn callers_gone<'a, Res>(
+    in_flight: &'a mut VecDeque<Reply<Res>>,
+    writing: &'a mut Option<Reply<Res>>,
+) -> impl Future<Output = ()> + 'a {
+    std::future::poll_fn(move |cx| {
+        let mut waiting = false;
+        for reply in in_flight.iter_mut().chain(writing.iter_mut()) {
+            waiting |= reply.poll_closed(cx).is_pending();
+        }
+        if waiting {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+}
+
 /// Hands every whole frame in `received` to the oldest request waiting. A
 /// frame with no request waiting, or a frame the codec refuses, ends the
 /// connection.
 fn decode<C, Res>(
     codec: &mut C,
     received: &mut BytesMut,
-    in_flight: &mut VecDeque<oneshot::Sender<Result<Res, BoxError>>>,
+    in_flight: &mut VecDeque<Reply<Res>>,
 ) -> io::Result<()>
 where
     C: Decoder<Item = Res>,
@@ -380,31 +417,9 @@ where
     }
 }
 
-/// As [`decode`], at the end of the stream: what is left must decode whole.
-fn decode_eof<C, Res>(
-    codec: &mut C,
-    received: &mut BytesMut,
-    in_flight: &mut VecDeque<oneshot::Sender<Result<Res, BoxError>>>,
-) -> io::Result<()>
-where
-    C: Decoder<Item = Res>,
-    C::Error: Into<BoxError>,
-{
-    loop {
-        match codec.decode_eof(received) {
-            Ok(Some(frame)) => answer(frame, in_flight)?,
-            Ok(None) => return Ok(()),
-            Err(error) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, error.into())),
-        }
-    }
-}
-
 /// Gives `frame` to the oldest request waiting; its caller may have gone,
 /// and then the frame is dropped.
-fn answer<Res>(
-    frame: Res,
-    in_flight: &mut VecDeque<oneshot::Sender<Result<Res, BoxError>>>,
-) -> io::Result<()> {
+fn answer<Res>(frame: Res, in_flight: &mut VecDeque<Reply<Res>>) -> io::Result<()> {
     match in_flight.pop_front() {
         Some(waiter) => {
             let _ = waiter.send(Ok(frame));
