@@ -45,7 +45,7 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 
-use crate::error::{ConnectTimeout, ConnectionLost, NotSent};
+use crate::error::{chain, ConnectTimeout, ConnectionLost, NotSent};
 
 /// Decides whether a response error means the connection is dead.
 ///
@@ -154,13 +154,6 @@ fn is_transport_kind(kind: io::ErrorKind) -> bool {
             | HostUnreachable
             | NetworkUnreachable
     )
-}
-
-/// The error itself, then each `source()` in turn.
-pub(crate) fn chain<'a>(
-    error: &'a (dyn Error + 'static),
-) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
-    std::iter::successors(Some(error), |e: &&'a (dyn Error + 'static)| (*e).source())
 }
 
 #[cfg(test)]

@@ -31,6 +31,13 @@ use std::time::Duration;
 
 use crate::BoxError;
 
+/// The error itself, then each `source()` in turn.
+pub(crate) fn chain<'a>(
+    error: &'a (dyn Error + 'static),
+) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
+    std::iter::successors(Some(error), |e: &&'a (dyn Error + 'static)| (*e).source())
+}
+
 /// "1 dial attempt", "2 dial attempts": a count of dials, for messages.
 struct Dials(u32);
 
@@ -358,7 +365,7 @@ impl NotSent {
 
     /// Whether `error`, or any error in its `source()` chain, is a `NotSent`.
     pub fn is_in(error: &(dyn Error + 'static)) -> bool {
-        crate::classify::chain(error).any(|e| e.is::<NotSent>())
+        chain(error).any(|e| e.is::<NotSent>())
     }
 }
 
@@ -436,7 +443,7 @@ impl ConnectionLost {
     /// Whether `error`, or any error in its `source()` chain, is a
     /// `ConnectionLost`.
     pub fn is_in(error: &(dyn Error + 'static)) -> bool {
-        crate::classify::chain(error).any(|e| e.is::<ConnectionLost>())
+        chain(error).any(|e| e.is::<ConnectionLost>())
     }
 }
 
@@ -628,7 +635,7 @@ impl Panicked {
 
     /// Whether `error`, or any error in its `source()` chain, is a `Panicked`.
     pub fn is_in(error: &(dyn Error + 'static)) -> bool {
-        crate::classify::chain(error).any(|e| e.is::<Panicked>())
+        chain(error).any(|e| e.is::<Panicked>())
     }
 }
 

@@ -116,9 +116,10 @@
 //! [`Backoff`] and [`Jitter`], and [`BoxError`]. Everything else is reached
 //! through its module, by one path only: the errors in [`error`], what
 //! counts as a dead connection in [`classify`], connectors and connections
-//! in [`connect`], the client's state in [`state`], re-sends in [`retry`],
-//! binding to a target in [`bind`] and [`make`], the bare state machine in
-//! [`reconnect`].
+//! in [`connect`] (with their futures), the client's state in [`state`],
+//! re-sends in [`retry`], binding to a target in [`bind`] and [`make`], the
+//! client's response future in [`client`], the bare state machine in
+//! [`reconnect`] and its response future in [`future`].
 //!
 //! # Beyond one connection
 //!
@@ -173,7 +174,7 @@ pub mod balance;
 pub mod bind;
 mod budget;
 pub mod classify;
-mod client;
+pub mod client;
 mod close;
 pub mod connect;
 pub mod dial;

@@ -20,7 +20,8 @@
 //! by a retry storm.
 
 use std::fmt;
-use std::future::{ready, Ready};
+use std::future::{ready, Future, Ready};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -32,9 +33,11 @@ use crate::budget::RetryBudget;
 use crate::classify::Classifier;
 use crate::driver::{Drive, Drove};
 use crate::error::{Closed, NotSent, Unavailable};
-use crate::future::BoxResponse;
 use crate::state::{Counter, Observer};
 use crate::BoxError;
+
+/// The boxed future that crosses the queue to the worker.
+pub(crate) type BoxResponse<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 
 /// Decides which requests may be sent again after they may have reached the
 /// peer. Implemented by [`AtMostOnce`] (the default) and [`ResendIf`]
@@ -307,7 +310,7 @@ impl<Req, Res> Policy<Slot<Req>, Res, BoxError> for RetryPolicy<Req> {
 /// Whether `error` is the client's own answer, never worth a re-send: the
 /// connection has been down past the wait limit, or the client is closed.
 fn is_final(error: &(dyn std::error::Error + 'static)) -> bool {
-    crate::classify::chain(error).any(|e| e.is::<Unavailable>() || e.is::<Closed>())
+    crate::error::chain(error).any(|e| e.is::<Unavailable>() || e.is::<Closed>())
 }
 
 impl<S, Req> Drive<Slot<Req>> for Unslot<S>

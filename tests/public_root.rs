@@ -91,12 +91,17 @@ fn moved_items_are_reached_through_their_modules() {
     use tower_redial::{
         bind::{MultiplexedTargetLayer, TargetLayer},
         classify::Classifier,
-        connect::{CloseWatch, Framed, Handshake, TcpConnector},
+        client::ClientFuture,
+        connect::{
+            CloseWatch, Framed, FramedFuture, Handshake, HandshakeFuture, TcpConnecting,
+            TcpConnector,
+        },
         dial::{Dial, DialLayer},
         error::{
             Closed, ConnectTimeout, ConnectionLost, DialError, InvalidPolicy, NotSent, Overloaded,
             Panicked, ResponseTimeout, Unavailable,
         },
+        future::ResponseFuture,
         make::{MakeClient, Multiplexed, OneAtATime},
         probe::{IdleProbe, IdleProbeLayer},
         reconnect::Reconnect,

@@ -49,8 +49,10 @@
 //! ```
 
 mod framed;
+mod future;
 
 pub use framed::{Framed, FramedFuture};
+pub use future::{HandshakeFuture, TcpConnecting};
 
 use std::fmt;
 use std::future::Future;
@@ -63,7 +65,6 @@ use tower::make::MakeConnection;
 use tower::Service;
 
 pub use crate::close::CloseWatch;
-use crate::future::{HandshakeFuture, TcpConnecting};
 use crate::BoxError;
 
 /// A connection factory made of a raw connector and a handshake.

@@ -241,9 +241,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Service;
 
+use crate::classify::is_transport_error;
 use crate::classify::Classifier;
-use crate::classify::{chain, is_transport_error};
 use crate::connect::CloseWatch;
+use crate::error::chain;
 use crate::error::ConnectionLost;
 use crate::error::NotSent;
 use crate::BoxError;

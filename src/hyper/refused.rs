@@ -26,7 +26,7 @@ use http::request::Parts;
 use http::Request;
 use tokio::sync::oneshot;
 
-use crate::classify::chain;
+use crate::error::chain;
 
 /// Whether `error` says the server did not process the request: it reset
 /// the request's HTTP/2 stream with `REFUSED_STREAM`.

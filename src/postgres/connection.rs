@@ -16,8 +16,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 use tower::Service;
 
-use crate::classify::{self, chain};
+use crate::classify;
 use crate::connect::CloseWatch;
+use crate::error::chain;
 use crate::error::{ConnectionLost, NotSent};
 use crate::BoxError;
 

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use ::tokio_postgres::error::{Severity, SqlState};
 
-use crate::classify::{self, chain, Classifier};
+use crate::classify::{self, Classifier};
+use crate::error::chain;
 
 /// The PostgreSQL connection has closed.
 ///

@@ -23,7 +23,7 @@ fn transport_kind(error: &RedisError) -> Option<io::ErrorKind> {
         return None;
     }
     // redis-rs keeps the IO error behind an `Arc` in its `source()`.
-    let kind = crate::classify::chain(error).find_map(|e| {
+    let kind = crate::error::chain(error).find_map(|e| {
         e.downcast_ref::<io::Error>()
             .or_else(|| {
                 e.downcast_ref::<Arc<dyn Error + Send + Sync>>()
@@ -61,7 +61,7 @@ fn transport_kind(error: &RedisError) -> Option<io::ErrorKind> {
 /// assert!(redis_error(&*other).is_none());
 /// ```
 pub fn redis_error<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a RedisError> {
-    crate::classify::chain(error).find_map(|e| {
+    crate::error::chain(error).find_map(|e| {
         e.downcast_ref::<RedisError>().or_else(|| {
             e.downcast_ref::<io::Error>()
                 .and_then(io::Error::get_ref)

@@ -1,3 +1,6 @@
+//! The client: a cheap, `Clone`able handle to one reconnecting connection,
+//! and its response future. [`Client`] is also at the crate root.
+
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -10,12 +13,16 @@ use tower::Service;
 
 use crate::driver::{self, Drive, Kick, WakeOnDrop};
 use crate::error::{Closed, Overloaded, Unavailable};
-use crate::future::{from_buffer, BoxResponse, ClientFuture};
 use crate::lane::{LaneCache, LaneCell};
 use crate::reconnect::Reconnect;
-use crate::retry::{copier, Copier, ResendPolicy, RetryPolicy, Slot, Unslot};
+use crate::retry::{copier, BoxResponse, Copier, ResendPolicy, RetryPolicy, Slot, Unslot};
 use crate::state::{Observer, Phase, Snapshot, Stats};
 use crate::{BoxError, ReconnectPolicy};
+
+mod future;
+
+use future::from_buffer;
+pub use future::ClientFuture;
 
 /// A cheap, `Clone`able handle to one reconnecting connection.
 ///
@@ -40,7 +47,7 @@ use crate::{BoxError, ReconnectPolicy};
 ///
 /// With [`load_shed`](crate::ReconnectPolicyBuilder::load_shed), a full
 /// queue makes `poll_ready` return ready at once and the request fail with
-/// [`Overloaded`](crate::error::Overloaded) instead.
+/// [`Overloaded`] instead.
 ///
 /// As with tower's [`Buffer`], `poll_ready` takes the place in the queue,
 /// not `call`:
@@ -69,11 +76,11 @@ use crate::{BoxError, ReconnectPolicy};
 ///
 /// # Errors
 ///
-/// Responses fail with [`Unavailable`](crate::error::Unavailable) when the
+/// Responses fail with [`Unavailable`] when the
 /// connection has been down longer than the wait limit, with
-/// [`Closed`](crate::error::Closed) once the client gave up, or with the
+/// [`Closed`] once the client gave up, or with the
 /// connection's own error. `poll_ready` fails only with
-/// [`Closed`](crate::error::Closed). See [`error`](crate::error).
+/// [`Closed`]. See [`error`](crate::error).
 ///
 /// # Clone
 ///
