@@ -172,6 +172,7 @@ pub mod backoff;
 #[cfg_attr(docsrs, doc(cfg(feature = "balance")))]
 pub mod balance;
 pub mod bind;
+mod boxed;
 mod budget;
 pub mod classify;
 pub mod client;

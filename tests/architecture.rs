@@ -6,7 +6,7 @@ use std::path::Path;
 
 /// The layers of `ARCHITECTURE.md`, lowest first.
 const LAYERS: &[&[&str]] = &[
-    &["timer", "redact", "budget", "close", "driver"],
+    &["timer", "redact", "budget", "close", "driver", "boxed"],
     &["error"],
     &["backoff", "classify", "panic", "state"],
     &["health", "policy", "failfast"],

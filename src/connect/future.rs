@@ -7,6 +7,7 @@ use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
 
+use crate::boxed::boxed_future;
 use crate::BoxError;
 
 pin_project! {
@@ -68,29 +69,7 @@ impl<C, H, F> fmt::Debug for HandshakeFuture<C, H, F> {
     }
 }
 
-/// The future of [`TcpConnector`](super::TcpConnector).
-pub struct TcpConnecting {
-    inner: Pin<Box<dyn Future<Output = std::io::Result<tokio::net::TcpStream>> + Send>>,
-}
-
-impl TcpConnecting {
-    pub(crate) fn new(
-        inner: Pin<Box<dyn Future<Output = std::io::Result<tokio::net::TcpStream>> + Send>>,
-    ) -> Self {
-        Self { inner }
-    }
-}
-
-impl Future for TcpConnecting {
-    type Output = std::io::Result<tokio::net::TcpStream>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
-    }
-}
-
-impl fmt::Debug for TcpConnecting {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TcpConnecting").finish_non_exhaustive()
-    }
+boxed_future! {
+    /// The future of [`TcpConnector`](super::TcpConnector).
+    pub struct TcpConnecting => std::io::Result<tokio::net::TcpStream>;
 }

@@ -301,11 +301,11 @@ where
 
     fn call(&mut self, target: T) -> Self::Future {
         let options = *self;
-        TcpConnecting::new(Box::pin(async move {
+        TcpConnecting::new(async move {
             let stream = TcpStream::connect(target).await?;
             options.configure(&stream)?;
             Ok(stream)
-        }))
+        })
     }
 }
 

@@ -230,8 +230,6 @@ use std::error::Error;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::marker::PhantomData;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use ::hyper::body::{Body, Incoming};
@@ -241,6 +239,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Service;
 
+use crate::boxed::boxed_future;
 use crate::classify::is_transport_error;
 use crate::classify::Classifier;
 use crate::connect::CloseWatch;
@@ -499,44 +498,16 @@ where
     }
 }
 
-type Sending = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
-
-/// The response future of [`Http1Connection`] and [`Http2Connection`].
-///
-/// A request that hyper hands back unwritten, or whose HTTP/2 stream the
-/// server refused, comes out as a [`NotSent`] carrying it; a request whose
-/// connection broke under it as a [`ConnectionLost`]; any other failure as
-/// hyper's error.
-pub struct ResponseFuture<B> {
-    // hyper's sending future is an unnameable `impl Future`, so it is boxed.
-    inner: Sending,
-    _request: PhantomData<fn(B)>,
-}
-
-impl<B> ResponseFuture<B> {
-    fn new<F>(sending: F) -> Self
-    where
-        F: Future<Output = Result<Response<Incoming>, BoxError>> + Send + 'static,
-    {
-        Self {
-            inner: Box::pin(sending),
-            _request: PhantomData,
-        }
-    }
-}
-
-impl<B> Future for ResponseFuture<B> {
-    type Output = Result<Response<Incoming>, BoxError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
-    }
-}
-
-impl<B> fmt::Debug for ResponseFuture<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
+boxed_future! {
+    /// The response future of [`Http1Connection`] and [`Http2Connection`]
+    /// (hyper's sending future is an unnameable `impl Future`, so it is
+    /// boxed).
+    ///
+    /// A request that hyper hands back unwritten, or whose HTTP/2 stream the
+    /// server refused, comes out as a [`NotSent`] carrying it; a request whose
+    /// connection broke under it as a [`ConnectionLost`]; any other failure as
+    /// hyper's error.
+    pub struct ResponseFuture<B> => Result<Response<Incoming>, BoxError>;
 }
 
 /// A request hyper gave back unwritten becomes a [`NotSent`] that carries it.

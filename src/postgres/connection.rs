@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 use tower::Service;
 
+use crate::boxed::boxed_future;
 use crate::classify;
 use crate::connect::CloseWatch;
 use crate::error::chain;
@@ -258,9 +259,7 @@ impl Service<Query> for PgConnection {
     }
 
     fn call(&mut self, query: Query) -> QueryFuture {
-        QueryFuture {
-            inner: Box::pin(run(self.shared.clone(), query)),
-        }
+        QueryFuture::new(run(self.shared.clone(), query))
     }
 }
 
@@ -348,21 +347,7 @@ impl fmt::Debug for PgConnection {
     }
 }
 
-/// The response future of [`PgConnection`].
-pub struct QueryFuture {
-    inner: Pin<Box<dyn Future<Output = Result<Rows, BoxError>> + Send>>,
-}
-
-impl Future for QueryFuture {
-    type Output = Result<Rows, BoxError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
-    }
-}
-
-impl fmt::Debug for QueryFuture {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("QueryFuture").finish_non_exhaustive()
-    }
+boxed_future! {
+    /// The response future of [`PgConnection`].
+    pub struct QueryFuture => Result<Rows, BoxError>;
 }

@@ -178,14 +178,13 @@
 //! - the client's own errors: [`Unavailable`](crate::error::Unavailable) and
 //!   [`Closed`](crate::error::Closed); see [`error`](crate::error).
 
-use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use ::tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use ::tokio_postgres::{Config, NoTls, Socket};
 use tower::Service;
+
+use crate::boxed::boxed_future;
 
 /// A reconnecting PostgreSQL client: what
 /// `ServiceBuilder::new().layer(ReconnectLayer::new(policy)).service(MakePostgres::new()).client(config)`
@@ -259,30 +258,14 @@ where
 
     fn call(&mut self, config: Config) -> Connecting {
         let tls = self.tls.clone();
-        Connecting {
-            inner: Box::pin(async move {
-                let (client, connection) = config.connect(tls).await?;
-                Ok(PgConnection::new(client, connection))
-            }),
-        }
+        Connecting::new(async move {
+            let (client, connection) = config.connect(tls).await?;
+            Ok(PgConnection::new(client, connection))
+        })
     }
 }
 
-/// The future of [`MakePostgres`]: a connect in progress.
-pub struct Connecting {
-    inner: Pin<Box<dyn Future<Output = Result<PgConnection, ::tokio_postgres::Error>> + Send>>,
-}
-
-impl Future for Connecting {
-    type Output = Result<PgConnection, ::tokio_postgres::Error>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
-    }
-}
-
-impl fmt::Debug for Connecting {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Connecting").finish_non_exhaustive()
-    }
+boxed_future! {
+    /// The future of [`MakePostgres`]: a connect in progress.
+    pub struct Connecting => Result<PgConnection, ::tokio_postgres::Error>;
 }

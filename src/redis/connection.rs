@@ -16,6 +16,7 @@ use tower::Service;
 
 use super::errors::into_box;
 use super::refusal::{NotServing, Query};
+use crate::boxed::boxed_future;
 use crate::connect::CloseWatch;
 use crate::error::NotSent;
 use crate::BoxError;
@@ -244,7 +245,7 @@ impl RedisConnection {
     fn send<R: Query>(&mut self, request: R) -> ResponseFuture {
         let mut connection = self.connection.clone();
         let shared = self.shared.clone();
-        ResponseFuture(Box::pin(async move {
+        ResponseFuture::new(async move {
             let closer = &shared.closer;
             let mut ended = closer.subscribe();
             // Looked at just before the command goes to redis-rs: a command
@@ -262,7 +263,7 @@ impl RedisConnection {
                 }
             }
             reply.map_err(into_box)
-        }))
+        })
     }
 }
 
@@ -366,21 +367,9 @@ impl fmt::Debug for RedisConnection {
     }
 }
 
-/// The response future of a [`RedisConnection`].
-pub struct ResponseFuture(Pin<Box<dyn Future<Output = Result<Value, BoxError>> + Send>>);
-
-impl Future for ResponseFuture {
-    type Output = Result<Value, BoxError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.0.as_mut().poll(cx)
-    }
-}
-
-impl fmt::Debug for ResponseFuture {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
+boxed_future! {
+    /// The response future of a [`RedisConnection`].
+    pub struct ResponseFuture => Result<Value, BoxError>;
 }
 
 /// A socket that records the first end-of-file or error it reports.

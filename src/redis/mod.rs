@@ -217,9 +217,7 @@
 //! [`NotSent`]: crate::error::NotSent
 
 use std::fmt;
-use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use ::redis::{
@@ -228,6 +226,7 @@ use ::redis::{
 use tokio::net::TcpStream;
 use tower::Service;
 
+use crate::boxed::boxed_future;
 use crate::{BoxError, Client};
 
 mod connection;
@@ -304,28 +303,16 @@ where
     fn call(&mut self, target: T) -> Self::Future {
         let info = target.into_connection_info();
         let config = self.config.clone();
-        ConnectFuture(Box::pin(async move {
+        ConnectFuture::new(async move {
             let info = info.map_err(into_box)?;
             connect(info, config).await
-        }))
+        })
     }
 }
 
-/// The future of a [`MakeRedis`] dial.
-pub struct ConnectFuture(Pin<Box<dyn Future<Output = Result<RedisConnection, BoxError>> + Send>>);
-
-impl Future for ConnectFuture {
-    type Output = Result<RedisConnection, BoxError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.0.as_mut().poll(cx)
-    }
-}
-
-impl fmt::Debug for ConnectFuture {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConnectFuture").finish_non_exhaustive()
-    }
+boxed_future! {
+    /// The future of a [`MakeRedis`] dial.
+    pub struct ConnectFuture => Result<RedisConnection, BoxError>;
 }
 
 /// Dials `info`, and checks that the server serves commands.
