@@ -8,9 +8,9 @@ use std::marker::PhantomData;
 use tower::{Layer, Service};
 
 use crate::client::Client;
+use crate::connect::Factory;
 use crate::layer::ReconnectLayer;
 use crate::retry::ResendPolicy;
-use crate::BoxError;
 
 /// A [`ReconnectLayer`] bound to one target: its `Layer::Service` is a
 /// [`Client`]. Made by [`ReconnectLayer::target`].
@@ -80,13 +80,7 @@ pub struct MultiplexedTargetLayer<T, R, Req>(TargetLayer<T, R, Req>);
 
 impl<M, T, R, Req> Layer<M> for TargetLayer<T, R, Req>
 where
-    M: Service<T> + Clone + Send + 'static,
-    M::Future: Send + 'static,
-    M::Error: Into<BoxError>,
-    M::Response: Service<Req> + Send + 'static,
-    <M::Response as Service<Req>>::Future: Send + 'static,
-    <M::Response as Service<Req>>::Error: Into<BoxError>,
-    <M::Response as Service<Req>>::Response: Send + 'static,
+    M: Factory<T, Req>,
     T: Clone + fmt::Debug + Send + 'static,
     Req: Send + 'static,
     R: ResendPolicy<Req>,
@@ -100,13 +94,8 @@ where
 
 impl<M, T, R, Req> Layer<M> for MultiplexedTargetLayer<T, R, Req>
 where
-    M: Service<T> + Clone + Send + 'static,
-    M::Future: Send + 'static,
-    M::Error: Into<BoxError>,
-    M::Response: Service<Req> + Clone + Send + Sync + 'static,
-    <M::Response as Service<Req>>::Future: Send + 'static,
-    <M::Response as Service<Req>>::Error: Into<BoxError>,
-    <M::Response as Service<Req>>::Response: Send + 'static,
+    M: Factory<T, Req>,
+    M::Response: Clone + Sync,
     T: Clone + fmt::Debug + Send + 'static,
     Req: Send + 'static,
     R: ResendPolicy<Req>,

@@ -4,10 +4,11 @@ use std::sync::Arc;
 use tower::{Layer, Service};
 
 use crate::client::Client;
+use crate::connect::Factory;
 use crate::lane::LaneCell;
 use crate::reconnect::Reconnect;
 use crate::retry::{AtMostOnce, ResendIf, ResendPolicy};
-use crate::{BoxError, ReconnectPolicy};
+use crate::ReconnectPolicy;
 
 /// Wraps a connection factory so that it makes reconnecting [`Client`]s.
 ///
@@ -141,13 +142,7 @@ impl<M, R> MakeReconnect<M, R> {
     /// If called outside a tokio runtime, as the worker task is spawned here.
     pub fn client<T, Req>(&self, target: T) -> Client<Req, <M::Response as Service<Req>>::Response>
     where
-        M: Service<T> + Clone + Send + 'static,
-        M::Future: Send + 'static,
-        M::Error: Into<BoxError>,
-        M::Response: Service<Req> + Send + 'static,
-        <M::Response as Service<Req>>::Future: Send + 'static,
-        <M::Response as Service<Req>>::Error: Into<BoxError>,
-        <M::Response as Service<Req>>::Response: Send + 'static,
+        M: Factory<T, Req>,
         T: Clone + fmt::Debug + Send + 'static,
         Req: Send + 'static,
         R: ResendPolicy<Req>,
@@ -224,13 +219,8 @@ impl<M, R> MakeReconnect<M, R> {
         target: T,
     ) -> Client<Req, <M::Response as Service<Req>>::Response>
     where
-        M: Service<T> + Clone + Send + 'static,
-        M::Future: Send + 'static,
-        M::Error: Into<BoxError>,
-        M::Response: Service<Req> + Clone + Send + Sync + 'static,
-        <M::Response as Service<Req>>::Future: Send + 'static,
-        <M::Response as Service<Req>>::Error: Into<BoxError>,
-        <M::Response as Service<Req>>::Response: Send + 'static,
+        M: Factory<T, Req>,
+        M::Response: Clone + Sync,
         T: Clone + fmt::Debug + Send + 'static,
         Req: Send + 'static,
         R: ResendPolicy<Req>,

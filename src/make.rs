@@ -42,9 +42,9 @@ use std::task::{Context, Poll};
 use tower::Service;
 
 use crate::client::Client;
+use crate::connect::Factory;
 use crate::layer::MakeReconnect;
 use crate::retry::ResendPolicy;
-use crate::BoxError;
 
 /// [`MakeReconnect`] as a `Service<T>`: each call makes a [`Client`] bound
 /// to its target, with [`MakeReconnect::client`] (`K` =
@@ -108,13 +108,7 @@ impl<M, R, Req, K> MakeClient<M, R, Req, K> {
 
 impl<M, R, T, Req> Service<T> for MakeClient<M, R, Req, OneAtATime>
 where
-    M: Service<T> + Clone + Send + 'static,
-    M::Future: Send + 'static,
-    M::Error: Into<BoxError>,
-    M::Response: Service<Req> + Send + 'static,
-    <M::Response as Service<Req>>::Future: Send + 'static,
-    <M::Response as Service<Req>>::Error: Into<BoxError>,
-    <M::Response as Service<Req>>::Response: Send + 'static,
+    M: Factory<T, Req>,
     T: Clone + fmt::Debug + Send + 'static,
     Req: Send + 'static,
     R: ResendPolicy<Req>,
@@ -134,13 +128,8 @@ where
 
 impl<M, R, T, Req> Service<T> for MakeClient<M, R, Req, Multiplexed>
 where
-    M: Service<T> + Clone + Send + 'static,
-    M::Future: Send + 'static,
-    M::Error: Into<BoxError>,
-    M::Response: Service<Req> + Clone + Send + Sync + 'static,
-    <M::Response as Service<Req>>::Future: Send + 'static,
-    <M::Response as Service<Req>>::Error: Into<BoxError>,
-    <M::Response as Service<Req>>::Response: Send + 'static,
+    M: Factory<T, Req>,
+    M::Response: Clone + Sync,
     T: Clone + fmt::Debug + Send + 'static,
     Req: Send + 'static,
     R: ResendPolicy<Req>,

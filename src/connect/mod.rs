@@ -48,9 +48,11 @@
 //! # }
 //! ```
 
+mod factory;
 mod framed;
 mod future;
 
+pub use factory::Factory;
 pub use framed::{Framed, FramedFuture};
 pub use future::{HandshakeFuture, TcpConnecting};
 
