@@ -100,7 +100,9 @@ impl Unavailable {
         self.down_for
     }
 
-    /// How many dials had failed in this outage when the request failed.
+    /// How many dials this outage had made when the request failed: those
+    /// that failed, and those whose connection was lost before it proved
+    /// healthy (a server that accepts and at once closes).
     pub fn attempts(&self) -> u32 {
         self.attempts
     }

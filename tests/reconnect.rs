@@ -169,6 +169,10 @@ async fn accept_then_close_still_fails_fast_at_the_wait_limit() {
         .downcast_ref::<tower_redial::error::Unavailable>()
         .unwrap();
     assert_eq!(unavailable.down_for(), ms(1000));
+    // Every dial of the outage counts, the accepted ones included: the
+    // server took each connection, and closed it before it proved healthy.
+    assert_eq!(unavailable.attempts(), dialer.dials() as u32);
+    assert!(unavailable.attempts() >= 10, "{unavailable}");
 }
 
 /// A connection that stays up for `healthy_after` counts as healthy even
