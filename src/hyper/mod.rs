@@ -328,32 +328,91 @@ where
     closed.close(kind);
 }
 
-/// An HTTP/1 connection as a service, made by [`http1`].
+/// An HTTP connection as a service: [`Http1Connection`], made by [`http1`],
+/// or [`Http2Connection`], made by [`http2`]. `S` is hyper's sender for the
+/// protocol.
 ///
 /// # Errors
 ///
 /// `poll_ready` fails once the connection has closed: the connection is
-/// dead, and the [`Reconnect`](crate::reconnect::Reconnect) around it redials. A
-/// response fails with a [`NotSent`] carrying the request when hyper hands
-/// the request back unwritten, with a [`ConnectionLost`] when the
-/// connection broke under it, or else with hyper's own error; see the
-/// [module docs](self#what-is-sent-again).
+/// dead, and the [`Reconnect`](crate::reconnect::Reconnect) around it
+/// redials. A response fails with a [`NotSent`] carrying the request when
+/// hyper hands the request back unwritten (and, over HTTP/2, when the server
+/// refused its stream before hyper read its body; see [`Resendable`]), with
+/// a [`ConnectionLost`] when the connection broke under it, or else with
+/// hyper's own error; see the [module docs](self#what-is-sent-again).
 ///
 /// # Backpressure
 ///
-/// `poll_ready` is `Pending` while a request is in flight: HTTP/1 carries
-/// one at a time.
-pub struct Http1Connection<B> {
-    sender: h1::SendRequest<B>,
+/// Over HTTP/1, `poll_ready` is `Pending` while a request is in flight:
+/// HTTP/1 carries one at a time. Over HTTP/2 it is ready as long as the
+/// connection is open.
+///
+/// # Clone
+///
+/// [`Http2Connection`] is `Clone`: clones share the connection, as HTTP/2
+/// multiplexes requests over it.
+pub struct HttpConnection<S> {
+    sender: S,
     closed: CloseWatch,
 }
 
-impl<B> Http1Connection<B> {
+/// An HTTP/1 connection as a service, made by [`http1`]; see
+/// [`HttpConnection`].
+pub type Http1Connection<B> = HttpConnection<h1::SendRequest<B>>;
+
+/// An HTTP/2 connection as a service, made by [`http2`]; see
+/// [`HttpConnection`]. Its body type is [`Resendable<B>`], so that a
+/// refused stream can be sent again.
+pub type Http2Connection<B> = HttpConnection<h2::SendRequest<Resendable<B>>>;
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// hyper's HTTP/1 or HTTP/2 sender, which an [`HttpConnection`] wraps.
+/// Sealed: implemented for `http1::SendRequest` and `http2::SendRequest`.
+pub trait Sender: sealed::Sealed {
+    /// hyper's `poll_ready`.
+    #[doc(hidden)]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ::hyper::Error>>;
+
+    /// hyper's `is_closed`.
+    #[doc(hidden)]
+    fn is_closed(&self) -> bool;
+}
+
+impl<B> sealed::Sealed for h1::SendRequest<B> {}
+
+impl<B> Sender for h1::SendRequest<B> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ::hyper::Error>> {
+        h1::SendRequest::poll_ready(self, cx)
+    }
+
+    fn is_closed(&self) -> bool {
+        h1::SendRequest::is_closed(self)
+    }
+}
+
+impl<B> sealed::Sealed for h2::SendRequest<B> {}
+
+impl<B> Sender for h2::SendRequest<B> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ::hyper::Error>> {
+        h2::SendRequest::poll_ready(self, cx)
+    }
+
+    fn is_closed(&self) -> bool {
+        h2::SendRequest::is_closed(self)
+    }
+}
+
+impl<S: Sender> HttpConnection<S> {
     /// Wraps the sender of a connection made with hyper's own
-    /// [`http1::Builder`](::hyper::client::conn::http1::Builder). Spawn
-    /// the connection's driver yourself, and see
-    /// [`with_close_watch`](Self::with_close_watch).
-    pub fn new(sender: h1::SendRequest<B>) -> Self {
+    /// [`http1::Builder`](::hyper::client::conn::http1::Builder) or
+    /// [`http2::Builder`](::hyper::client::conn::http2::Builder) (with
+    /// [`Resendable<B>`] as the HTTP/2 body type). Spawn the connection's
+    /// driver yourself, and see [`with_close_watch`](Self::with_close_watch).
+    pub fn new(sender: S) -> Self {
         Self {
             sender,
             closed: CloseWatch::new(),
@@ -362,7 +421,7 @@ impl<B> Http1Connection<B> {
 
     /// Watches `closed`, which the code driving the connection closes when
     /// the connection ends, so that an idle connection's end is noticed at
-    /// once; see [`CloseWatch`]. [`http1`] does this for you.
+    /// once; see [`CloseWatch`]. [`http1`] and [`http2`] do this for you.
     pub fn with_close_watch(mut self, closed: CloseWatch) -> Self {
         self.closed = closed;
         self
@@ -372,12 +431,29 @@ impl<B> Http1Connection<B> {
     pub fn is_closed(&self) -> bool {
         self.sender.is_closed()
     }
+
+    /// Ready while the connection is open and hyper can take a request.
+    fn poll_open(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if let Poll::Ready(error) = self.closed.poll_closed(cx) {
+            return Poll::Ready(Err(error.into()));
+        }
+        self.sender.poll_ready(cx).map_err(Into::into)
+    }
 }
 
-impl<B> fmt::Debug for Http1Connection<B> {
+impl<B> Clone for HttpConnection<h2::SendRequest<B>> {
+    fn clone(&self) -> Self {
+        Self {
+            sender: self.sender.clone(),
+            closed: self.closed.for_clone(),
+        }
+    }
+}
+
+impl<S: Sender> fmt::Debug for HttpConnection<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Http1Connection")
-            .field("closed", &self.sender.is_closed())
+        f.debug_struct("HttpConnection")
+            .field("closed", &self.is_closed())
             .finish()
     }
 }
@@ -391,76 +467,12 @@ where
     type Future = ResponseFuture<B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if let Poll::Ready(error) = self.closed.poll_closed(cx) {
-            return Poll::Ready(Err(error.into()));
-        }
-        self.sender.poll_ready(cx).map_err(Into::into)
+        self.poll_open(cx)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let sending = self.sender.try_send_request(request);
         ResponseFuture::new(async move { sending.await.map_err(hand_back) })
-    }
-}
-
-/// An HTTP/2 connection as a service, made by [`http2`].
-///
-/// # Errors
-///
-/// As for [`Http1Connection`]: `poll_ready` fails once the connection has
-/// closed, and a request hyper hands back unwritten fails with a
-/// [`NotSent`] carrying it. So does a request whose stream the server
-/// reset with `REFUSED_STREAM`, if hyper had not read its body yet (see
-/// [`Resendable`]); if it had, the [`NotSent`] carries no request.
-///
-/// # Clone
-///
-/// Clones share the connection: HTTP/2 multiplexes requests over it.
-pub struct Http2Connection<B> {
-    sender: h2::SendRequest<Resendable<B>>,
-    closed: CloseWatch,
-}
-
-impl<B> Http2Connection<B> {
-    /// Wraps the sender of a connection made with hyper's own
-    /// [`http2::Builder`](::hyper::client::conn::http2::Builder), with
-    /// [`Resendable<B>`] as its body type. Spawn the connection's driver
-    /// yourself, and see [`with_close_watch`](Self::with_close_watch).
-    pub fn new(sender: h2::SendRequest<Resendable<B>>) -> Self {
-        Self {
-            sender,
-            closed: CloseWatch::new(),
-        }
-    }
-
-    /// Watches `closed`, which the code driving the connection closes when
-    /// the connection ends, so that an idle connection's end is noticed at
-    /// once; see [`CloseWatch`]. [`http2`] does this for you.
-    pub fn with_close_watch(mut self, closed: CloseWatch) -> Self {
-        self.closed = closed;
-        self
-    }
-
-    /// Whether the connection has closed.
-    pub fn is_closed(&self) -> bool {
-        self.sender.is_closed()
-    }
-}
-
-impl<B> Clone for Http2Connection<B> {
-    fn clone(&self) -> Self {
-        Self {
-            sender: self.sender.clone(),
-            closed: self.closed.for_clone(),
-        }
-    }
-}
-
-impl<B> fmt::Debug for Http2Connection<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Http2Connection")
-            .field("closed", &self.sender.is_closed())
-            .finish()
     }
 }
 
@@ -473,10 +485,7 @@ where
     type Future = ResponseFuture<B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if let Poll::Ready(error) = self.closed.poll_closed(cx) {
-            return Poll::Ready(Err(error.into()));
-        }
-        self.sender.poll_ready(cx).map_err(Into::into)
+        self.poll_open(cx)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
