@@ -8,7 +8,7 @@
 //! until `t1 = t0 + 10 s`, when dials connect again. Every dial's virtual
 //! timestamp is logged and bucketed into 100 ms buckets.
 //!
-//! Run with `cargo bench --bench herd`; it prints a markdown section and
+//! Run with `cargo bench -p tower-redial-interop --bench herd`; it prints a markdown section and
 //! writes `docs/herd.svg`. With `-- --write PATH` it also puts the section
 //! between `<!-- herd:start -->` and `<!-- herd:end -->` in `PATH`.
 //!
@@ -20,7 +20,6 @@ mod common;
 use std::fmt::Write as _;
 use std::future::{ready, Ready};
 use std::io;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -327,7 +326,7 @@ fn markdown(runs: &[Run]) -> String {
         "![Dial attempts per 100 ms bucket](herd.svg)\n\n\
          The simulation runs in virtual time (tokio's paused clock) with seeded jitter, so \
          these numbers are deterministic and machine-independent; generated on {} with \
-         `cargo bench --bench herd -- --write docs/BENCHMARKS.md`.",
+         `cargo bench -p tower-redial-interop --bench herd -- --write docs/BENCHMARKS.md`.",
         common::machine()
     );
     md
@@ -490,7 +489,7 @@ fn main() -> io::Result<()> {
 
     let section = markdown(&runs);
     println!("{section}");
-    let svg_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/herd.svg");
+    let svg_path = common::repo_root().join("docs/herd.svg");
     std::fs::create_dir_all(svg_path.parent().expect("docs dir"))?;
     std::fs::write(&svg_path, svg(&runs))?;
     eprintln!("wrote {}", svg_path.display());

@@ -6,7 +6,7 @@
 //! (live heap bytes = allocated − freed), so they are exact and repeatable;
 //! RSS is read from `/proc/self/status` (Linux only; "n/a" elsewhere).
 //!
-//! Run with `cargo bench --bench memory`; it prints a markdown section. With
+//! Run with `cargo bench -p tower-redial-interop --bench memory`; it prints a markdown section. With
 //! `-- --write PATH` it also puts the section between `<!-- memory:start -->`
 //! and `<!-- memory:end -->` in `PATH`.
 
@@ -381,7 +381,7 @@ fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(
         w,
-        "Generated on {} with `cargo bench --bench memory -- --write docs/BENCHMARKS.md`.",
+        "Generated on {} with `cargo bench -p tower-redial-interop --bench memory -- --write docs/BENCHMARKS.md`.",
         common::machine()
     );
     md

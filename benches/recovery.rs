@@ -7,13 +7,12 @@
 //! goes through a logging wrapper around the factory). Also an RST on a
 //! healthy connection while the server stays up.
 //!
-//! `cargo bench --bench recovery --all-features -- --write docs/BENCHMARKS.md`
+//! `cargo bench -p tower-redial-interop --bench recovery -- --write docs/BENCHMARKS.md`
 //! writes its section between `<!-- recovery:start -->` and
 //! `<!-- recovery:end -->`. `RECOVERY_TRIALS=n` changes the trial count.
 
 #[path = "../tests/support/line.rs"]
 mod line;
-#[cfg(feature = "redis")]
 #[path = "../tests/support/redis_server.rs"]
 mod redis_server;
 
@@ -400,7 +399,6 @@ async fn line_rows(trials: usize, rst: bool) -> Vec<Row> {
 // Redis
 // ---------------------------------------------------------------------------
 
-#[cfg(feature = "redis")]
 async fn redis_rows(trials: usize) -> io::Result<Vec<Row>> {
     use redis::{Cmd, Value};
     use redis_server::RedisServer;
@@ -564,7 +562,6 @@ async fn main() -> io::Result<()> {
 
     let outage = line_rows(trials, false).await;
     let rst = line_rows(trials, true).await;
-    #[cfg(feature = "redis")]
     let redis = match redis_rows(trials).await {
         Ok(rows) => Some(rows),
         Err(e) => {
@@ -615,7 +612,6 @@ async fn main() -> io::Result<()> {
          the reset",
         &rst,
     );
-    #[cfg(feature = "redis")]
     if let Some(rows) = &redis {
         table(
             w,
@@ -627,13 +623,10 @@ async fn main() -> io::Result<()> {
             rows,
         );
     }
-    #[cfg(not(feature = "redis"))]
-    let _ = writeln!(w, "(Redis part not run: build with `--features redis`.)\n");
 
     let _ = writeln!(w, "![Recovery time per trial](recovery.svg)\n");
     let _ = writeln!(w, "### Goals\n");
     goal_lateness(w, "line protocol", &outage[0]);
-    #[cfg(feature = "redis")]
     if let Some(rows) = &redis {
         goal_lateness(w, "redis", &rows[0]);
     }
@@ -652,7 +645,6 @@ async fn main() -> io::Result<()> {
         &outage[1],
         "",
     );
-    #[cfg(feature = "redis")]
     if let Some(rows) = &redis {
         goal_zero(
             w,
@@ -690,8 +682,8 @@ async fn main() -> io::Result<()> {
     );
     let _ = writeln!(
         w,
-        "Wall-clock numbers on a shared machine: {}. Regenerate with `cargo bench --bench \
-         recovery --all-features -- --write docs/BENCHMARKS.md`.",
+        "Wall-clock numbers on a shared machine: {}. Regenerate with `cargo bench -p \
+         tower-redial-interop --bench recovery -- --write docs/BENCHMARKS.md`.",
         common::machine()
     );
 
@@ -709,12 +701,9 @@ async fn main() -> io::Result<()> {
                 })
                 .collect(),
         };
-        #[cfg(feature = "redis")]
         let redis_group = redis
             .as_ref()
             .map(|rows| group("Redis: kill -9, restart after 300 ms", rows));
-        #[cfg(not(feature = "redis"))]
-        let redis_group = None;
         let groups: Vec<plot::Group> = [
             Some(group("Line protocol: listener down for 300 ms", &outage)),
             Some(group("Line protocol: RST, server stays up", &rst)),

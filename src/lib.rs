@@ -213,15 +213,3 @@ pub use crate::policy::{ReconnectPolicy, ReconnectPolicyBuilder};
 
 /// The boxed error type used at the crate's boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The README's code blocks, compiled and run as doc tests (with every
-/// feature on, as `scripts/test` runs them).
-#[doc = include_str!("../README.md")]
-#[cfg(all(
-    doctest,
-    feature = "balance",
-    feature = "hyper",
-    feature = "redis",
-    feature = "postgres"
-))]
-pub struct ReadmeDoctests;

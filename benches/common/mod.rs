@@ -29,12 +29,19 @@ pub fn machine() -> String {
     format!("{cpus} CPUs ({model}), {rustc}")
 }
 
-/// The path after `--write`, if given (`cargo bench` adds its own `--bench`).
+/// The repository's root: `cargo bench` runs the benches from this crate's
+/// own directory, two levels below it.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The path after `--write`, if given (`cargo bench` adds its own
+/// `--bench`), relative to the repository's root.
 pub fn write_arg() -> Option<PathBuf> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     args.iter().position(|a| a == "--write").map(|i| {
         args.get(i + 1)
-            .map(PathBuf::from)
+            .map(|path| repo_root().join(path))
             .expect("--write needs a path")
     })
 }

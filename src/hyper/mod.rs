@@ -175,30 +175,12 @@
 //! A generated tonic client takes any service from `http::Request` to
 //! `http::Response` as its transport. An HTTP/2 client from this module is
 //! one, so tonic gets this crate's reconnect, queue and fail-fast in place
-//! of its own `Channel`, and no codegen or extra feature is needed:
-//!
-//! ```
-//! use tonic_health::pb::health_client::HealthClient;
-//! use tower::ServiceBuilder;
-//! use tower_redial::connect::{Handshake, TcpConnector};
-//! use tower_redial::{ReconnectLayer, ReconnectPolicy};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), tower_redial::BoxError> {
-//! let addr = "127.0.0.1:50051";
-//! let client = ServiceBuilder::new()
-//!     .layer(ReconnectLayer::new(ReconnectPolicy::grpc()))
-//!     .service(Handshake::new(
-//!         TcpConnector::new(),
-//!         tower_redial::hyper::http2::<tonic::body::Body>,
-//!     ))
-//!     .multiplexed(addr);
-//! // HTTP/2 requests carry the scheme and authority: give tonic the origin.
-//! let health = HealthClient::with_origin(client, format!("http://{addr}").parse()?);
-//! # drop(health);
-//! # Ok(())
-//! # }
-//! ```
+//! of its own `Channel`, and no codegen or extra feature is needed: bind
+//! `Handshake::new(TcpConnector::new(), http2::<tonic::body::Body>)` with
+//! `multiplexed(addr)`, and give the generated client the origin
+//! (`HealthClient::with_origin(client, "http://127.0.0.1:50051".parse()?)`),
+//! as HTTP/2 requests carry the scheme and authority. The README's "With
+//! tonic" section is the whole program, run as a doc test.
 //!
 //! Why not tonic's `Channel`, or `Endpoint::connect_with_connector`? Both
 //! leave the reconnect to the `Channel`, which, when connected lazily,

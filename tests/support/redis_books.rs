@@ -213,7 +213,7 @@ async fn caller(
     let mut seen = 0i64;
     let mut i = 0u64;
     while !stop.load(Ordering::SeqCst) {
-        let is_incr = commands == Commands::Incr || i % 2 == 0;
+        let is_incr = commands == Commands::Incr || i.is_multiple_of(2);
         i += 1;
         let command = if is_incr { incr() } else { Cmd::get("counter") };
         let sent = Instant::now();

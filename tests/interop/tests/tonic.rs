@@ -1,8 +1,7 @@
 //! A tonic gRPC client over the layer (`tower_redial::hyper::http2`), against
 //! a real tonic server that crashes and restarts on the same port mid-run.
-#![cfg(feature = "hyper")]
 
-#[path = "support/listen.rs"]
+#[path = "../../support/listen.rs"]
 mod listen;
 
 use std::error::Error as _;

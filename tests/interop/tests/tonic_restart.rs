@@ -16,9 +16,8 @@
 //! Last, a stream the server refuses: hyper reads a gRPC body as it opens
 //! the stream, so a refused call cannot come back whole and is not sent
 //! again; its caller gets `Unavailable`.
-#![cfg(feature = "hyper")]
 
-#[path = "support/listen.rs"]
+#[path = "../../support/listen.rs"]
 mod listen;
 
 use std::collections::{BTreeMap, HashMap};

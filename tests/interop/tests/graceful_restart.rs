@@ -9,9 +9,8 @@
 //! error the protocol cannot tell from a request that ran. Also: a GOAWAY
 //! drains the old connection while a new one takes the requests, and a
 //! stream the server refuses is sent again.
-#![cfg(feature = "hyper")]
 
-#[path = "support/listen.rs"]
+#[path = "../../support/listen.rs"]
 mod listen;
 
 use std::collections::HashMap;

@@ -10,15 +10,14 @@
 //! The one bound on how long a request took is derived from the outages
 //! the test measured. A fake server that hangs up mid-traffic checks that
 //! no command waits out its reply timeout on a dead connection.
-#![cfg(feature = "redis")]
 
-#[path = "support/redis_server.rs"]
+#[path = "../../support/redis_server.rs"]
 mod redis_server;
 
-#[path = "support/redial_watch.rs"]
+#[path = "../../support/redial_watch.rs"]
 mod redial_watch;
 
-#[path = "support/redis_books.rs"]
+#[path = "../../support/redis_books.rs"]
 mod redis_books;
 
 use redial_watch::{assert_one_drop_and_one_redial, ready_after_a_drop, record_phases};

@@ -10,12 +10,11 @@
 //! how long the server loads. Real time throughout. Waits are events (a
 //! count of answered requests, the client's state, a server's `INFO`) with
 //! hang guards; no assertion depends on how fast anything ran.
-#![cfg(feature = "redis")]
 
-#[path = "support/redis_server.rs"]
+#[path = "../../support/redis_server.rs"]
 mod redis_server;
 
-#[path = "support/redis_books.rs"]
+#[path = "../../support/redis_books.rs"]
 mod redis_books;
 
 use std::time::Duration;
