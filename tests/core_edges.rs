@@ -354,6 +354,16 @@ fn a_policy_reports_its_settings() {
     assert_eq!(ReconnectPolicy::default().response_timeout(), None);
 }
 
+/// The queue capacity may be as large as tokio's `Semaphore` can count
+/// (`Semaphore::MAX_PERMITS`, as the builder documents), and no larger.
+#[test]
+fn the_queue_capacity_may_reach_the_semaphore_limit() {
+    let with = |capacity| ReconnectPolicy::builder().queue_capacity(capacity).build();
+    let max = tokio::sync::Semaphore::MAX_PERMITS;
+    assert_eq!(with(max).unwrap().queue_capacity(), max);
+    assert!(with(max + 1).is_err());
+}
+
 /// Runs `test` on a multi-thread runtime of its own, shut down without
 /// waiting: a client task stuck in a loop inside one poll then fails the
 /// test (by `test`'s real-time deadline) instead of hanging it.
