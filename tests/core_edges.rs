@@ -1,8 +1,9 @@
 //! Edges of the core that the other suites leave open, found by mutation
 //! testing (`scripts/mutants`): what the state watch says a connection died
-//! of, and how soon a multiplexed connection found dead leaves the direct
-//! lane. Scripted factory and paused time; every await on the client has a
-//! deadline.
+//! of, how soon a multiplexed connection found dead leaves the direct lane,
+//! when a redial may start past the wait limit, and what a connection lost
+//! before it proved healthy counts as. Scripted factory and paused time;
+//! every await on the client has a deadline.
 
 mod scripted;
 
@@ -16,8 +17,9 @@ use futures::FutureExt;
 use scripted::{within, ConnHandle, Dialer, Outcome};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_redial::error::{ConnectTimeout, Unavailable};
+use tower_redial::reconnect::Reconnect;
 use tower_redial::state::Phase;
-use tower_redial::{Backoff, BoxError, Client, ReconnectLayer, ReconnectPolicy};
+use tower_redial::{Backoff, BoxError, Client, Jitter, ReconnectLayer, ReconnectPolicy};
 
 /// How long a test waits on the client or a connection before it fails.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -316,7 +318,9 @@ async fn a_handle_lets_go_of_a_connection_that_failed_readiness() {
 
 /// A published connection that closes while the client is idle is let go
 /// of entirely once the client notices: when the client has redialed,
-/// nothing holds the closed connection, with no request made meanwhile.
+/// nothing holds the closed connection, with no request made meanwhile. The
+/// client withdraws it from the direct lane itself, at once: not only when
+/// the new connection proves healthy (after 2 s) and replaces it there.
 #[tokio::test(start_paused = true)]
 async fn an_idle_published_connection_that_closes_is_let_go_of() {
     let dialer = Dialer::new([Outcome::Connect, Outcome::Connect]);
@@ -324,7 +328,8 @@ async fn an_idle_published_connection_that_closes_is_let_go_of() {
 
     dialer.hang_up(0);
     let _conn1 = dialer.conn_within(1, DEADLINE).await;
-    let released = within(DEADLINE, "connection 0 released", conn.next_request()).await;
+    let before_proven = Duration::from_secs(1);
+    let released = within(before_proven, "connection 0 released", conn.next_request()).await;
     assert!(released.is_none(), "connection 0 still takes requests");
 }
 
@@ -350,6 +355,16 @@ fn a_policy_reports_its_settings() {
     assert_eq!(policy.response_timeout(), Some(Duration::from_secs(13)));
     assert_eq!(policy.retry_attempts(), 5);
     assert_eq!(ReconnectPolicy::default().response_timeout(), None);
+}
+
+/// The queue capacity may be as large as tokio's `Semaphore` can count
+/// (`Semaphore::MAX_PERMITS`, as the builder documents), and no larger.
+#[test]
+fn the_queue_capacity_may_reach_the_semaphore_limit() {
+    let with = |capacity| ReconnectPolicy::builder().queue_capacity(capacity).build();
+    let max = tokio::sync::Semaphore::MAX_PERMITS;
+    assert_eq!(with(max).unwrap().queue_capacity(), max);
+    assert!(with(max + 1).is_err());
 }
 
 /// Runs `test` on a multi-thread runtime of its own, shut down without
@@ -533,4 +548,156 @@ async fn published(dialer: &Dialer) -> (Client<String, String>, scripted::ConnHa
         tokio::task::yield_now().await;
     }
     (client, conn)
+}
+
+/// Polls `reconnect` for readiness once: `None` while it is pending.
+fn poll_ready_once<M>(reconnect: &mut Reconnect<M, &'static str>) -> Option<Result<(), BoxError>>
+where
+    M: Service<&'static str, Response = scripted::Conn>,
+    M::Error: Into<BoxError>,
+{
+    std::future::poll_fn(|cx| Service::<String>::poll_ready(reconnect, cx)).now_or_never()
+}
+
+/// A connection that dies before it has proved healthy does not end the
+/// outage: its loss counts as a failed attempt, and the redial waits for
+/// the backoff from that dial's start, instead of starting at once as after
+/// the loss of a healthy connection.
+#[tokio::test(start_paused = true)]
+async fn a_connection_lost_before_it_proved_healthy_is_redialed_after_the_backoff() {
+    let dialer = Dialer::new([Outcome::Connect, Outcome::Connect]);
+    // Backoff 100 ms; a connection proves healthy after 2 s.
+    let mut reconnect = Reconnect::new(dialer.clone(), "db", policy());
+    let start = tokio::time::Instant::now();
+    assert!(matches!(poll_ready_once(&mut reconnect), Some(Ok(()))));
+
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    dialer.hang_up(0);
+    assert!(poll_ready_once(&mut reconnect).is_none(), "backing off");
+    assert_eq!(reconnect.state().borrow().phase(), Phase::Backoff);
+    assert_eq!(dialer.dials(), 1);
+
+    tokio::time::sleep_until(start + Duration::from_millis(100)).await;
+    assert!(matches!(poll_ready_once(&mut reconnect), Some(Ok(()))));
+    assert_eq!(
+        dialer.dial_offsets(start),
+        [0, 100].map(Duration::from_millis)
+    );
+}
+
+/// A factory that dials with a [`Dialer`], except that its `call` number
+/// `panic_at` (counted from 0) panics.
+#[derive(Clone)]
+struct PanicsAt {
+    dialer: Dialer,
+    calls: Arc<AtomicUsize>,
+    panic_at: usize,
+}
+
+impl Service<&'static str> for PanicsAt {
+    type Response = scripted::Conn;
+    type Error = BoxError;
+    type Future = <Dialer as Service<&'static str>>::Future;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, target: &'static str) -> Self::Future {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == self.panic_at {
+            panic!("the factory broke");
+        }
+        self.dialer.call(target)
+    }
+}
+
+/// Past the wait limit, with the next dial due at once (a zero backoff
+/// delay), a `Reconnect` used on its own lets each request that waited
+/// through a failed dial fail fast before the next dial starts: a dial that
+/// failed later than its backoff delay, and a dial that failed at once
+/// because the factory's `call` panicked. The dial after each starts on the
+/// next `poll_ready`.
+#[tokio::test(start_paused = true)]
+async fn past_the_wait_limit_each_failed_dial_lets_its_request_fail_before_the_next_dial() {
+    // Full jitter on a 1 ns delay rounds to zero about half the time: a
+    // seed whose first two delays are zero.
+    let backoff = Backoff::fixed(Duration::from_nanos(1)).jitter(Jitter::Full);
+    let seed = (0..)
+        .find(|&seed| backoff.schedule(seed).take(2).all(|delay| delay.is_zero()))
+        .unwrap();
+    let policy = ReconnectPolicy::builder()
+        .backoff(backoff)
+        .connect_timeout(Duration::from_secs(10))
+        .wait_limit(Duration::from_secs(1))
+        .seed(seed)
+        .build()
+        .unwrap();
+    let dialer = Dialer::new([
+        Outcome::FailAfter(Duration::from_millis(1500), io::ErrorKind::TimedOut),
+        Outcome::Hang,
+    ]);
+    let factory = PanicsAt {
+        dialer: dialer.clone(),
+        calls: Arc::default(),
+        panic_at: 1,
+    };
+    let mut reconnect = Reconnect::new(factory, "db", policy);
+    let start = tokio::time::Instant::now();
+    assert!(poll_ready_once(&mut reconnect).is_none(), "dialing");
+
+    // The first dial fails at 1.5 s, past the wait limit.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(matches!(poll_ready_once(&mut reconnect), Some(Ok(()))));
+    assert_eq!(
+        reconnect.stats().dials,
+        1,
+        "no dial before the request fails"
+    );
+    let failed = within(DEADLINE, "fail fast", reconnect.call("A".into())).await;
+    assert!(failed.unwrap_err().is::<Unavailable>());
+
+    // The next poll dials, and the factory panics.
+    assert!(matches!(poll_ready_once(&mut reconnect), Some(Ok(()))));
+    assert_eq!(
+        reconnect.stats().dials,
+        2,
+        "no dial before the request fails"
+    );
+    let failed = within(DEADLINE, "fail fast", reconnect.call("B".into())).await;
+    assert!(failed.unwrap_err().is::<Unavailable>());
+
+    // The next poll starts the third dial, which hangs.
+    assert!(poll_ready_once(&mut reconnect).is_none(), "dialing");
+    assert_eq!(reconnect.stats().dials, 3);
+    assert_eq!(start.elapsed(), Duration::from_millis(1500));
+}
+
+/// A request of a multiplexed client that goes through the queue (the
+/// connection has not proved healthy yet) and is dropped by its caller
+/// leaves the connection alone: other requests share it, so the dropped
+/// one cannot desynchronise it.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_queued_request_keeps_a_multiplexed_connection() {
+    let dialer = Dialer::new([Outcome::Connect, Outcome::Hang]);
+    let client: Client<String, String> = ServiceBuilder::new()
+        .layer(ReconnectLayer::new(policy()))
+        .service(dialer.clone())
+        .multiplexed("cache");
+    let first = tokio::spawn(client.clone().oneshot("SLOW".to_string()));
+    let mut conn = dialer.conn_within(0, DEADLINE).await;
+    let (_, _unanswered) = within(DEADLINE, "the first request", conn.next_request())
+        .await
+        .unwrap();
+    first.abort();
+    assert!(within(DEADLINE, "the abort", first)
+        .await
+        .unwrap_err()
+        .is_cancelled());
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+
+    let reply = answered(&client, &mut conn, "PING", Ok("PONG")).await;
+    assert_eq!(reply.unwrap(), "PONG", "on the same connection");
+    assert_eq!((client.stats().drops, dialer.dials()), (0, 1));
 }
