@@ -1,4 +1,7 @@
-//! Named response futures.
+//! The response future of [`Reconnect`](crate::reconnect::Reconnect): it
+//! reports each response back to its connection's health. The client's
+//! future is [`ClientFuture`](crate::client::ClientFuture), and the
+//! connectors' futures are in [`connect`](crate::connect).
 
 use std::fmt;
 use std::future::Future;
