@@ -118,8 +118,8 @@
 //! counts as a dead connection in [`classify`], connectors and connections
 //! in [`connect`] (with their futures), the client's state in [`state`],
 //! re-sends in [`retry`], binding to a target in [`bind`] and [`make`], the
-//! client's response future in [`client`], the bare state machine in
-//! [`reconnect`] and its response future in [`future`].
+//! client's response future in [`client`], and the bare state machine and
+//! its response future in [`reconnect`].
 //!
 //! # Beyond one connection
 //!
@@ -183,7 +183,6 @@ mod driver;
 pub mod error;
 #[cfg(feature = "balance")]
 mod failfast;
-pub mod future;
 mod health;
 #[cfg(feature = "hyper")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]

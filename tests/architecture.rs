@@ -11,7 +11,7 @@ const LAYERS: &[&[&str]] = &[
     &["backoff", "classify", "panic", "state"],
     &["health", "policy", "failfast"],
     &["connect"],
-    &["lane", "future"],
+    &["lane"],
     &["reconnect"],
     &["retry"],
     &["client"],

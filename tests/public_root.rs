@@ -101,10 +101,9 @@ fn moved_items_are_reached_through_their_modules() {
             Closed, ConnectTimeout, ConnectionLost, DialError, InvalidPolicy, NotSent, Overloaded,
             Panicked, ResponseTimeout, Unavailable,
         },
-        future::ResponseFuture,
         make::{MakeClient, Multiplexed, OneAtATime},
         probe::{IdleProbe, IdleProbeLayer},
-        reconnect::Reconnect,
+        reconnect::{Reconnect, ResponseFuture},
         retry::{AtMostOnce, ResendIf, ResendPolicy},
         state::{Phase, Snapshot, Stats},
     };

@@ -1,7 +1,5 @@
-//! The response future of [`Reconnect`](crate::reconnect::Reconnect): it
-//! reports each response back to its connection's health. The client's
-//! future is [`ClientFuture`](crate::client::ClientFuture), and the
-//! connectors' futures are in [`connect`](crate::connect).
+//! The response future of [`Reconnect`](super::Reconnect): it reports each
+//! response back to its connection's health.
 
 use std::fmt;
 use std::future::Future;

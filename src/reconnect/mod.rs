@@ -13,7 +13,6 @@ use tower::Service;
 use crate::backoff::Schedule;
 use crate::driver::{Drive, Drove};
 use crate::error::{share, Closed, ConnectTimeout, SharedError, Unavailable};
-use crate::future::{Deadline, Poison, ResponseFuture};
 use crate::health::Health;
 use crate::lane::Publish;
 use crate::panic::{catch, poll_caught, CALL, POLL_READY};
@@ -22,6 +21,11 @@ use crate::redact::{redact, redacted};
 use crate::state::{Counter, Down, Observer, Phase, Snapshot, Stats};
 use crate::timer::{deadline, Timer, WaitLimit};
 use crate::BoxError;
+
+mod future;
+
+pub use future::ResponseFuture;
+use future::{Deadline, Poison};
 
 /// A service that owns at most one connection and re-makes it when it breaks.
 ///
