@@ -9,7 +9,7 @@ use tower::{Layer, Service};
 
 use crate::client::Client;
 use crate::connect::Factory;
-use crate::layer::ReconnectLayer;
+use crate::layer::{MakeReconnect, ReconnectLayer};
 use crate::retry::ResendPolicy;
 
 /// A [`ReconnectLayer`] bound to one target: its `Layer::Service` is a
@@ -45,10 +45,10 @@ use crate::retry::ResendPolicy;
 ///
 /// `layer` makes the client, which spawns its task: it panics outside a
 /// tokio runtime.
-pub struct TargetLayer<T, R, Req> {
+pub struct TargetLayer<T, R, Req, K = OneAtATime> {
     layer: ReconnectLayer<R>,
     target: T,
-    _request: PhantomData<fn(Req)>,
+    _request: PhantomData<fn(Req) -> K>,
 }
 
 impl<R> ReconnectLayer<R> {
@@ -68,7 +68,11 @@ impl<R> ReconnectLayer<R> {
     /// [`MakeReconnect::multiplexed`](crate::MakeReconnect::multiplexed)
     /// does. See [`TargetLayer`].
     pub fn multiplexed<T, Req>(self, target: T) -> MultiplexedTargetLayer<T, R, Req> {
-        MultiplexedTargetLayer(self.target(target))
+        TargetLayer {
+            layer: self,
+            target,
+            _request: PhantomData,
+        }
     }
 }
 
@@ -76,23 +80,52 @@ impl<R> ReconnectLayer<R> {
 /// its `Layer::Service` is a [`Client`] made by
 /// [`MakeReconnect::multiplexed`](crate::MakeReconnect::multiplexed). Made
 /// by [`ReconnectLayer::multiplexed`]; see [`TargetLayer`].
-pub struct MultiplexedTargetLayer<T, R, Req>(TargetLayer<T, R, Req>);
+pub type MultiplexedTargetLayer<T, R, Req> = TargetLayer<T, R, Req, Multiplexed>;
 
-impl<M, T, R, Req> Layer<M> for TargetLayer<T, R, Req>
+/// How a client is bound to its target: [`OneAtATime`], with
+/// [`MakeReconnect::client`], or [`Multiplexed`], with
+/// [`MakeReconnect::multiplexed`]. [`TargetLayer`] and
+/// [`MakeClient`](crate::make::MakeClient) take one. Sealed.
+pub trait Binding<M, R, T, Req>: sealed::Sealed {
+    /// The client it makes.
+    type Client;
+
+    /// Binds a client made by `make` to `target`.
+    #[doc(hidden)]
+    fn bind(make: &MakeReconnect<M, R>, target: T) -> Self::Client;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::OneAtATime {}
+    impl Sealed for super::Multiplexed {}
+}
+
+/// Binds clients with [`MakeReconnect::client`]: for connections that serve
+/// one request at a time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OneAtATime;
+
+/// Binds clients with [`MakeReconnect::multiplexed`]: for connections that
+/// carry many requests at once and whose clones share them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Multiplexed;
+
+impl<M, R, T, Req> Binding<M, R, T, Req> for OneAtATime
 where
     M: Factory<T, Req>,
     T: Clone + fmt::Debug + Send + 'static,
     Req: Send + 'static,
     R: ResendPolicy<Req>,
 {
-    type Service = Client<Req, <M::Response as Service<Req>>::Response>;
+    type Client = Client<Req, <M::Response as Service<Req>>::Response>;
 
-    fn layer(&self, make: M) -> Self::Service {
-        self.layer.layer(make).client(self.target.clone())
+    fn bind(make: &MakeReconnect<M, R>, target: T) -> Self::Client {
+        make.client(target)
     }
 }
 
-impl<M, T, R, Req> Layer<M> for MultiplexedTargetLayer<T, R, Req>
+impl<M, R, T, Req> Binding<M, R, T, Req> for Multiplexed
 where
     M: Factory<T, Req>,
     M::Response: Clone + Sync,
@@ -100,14 +133,27 @@ where
     Req: Send + 'static,
     R: ResendPolicy<Req>,
 {
-    type Service = Client<Req, <M::Response as Service<Req>>::Response>;
+    type Client = Client<Req, <M::Response as Service<Req>>::Response>;
 
-    fn layer(&self, make: M) -> Self::Service {
-        self.0.layer.layer(make).multiplexed(self.0.target.clone())
+    fn bind(make: &MakeReconnect<M, R>, target: T) -> Self::Client {
+        make.multiplexed(target)
     }
 }
 
-impl<T: Clone, R: Clone, Req> Clone for TargetLayer<T, R, Req> {
+impl<M, T, R, Req, K> Layer<M> for TargetLayer<T, R, Req, K>
+where
+    K: Binding<M, R, T, Req>,
+    T: Clone,
+    R: Clone,
+{
+    type Service = K::Client;
+
+    fn layer(&self, make: M) -> Self::Service {
+        K::bind(&self.layer.layer(make), self.target.clone())
+    }
+}
+
+impl<T: Clone, R: Clone, Req, K> Clone for TargetLayer<T, R, Req, K> {
     fn clone(&self) -> Self {
         Self {
             layer: self.layer.clone(),
@@ -117,25 +163,11 @@ impl<T: Clone, R: Clone, Req> Clone for TargetLayer<T, R, Req> {
     }
 }
 
-impl<T: Clone, R: Clone, Req> Clone for MultiplexedTargetLayer<T, R, Req> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
-    }
-}
-
-impl<T: fmt::Debug, R, Req> fmt::Debug for TargetLayer<T, R, Req> {
+impl<T: fmt::Debug, R, Req, K> fmt::Debug for TargetLayer<T, R, Req, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TargetLayer")
             .field("layer", &self.layer)
             .field("target", &crate::redact::redacted(&self.target))
-            .finish()
-    }
-}
-
-impl<T: fmt::Debug, R, Req> fmt::Debug for MultiplexedTargetLayer<T, R, Req> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("MultiplexedTargetLayer")
-            .field(&self.0)
             .finish()
     }
 }

@@ -1,5 +1,5 @@
 //! [`MakeReconnect`] as a tower [`MakeService`](tower::MakeService): a
-//! `Service<Target>` whose response is a [`Client`].
+//! `Service<Target>` whose response is a [`Client`](crate::Client).
 //!
 //! Code written against tower's `MakeService`, or any `Service` of targets,
 //! can then make reconnecting clients the way it makes anything else:
@@ -41,12 +41,10 @@ use std::task::{Context, Poll};
 
 use tower::Service;
 
-use crate::client::Client;
-use crate::connect::Factory;
+use crate::bind::{Binding, Multiplexed, OneAtATime};
 use crate::layer::MakeReconnect;
-use crate::retry::ResendPolicy;
 
-/// [`MakeReconnect`] as a `Service<T>`: each call makes a [`Client`] bound
+/// [`MakeReconnect`] as a `Service<T>`: each call makes a [`Client`](crate::Client) bound
 /// to its target, with [`MakeReconnect::client`] (`K` =
 /// [`OneAtATime`]) or [`MakeReconnect::multiplexed`] (`K` =
 /// [`Multiplexed`]). Made by [`MakeReconnect::into_make_service`] and
@@ -55,7 +53,7 @@ use crate::retry::ResendPolicy;
 /// # Readiness and errors
 ///
 /// Always ready, and never fails: a client is made at once and dials
-/// lazily, on its first request (see [`Client::connected`] to wait for a
+/// lazily, on its first request (see [`Client::connected`](crate::Client::connected) to wait for a
 /// connection). So the error type is [`Infallible`].
 ///
 /// # Panics
@@ -65,17 +63,6 @@ pub struct MakeClient<M, R, Req, K = OneAtATime> {
     make: MakeReconnect<M, R>,
     _request: PhantomData<fn(Req) -> K>,
 }
-
-/// A [`MakeClient`] that makes clients with [`MakeReconnect::client`]: for
-/// connections that serve one request at a time.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct OneAtATime;
-
-/// A [`MakeClient`] that makes clients with
-/// [`MakeReconnect::multiplexed`]: for connections that carry many requests
-/// at once and whose clones share them.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Multiplexed;
 
 impl<M, R> MakeReconnect<M, R> {
     /// This factory as a tower [`MakeService`](tower::MakeService) for
@@ -106,44 +93,20 @@ impl<M, R, Req, K> MakeClient<M, R, Req, K> {
     }
 }
 
-impl<M, R, T, Req> Service<T> for MakeClient<M, R, Req, OneAtATime>
+impl<M, R, T, Req, K> Service<T> for MakeClient<M, R, Req, K>
 where
-    M: Factory<T, Req>,
-    T: Clone + fmt::Debug + Send + 'static,
-    Req: Send + 'static,
-    R: ResendPolicy<Req>,
+    K: Binding<M, R, T, Req>,
 {
-    type Response = Client<Req, <M::Response as Service<Req>>::Response>;
+    type Response = K::Client;
     type Error = Infallible;
-    type Future = Ready<Result<Self::Response, Infallible>>;
+    type Future = Ready<Result<K::Client, Infallible>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, target: T) -> Self::Future {
-        ready(Ok(self.make.client(target)))
-    }
-}
-
-impl<M, R, T, Req> Service<T> for MakeClient<M, R, Req, Multiplexed>
-where
-    M: Factory<T, Req>,
-    M::Response: Clone + Sync,
-    T: Clone + fmt::Debug + Send + 'static,
-    Req: Send + 'static,
-    R: ResendPolicy<Req>,
-{
-    type Response = Client<Req, <M::Response as Service<Req>>::Response>;
-    type Error = Infallible;
-    type Future = Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, target: T) -> Self::Future {
-        ready(Ok(self.make.multiplexed(target)))
+        ready(Ok(K::bind(&self.make, target)))
     }
 }
 

@@ -16,7 +16,8 @@ const LAYERS: &[&[&str]] = &[
     &["retry"],
     &["client"],
     &["layer"],
-    &["bind", "make", "balance", "dial", "probe"],
+    &["bind", "balance", "dial", "probe"],
+    &["make"],
     &["hyper", "redis", "postgres"],
 ];
 

@@ -89,7 +89,7 @@ fn each_item_is_listed_once() {
 fn moved_items_are_reached_through_their_modules() {
     #[allow(unused_imports)]
     use tower_redial::{
-        bind::{MultiplexedTargetLayer, TargetLayer},
+        bind::{Binding, Multiplexed, MultiplexedTargetLayer, OneAtATime, TargetLayer},
         classify::Classifier,
         client::ClientFuture,
         connect::{
@@ -101,7 +101,7 @@ fn moved_items_are_reached_through_their_modules() {
             Closed, ConnectTimeout, ConnectionLost, DialError, InvalidPolicy, NotSent, Overloaded,
             Panicked, ResponseTimeout, Unavailable,
         },
-        make::{MakeClient, Multiplexed, OneAtATime},
+        make::MakeClient,
         probe::{IdleProbe, IdleProbeLayer},
         reconnect::{Reconnect, ResponseFuture},
         retry::{AtMostOnce, ResendIf, ResendPolicy},
