@@ -15,19 +15,11 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tonic::transport::Server;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-use tower::ServiceBuilder;
-use tower_redial::connect::Handshake;
-use tower_redial::connect::TcpConnector;
 use tower_redial::error::{Closed, NotSent, Unavailable};
-use tower_redial::hyper::http2;
 use tower_redial::state::Phase;
-use tower_redial::{Backoff, Client, ReconnectLayer, ReconnectPolicy};
-
-/// The reconnecting HTTP/2 client that carries the gRPC calls.
-type Transport = Client<http::Request<tonic::body::Body>, http::Response<hyper::body::Incoming>>;
-type GrpcClient = HealthClient<Transport>;
+use tower_redial::{Backoff, ReconnectPolicy};
+use tower_redial_interop::{GrpcClient, Transport};
 
 // ---------------------------------------------------------------------------
 // A tonic health server that can crash and restart on the same port
@@ -139,15 +131,7 @@ fn grpc_client(addr: SocketAddr) -> (GrpcClient, Transport) {
         .seed(7)
         .build()
         .unwrap();
-    let client = ServiceBuilder::new()
-        .layer(ReconnectLayer::new(policy))
-        .service(Handshake::new(
-            TcpConnector::new(),
-            http2::<tonic::body::Body>,
-        ))
-        .multiplexed(addr);
-    let origin = format!("http://{addr}").parse().unwrap();
-    (HealthClient::with_origin(client.clone(), origin), client)
+    tower_redial_interop::grpc_client(addr, policy)
 }
 
 /// What became of a health check.

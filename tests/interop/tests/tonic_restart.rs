@@ -34,19 +34,11 @@ use tonic::codegen::BoxStream;
 use tonic::transport::Server;
 use tonic::{Code, Request, Response, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
-use tower::ServiceBuilder;
-use tower_redial::connect::Handshake;
-use tower_redial::connect::TcpConnector;
 use tower_redial::error::{Closed, NotSent, Unavailable};
-use tower_redial::hyper::http2;
-use tower_redial::{Backoff, Client, ReconnectLayer, ReconnectPolicy};
-
-/// The reconnecting HTTP/2 client that carries the gRPC calls.
-type Transport = Client<http::Request<tonic::body::Body>, http::Response<hyper::body::Incoming>>;
-type GrpcClient = HealthClient<Transport>;
+use tower_redial::{Backoff, ReconnectPolicy};
+use tower_redial_interop::{GrpcClient, Transport};
 
 /// Restarts per run.
 const CYCLES: usize = 10;
@@ -213,15 +205,7 @@ fn grpc_client(addr: SocketAddr) -> (GrpcClient, Transport) {
         .wait_limit(Duration::from_secs(30))
         .build()
         .unwrap();
-    let client = ServiceBuilder::new()
-        .layer(ReconnectLayer::new(policy))
-        .service(Handshake::new(
-            TcpConnector::new(),
-            http2::<tonic::body::Body>,
-        ))
-        .multiplexed(addr);
-    let origin = format!("http://{addr}").parse().unwrap();
-    (HealthClient::with_origin(client.clone(), origin), client)
+    tower_redial_interop::grpc_client(addr, policy)
 }
 
 /// How a failed call failed, read from the `Status` its caller got.
