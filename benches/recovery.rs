@@ -11,10 +11,8 @@
 //! writes its section between `<!-- recovery:start -->` and
 //! `<!-- recovery:end -->`. `RECOVERY_TRIALS=n` changes the trial count.
 
-#[path = "../tests/support/line.rs"]
-mod line;
-#[path = "../tests/support/redis_server.rs"]
-mod redis_server;
+use support::line;
+use support::redis_server;
 
 mod common;
 #[path = "recovery/plot.rs"]

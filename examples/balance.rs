@@ -28,8 +28,7 @@
 //! It takes about 5 seconds and needs nothing but free ports on
 //! `127.0.0.1`.
 
-#[path = "../tests/support/line.rs"]
-mod line;
+use support::line;
 
 fn main() -> Result<(), tower_redial::BoxError> {
     example::main()

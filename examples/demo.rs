@@ -19,8 +19,7 @@
 //! It takes about 12 seconds and needs nothing but a free port on
 //! `127.0.0.1`.
 
-#[path = "../tests/support/line.rs"]
-mod line;
+use support::line;
 
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};

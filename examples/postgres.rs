@@ -22,8 +22,7 @@
 //! runs them as the `postgres` user, with `runuser`. The server and its
 //! directory are removed at the end.
 
-#[path = "../tests/support/pg_server.rs"]
-mod pg_server;
+use support::pg_server;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -77,7 +76,7 @@ async fn main() -> Result<(), BoxError> {
     let client: PgClient = ServiceBuilder::new()
         .layer(ReconnectLayer::new(policy))
         .service(MakePostgres::new())
-        .client(server.config());
+        .client(server.conninfo().parse::<tokio_postgres::Config>()?);
     println!(
         "  load    {WORKERS} tasks share one client; each inserts a row with a new id every 10 ms"
     );

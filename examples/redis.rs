@@ -21,8 +21,7 @@
 //! It takes about 3 seconds and needs `redis-server` on the `PATH`
 //! (Debian/Ubuntu: `apt-get install redis-server`; macOS: `brew install redis`).
 
-#[path = "../tests/support/redis_server.rs"]
-mod redis_server;
+use support::redis_server;
 
 use std::time::Duration;
 

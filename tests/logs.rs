@@ -2,13 +2,13 @@
 //! because `tracing`'s per-callsite interest cache is process-wide and
 //! other tests running at the same time would race with it.
 
-mod scripted;
+use support::scripted;
 
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use scripted::{within, Dialer, Outcome};
+use scripted::{within, Dial, Dialer};
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tower_redial::{Backoff, BoxError, Client, ReconnectLayer, ReconnectPolicy};
 
@@ -82,8 +82,8 @@ impl Captured {
 async fn logs_mask_credentials_and_do_not_flood() {
     let (logs, _guard) = capture(tracing::Level::TRACE);
 
-    let dialer = Dialer::new([Outcome::Refuse; 6]);
-    dialer.push([Outcome::Connect]);
+    let dialer = Dialer::new([Dial::Refuse; 6]);
+    dialer.push([Dial::Connect]);
     let d = dialer.clone();
     // A connector whose errors repeat the target, as many do.
     let make = service_fn(move |target: &'static str| {
@@ -129,7 +129,7 @@ async fn logs_mask_credentials_and_do_not_flood() {
 async fn the_outage_warning_names_the_actual_cause() {
     let (logs, _guard) = capture(tracing::Level::WARN);
 
-    let dialer = Dialer::new([Outcome::Connect, Outcome::Connect]);
+    let dialer = Dialer::new([Dial::Connect, Dial::Connect]);
     let client: Client<String, String> = ServiceBuilder::new()
         .layer(ReconnectLayer::new(ReconnectPolicy::default()))
         .service(dialer.clone())

@@ -146,7 +146,7 @@
 //!
 //! What each does when its server is killed with `kill -9` and restarted on
 //! the same port, as observed by the test
-//! `side_by_side_with_connection_manager` in `tests/interop/tests/redis.rs` (the same
+//! `side_by_side_with_connection_manager` in `tests/interop/tests/redis/client.rs` (the same
 //! script run once against each; the same in every run). Both speak RESP2
 //! with a 10 s response timeout; `ConnectionManager` has its default
 //! reconnect settings (6 retries, 100 ms × 2 with jitter), `RedisClient` a

@@ -5,6 +5,8 @@
 //! compiled and run as doc tests here with every feature on. The library
 //! holds what those tests share.
 
+pub mod redis_books;
+
 use std::net::SocketAddr;
 
 use tonic_health::pb::health_client::HealthClient;

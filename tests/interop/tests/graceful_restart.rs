@@ -10,8 +10,7 @@
 //! drains the old connection while a new one takes the requests, and a
 //! stream the server refuses is sent again.
 
-#[path = "../../support/listen.rs"]
-mod listen;
+use support::listen;
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -1,0 +1,276 @@
+//! A tonic gRPC client over the layer (`tower_redial::hyper::http2`), against
+//! a real tonic server that crashes and restarts on the same port mid-run.
+
+use support::listen;
+
+use std::error::Error as _;
+use std::future::Future;
+use std::net::{Shutdown, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tonic::transport::Server;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::HealthCheckRequest;
+use tower_redial::error::{Closed, NotSent, Unavailable};
+use tower_redial::state::Phase;
+use tower_redial::{Backoff, ReconnectPolicy};
+use tower_redial_interop::{GrpcClient, Transport};
+
+// ---------------------------------------------------------------------------
+// A tonic health server that can crash and restart on the same port
+// ---------------------------------------------------------------------------
+
+/// tonic's own `Server` with the `grpc.health.v1` service, on 127.0.0.1.
+///
+/// tonic runs each connection on a task of its own, which outlives the server
+/// future. To crash, the server keeps a clone of each accepted socket, and
+/// `stop` shuts them all down at once: the client sees its connection close,
+/// with no `GOAWAY`.
+struct GrpcServer {
+    addr: SocketAddr,
+    running: Mutex<Option<Running>>,
+}
+
+struct Running {
+    task: JoinHandle<()>,
+    sockets: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl GrpcServer {
+    async fn start() -> Self {
+        let listener = listen::reusable("127.0.0.1:0".parse().unwrap());
+        let server = Self {
+            addr: listener.local_addr().unwrap(),
+            running: Mutex::new(None),
+        };
+        server.run(listener);
+        server
+    }
+
+    fn run(&self, listener: TcpListener) {
+        let sockets = Arc::new(Mutex::new(Vec::new()));
+        let incoming = futures::stream::unfold(
+            (listener, sockets.clone()),
+            |(listener, sockets)| async move {
+                let accepted = listener.accept().await.and_then(|(io, _)| {
+                    let io = io.into_std()?;
+                    lock(&sockets).push(io.try_clone()?);
+                    TcpStream::from_std(io)
+                });
+                Some((accepted, (listener, sockets)))
+            },
+        );
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let task = tokio::spawn(async move {
+            Server::builder()
+                .add_service(health)
+                .serve_with_incoming(incoming)
+                .await
+                .unwrap();
+        });
+        *lock(&self.running) = Some(Running { task, sockets });
+    }
+
+    /// Crashes: closes every connection and the listener at once.
+    async fn stop(&self) {
+        let running = lock(&self.running).take();
+        if let Some(Running { task, sockets }) = running {
+            // The listener first, so that no redial gets in. (Served with no
+            // shutdown signal, tonic leaves the connections be: no GOAWAY.)
+            task.abort();
+            let _ = task.await;
+            shut_down(&sockets);
+        }
+    }
+
+    /// Crashes, and starts again on the same port.
+    async fn restart(&self) {
+        self.stop().await;
+        self.run(listen::reusable(self.addr));
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        if let Some(running) = lock(&self.running).take() {
+            running.task.abort();
+            shut_down(&running.sockets);
+        }
+    }
+}
+
+fn shut_down(sockets: &Mutex<Vec<std::net::TcpStream>>) {
+    for socket in lock(sockets).drain(..) {
+        let _ = socket.shutdown(Shutdown::Both);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+// ---------------------------------------------------------------------------
+// The client
+// ---------------------------------------------------------------------------
+
+/// A generated tonic client whose transport is a reconnecting HTTP/2 client.
+fn grpc_client(addr: SocketAddr) -> (GrpcClient, Transport) {
+    let policy = ReconnectPolicy::builder()
+        .backoff(Backoff::exponential(
+            Duration::from_millis(10),
+            2.0,
+            Duration::from_millis(200),
+        ))
+        // Generous: no call may fail fast here, however slow the machine.
+        .wait_limit(Duration::from_secs(60))
+        .seed(7)
+        .build()
+        .unwrap();
+    tower_redial_interop::grpc_client(addr, policy)
+}
+
+/// What became of a health check.
+#[derive(Debug)]
+enum Outcome {
+    Serving,
+    /// The connection broke while the call was on the wire.
+    Ambiguous(String),
+    /// The client gave up, failed fast, or kept a request it never sent.
+    /// Should not happen here.
+    Unexpected(String),
+}
+
+async fn check(mut health: GrpcClient) -> Outcome {
+    let request = HealthCheckRequest {
+        service: String::new(),
+    };
+    let status = match health.check(request).await {
+        Ok(response) if response.get_ref().status == ServingStatus::Serving as i32 => {
+            return Outcome::Serving
+        }
+        Ok(response) => return Outcome::Unexpected(format!("{response:?}")),
+        Err(status) => status,
+    };
+    let chain = || {
+        std::iter::successors(
+            Some(&status as &(dyn std::error::Error + 'static)),
+            |e: &&(dyn std::error::Error + 'static)| (*e).source(),
+        )
+    };
+    let given_up = chain().any(|e| e.is::<Unavailable>() || e.is::<Closed>() || e.is::<NotSent>());
+    let transport = chain().any(|e| e.is::<hyper::Error>() || e.is::<std::io::Error>());
+    if !given_up && transport {
+        Outcome::Ambiguous(format!("{status:?}"))
+    } else {
+        Outcome::Unexpected(format!("{status:?} (source: {:?})", status.source()))
+    }
+}
+
+/// A hang guard, far longer than the test needs.
+async fn guard<F: Future>(test: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(60), test)
+        .await
+        .expect("test hung")
+}
+
+const WORKERS: usize = 4;
+const OUTAGE_CALLS: usize = 4;
+
+/// Health checks from several tasks through one client ride through a tonic
+/// server crash and restart: checks issued while the server is down wait and
+/// succeed after the restart, and no call fails fast or is left unsent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpc_client_survives_a_server_restart() {
+    guard(async {
+        let server = GrpcServer::start().await;
+        let (health, client) = grpc_client(server.addr);
+
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let (served_tx, mut served) = watch::channel(0usize);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut workers = JoinSet::new();
+        for _ in 0..WORKERS {
+            let (health, outcomes, served_tx, stop) = (
+                health.clone(),
+                outcomes.clone(),
+                served_tx.clone(),
+                stop_rx.clone(),
+            );
+            workers.spawn(async move {
+                while !*stop.borrow() {
+                    let outcome = check(health.clone()).await;
+                    if matches!(outcome, Outcome::Serving) {
+                        served_tx.send_modify(|n| *n += 1);
+                    }
+                    lock(&outcomes).push(outcome);
+                }
+            });
+        }
+
+        // Calls flow; then the server crashes.
+        served.wait_for(|n| *n >= 20).await.unwrap();
+        server.stop().await;
+
+        // The client notices, and its redials are refused.
+        let mut state = client.state();
+        state
+            .wait_for(|s| s.phase() == Phase::Backoff)
+            .await
+            .unwrap();
+
+        // Calls made during the outage wait...
+        let during: Vec<_> = (0..OUTAGE_CALLS)
+            .map(|_| tokio::spawn(check(health.clone())))
+            .collect();
+        tokio::task::yield_now().await;
+        assert!(
+            during.iter().all(|task| !task.is_finished()),
+            "a call finished while the server was down"
+        );
+
+        // ...and succeed once it is back.
+        server.restart().await;
+        let before = *served.borrow();
+        for task in during {
+            let outcome = task.await.unwrap();
+            assert!(matches!(outcome, Outcome::Serving), "{outcome:?}");
+        }
+        served.wait_for(|n| *n >= before + 20).await.unwrap();
+        stop_tx.send_replace(true);
+        while let Some(joined) = workers.join_next().await {
+            joined.unwrap();
+        }
+
+        let outcomes = std::mem::take(&mut *lock(&outcomes));
+        let unexpected: Vec<&String> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Unexpected(error) => Some(error),
+                _ => None,
+            })
+            .collect();
+        assert!(unexpected.is_empty(), "unexpected errors: {unexpected:?}");
+        let ambiguous: Vec<&String> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Ambiguous(error) => Some(error),
+                _ => None,
+            })
+            .collect();
+        let stats = client.stats();
+        eprintln!(
+            "{} calls by workers, {} ambiguous {ambiguous:?}; {stats:?}",
+            outcomes.len(),
+            ambiguous.len()
+        );
+        assert!(stats.drops >= 1, "{stats:?}");
+        assert!(stats.dials >= 2, "{stats:?}");
+        assert!(stats.dial_failures >= 1, "{stats:?}");
+        assert_eq!(stats.fail_fast, 0, "{stats:?}");
+    })
+    .await;
+}

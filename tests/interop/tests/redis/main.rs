@@ -1,0 +1,4 @@
+//! redis-rs: a real redis-server, killed and restarted, against `ConnectionManager`.
+
+mod client;
+mod restart;

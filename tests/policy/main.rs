@@ -1,0 +1,4 @@
+//! Backoff and policy properties, with proptest.
+
+mod backoff;
+mod policy;
