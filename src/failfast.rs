@@ -7,18 +7,16 @@
 //! until one is ready again.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::Service;
 
 use crate::driver::{Drive, Drove};
 use crate::error::Unavailable;
+use crate::failed::OrFailed;
 use crate::state::{Counter, Down, Observer, Phase};
 use crate::timer::WaitLimit;
 use crate::BoxError;
@@ -69,7 +67,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = GateFuture<S::Future>;
+    type Future = OrFailed<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         match self.inner.poll_ready(cx) {
@@ -105,9 +103,7 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         if self.inner_ready {
             self.inner_ready = false;
-            return GateFuture::Inner {
-                future: self.inner.call(request),
-            };
+            return OrFailed::running(self.inner.call(request));
         }
         let wait = self
             .wait
@@ -116,9 +112,12 @@ where
             .expect("FailFast::call called before poll_ready returned Ready(Ok)");
         self.observer.count(Counter::FailFast);
         let down_for = Instant::now().saturating_duration_since(wait.since());
-        GateFuture::Failed {
-            error: Some(Unavailable::new(self.observer.label().clone(), down_for, 0, None).into()),
-        }
+        OrFailed::failed(Unavailable::new(
+            self.observer.label().clone(),
+            down_for,
+            0,
+            None,
+        ))
     }
 }
 
@@ -141,29 +140,5 @@ impl<S> fmt::Debug for FailFast<S> {
             .field("wait_limit", &self.wait_limit)
             .field("failing", &self.failing())
             .finish_non_exhaustive()
-    }
-}
-
-pin_project! {
-    #[project = GateProj]
-    pub(crate) enum GateFuture<F> {
-        Inner { #[pin] future: F },
-        Failed { error: Option<BoxError> },
-    }
-}
-
-impl<F, T> Future for GateFuture<F>
-where
-    F: Future<Output = Result<T, BoxError>>,
-{
-    type Output = Result<T, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            GateProj::Inner { future } => future.poll(cx),
-            GateProj::Failed { error } => {
-                Poll::Ready(Err(error.take().expect("polled after completion")))
-            }
-        }
     }
 }

@@ -182,6 +182,7 @@ pub mod dial;
 mod driver;
 pub mod error;
 #[cfg(feature = "balance")]
+mod failed;
 mod failfast;
 mod health;
 #[cfg(feature = "hyper")]

@@ -17,6 +17,7 @@ use tokio::time::{Instant, Sleep};
 use tower::Service;
 
 use crate::error::{Panicked, ResponseTimeout};
+use crate::failed::OrFailed;
 use crate::timer::deadline;
 use crate::BoxError;
 
@@ -70,7 +71,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = Caught<S::Future>;
+    type Future = OrFailed<Caught<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         match catch(POLL_READY, || self.inner.poll_ready(cx)) {
@@ -81,16 +82,14 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         match catch(CALL, || self.inner.call(request)) {
-            Ok(future) => Caught::Running {
+            Ok(future) => OrFailed::running(Caught {
                 future,
                 deadline: self.response_timeout.map(|after| {
                     let at = deadline(Instant::now(), after);
                     (Box::pin(tokio::time::sleep_until(at)), after)
                 }),
-            },
-            Err(panicked) => Caught::Failed {
-                error: Some(panicked),
-            },
+            }),
+            Err(panicked) => OrFailed::failed(panicked),
         }
     }
 }
@@ -101,15 +100,12 @@ pub(crate) const CALL: &str = "the connection's `call`";
 pub(crate) const RESPONSE: &str = "the connection's response future";
 
 pin_project! {
-    /// A response future whose panics become errors.
-    #[project = CaughtProj]
-    pub(crate) enum Caught<F> {
-        Running {
-            #[pin]
-            future: F,
-            deadline: Option<(Pin<Box<Sleep>>, Duration)>,
-        },
-        Failed { error: Option<Panicked> },
+    /// A response future whose panics become errors, and which fails with
+    /// [`ResponseTimeout`] past its deadline, if it has one.
+    pub(crate) struct Caught<F> {
+        #[pin]
+        future: F,
+        deadline: Option<(Pin<Box<Sleep>>, Duration)>,
     }
 }
 
@@ -121,19 +117,13 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            CaughtProj::Running { future, deadline } => {
-                let poll = poll_caught(RESPONSE, future, cx);
-                if let (Poll::Pending, Some((sleep, after))) = (&poll, deadline) {
-                    if sleep.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Err(ResponseTimeout::new(*after).into()));
-                    }
-                }
-                poll
-            }
-            CaughtProj::Failed { error } => {
-                Poll::Ready(Err(error.take().expect("polled after completion").into()))
+        let this = self.project();
+        let poll = poll_caught(RESPONSE, this.future, cx);
+        if let (Poll::Pending, Some((sleep, after))) = (&poll, this.deadline) {
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(ResponseTimeout::new(*after).into()));
             }
         }
+        poll
     }
 }

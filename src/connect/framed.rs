@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
+use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Decoder, Encoder};
@@ -15,6 +16,7 @@ use tower::Service;
 
 use crate::connect::CloseWatch;
 use crate::error::{ConnectionLost, NotSent};
+use crate::failed::OrFailed;
 use crate::BoxError;
 
 /// A connection over any IO, for a request/response protocol framed by a
@@ -180,44 +182,48 @@ where
         let (reply, replied) = oneshot::channel();
         match self.jobs.send(Job { request, reply }) {
             Ok(()) => FramedFuture {
-                state: Waiting::Reply(replied),
+                inner: OrFailed::running(Replied(replied)),
             },
             Err(mpsc::error::SendError(job)) => FramedFuture {
-                state: Waiting::Failed(Some(not_sent(Some(job.request)))),
+                inner: OrFailed::failed(not_sent(Some(job.request))),
             },
         }
     }
 }
 
-/// The response future of [`Framed`].
-pub struct FramedFuture<Res> {
-    state: Waiting<Res>,
+pin_project! {
+    /// The response future of [`Framed`].
+    pub struct FramedFuture<Res> {
+        #[pin]
+        inner: OrFailed<Replied<Res>>,
+    }
 }
 
-enum Waiting<Res> {
-    Reply(oneshot::Receiver<Result<Res, BoxError>>),
-    Failed(Option<BoxError>),
-}
+/// The reply the connection's task sends back.
+struct Replied<Res>(oneshot::Receiver<Result<Res, BoxError>>);
 
 impl<Res> Future for FramedFuture<Res> {
     type Output = Result<Res, BoxError>;
 
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx)
+    }
+}
+
+impl<Res> Future for Replied<Res> {
+    type Output = Result<Res, BoxError>;
+
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.state {
-            Waiting::Reply(replied) => Pin::new(replied).poll(cx).map(|reply| {
-                // The task answers every request it takes; only a runtime
-                // shutting down drops one unanswered.
-                reply.unwrap_or_else(|_| {
-                    Err(lost(
-                        io::ErrorKind::ConnectionAborted,
-                        "the connection's task ended",
-                    ))
-                })
-            }),
-            Waiting::Failed(error) => Poll::Ready(Err(error
-                .take()
-                .expect("FramedFuture polled after completion"))),
-        }
+        Pin::new(&mut self.0).poll(cx).map(|reply| {
+            // The task answers every request it takes; only a runtime
+            // shutting down drops one unanswered.
+            reply.unwrap_or_else(|_| {
+                Err(lost(
+                    io::ErrorKind::ConnectionAborted,
+                    "the connection's task ended",
+                ))
+            })
+        })
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 
 use crate::error::ResponseTimeout;
+use crate::failed::OrFailed;
 use crate::health::Health;
 use crate::panic::{poll_caught, RESPONSE};
 use crate::BoxError;
@@ -23,23 +24,19 @@ pin_project! {
     /// has the connection dropped and redialed before the next request.
     pub struct ResponseFuture<F> {
         #[pin]
-        kind: Kind<F>,
+        inner: OrFailed<Called<F>>,
     }
 }
 
 pin_project! {
-    #[project = KindProj]
-    enum Kind<F> {
-        Called {
-            #[pin]
-            future: F,
-            health: Arc<Health>,
-            deadline: Option<Deadline>,
-            poison: Option<Poison>,
-        },
-        Failed {
-            error: Option<BoxError>,
-        },
+    /// A request the connection took, reporting to its [`Health`].
+    #[project = CalledProj]
+    struct Called<F> {
+        #[pin]
+        future: F,
+        health: Arc<Health>,
+        deadline: Option<Deadline>,
+        poison: Option<Poison>,
     }
 }
 
@@ -100,18 +97,18 @@ impl<F> ResponseFuture<F> {
         poison: Option<Poison>,
     ) -> Self {
         Self {
-            kind: Kind::Called {
+            inner: OrFailed::running(Called {
                 future,
                 health,
                 deadline,
                 poison,
-            },
+            }),
         }
     }
 
     pub(crate) fn failed(error: BoxError) -> Self {
         Self {
-            kind: Kind::Failed { error: Some(error) },
+            inner: OrFailed::failed(error),
         }
     }
 }
@@ -124,42 +121,48 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Called {
-                future,
-                health,
-                deadline,
-                poison,
-            } => {
-                let poll = poll_caught(RESPONSE, future, cx);
-                if poll.is_pending() {
-                    if let Some(deadline) = deadline {
-                        if deadline.sleep.as_mut().poll(cx).is_ready() {
-                            let error: BoxError = ResponseTimeout::new(deadline.after).into();
-                            if deadline.kills {
-                                health.kill(&error);
-                            }
-                            Poison::defuse(poison);
-                            return Poll::Ready(Err(error));
-                        }
+        self.project().inner.poll(cx)
+    }
+}
+
+impl<F, T, E> Future for Called<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let CalledProj {
+            future,
+            health,
+            deadline,
+            poison,
+        } = self.project();
+        let poll = poll_caught(RESPONSE, future, cx);
+        if poll.is_pending() {
+            if let Some(deadline) = deadline {
+                if deadline.sleep.as_mut().poll(cx).is_ready() {
+                    let error: BoxError = ResponseTimeout::new(deadline.after).into();
+                    if deadline.kills {
+                        health.kill(&error);
                     }
-                }
-                let result = ready!(poll);
-                // Complete: dropping it now leaves nothing on the wire.
-                Poison::defuse(poison);
-                match result {
-                    Ok(response) => {
-                        health.succeeded();
-                        Poll::Ready(Ok(response))
-                    }
-                    Err(error) => {
-                        health.failed(&error);
-                        Poll::Ready(Err(error))
-                    }
+                    Poison::defuse(poison);
+                    return Poll::Ready(Err(error));
                 }
             }
-            KindProj::Failed { error } => {
-                Poll::Ready(Err(error.take().expect("polled after completion")))
+        }
+        let result = ready!(poll);
+        // Complete: dropping it now leaves nothing on the wire.
+        Poison::defuse(poison);
+        match result {
+            Ok(response) => {
+                health.succeeded();
+                Poll::Ready(Ok(response))
+            }
+            Err(error) => {
+                health.failed(&error);
+                Poll::Ready(Err(error))
             }
         }
     }
