@@ -4,6 +4,7 @@
 #![cfg(feature = "hyper")]
 
 use support::listen;
+use support::policy::quick_redial;
 use support::redial_watch;
 
 use redial_watch::{assert_one_drop_and_one_redial, ready_after_a_drop, record_phases};
@@ -33,7 +34,7 @@ use tower_redial::error::{Closed, NotSent, Unavailable};
 use tower_redial::hyper::{http1, http2, hyper_error, is_hyper_transport_error};
 use tower_redial::retry::ResendPolicy;
 use tower_redial::state::Phase;
-use tower_redial::{Backoff, BoxError, Client, ReconnectLayer, ReconnectPolicy};
+use tower_redial::{BoxError, Client, ReconnectLayer, ReconnectPolicy};
 
 type Body = Full<Bytes>;
 type HttpClient = Client<Request<Body>, Response<Incoming>>;
@@ -260,15 +261,10 @@ enum Proto {
     Http2,
 }
 
+/// A generous wait limit: no request may fail fast in these tests, however
+/// slow the machine.
 fn policy() -> ReconnectPolicy {
-    ReconnectPolicy::builder()
-        .backoff(Backoff::exponential(
-            Duration::from_millis(10),
-            2.0,
-            Duration::from_millis(200),
-        ))
-        // Generous: no request may fail fast in these tests, however slow
-        // the machine.
+    quick_redial()
         .wait_limit(Duration::from_secs(60))
         .seed(7)
         .build()

@@ -11,6 +11,8 @@
 //! stream the server refuses is sent again.
 
 use support::listen;
+use support::listen::{Restartable, Shutdown};
+use support::policy::quick_redial;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -28,7 +30,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_redial::connect::Handshake;
@@ -84,51 +85,17 @@ impl Seen {
     }
 }
 
-struct Server {
-    addr: SocketAddr,
-    seen: Arc<Seen>,
-    running: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+/// The server, restartable gracefully on its port, and its books.
+fn start() -> (Restartable, Arc<Seen>) {
+    let seen = Arc::new(Seen::default());
+    let books = seen.clone();
+    let server = Restartable::start(move |listener, stop| serve(listener, books.clone(), stop));
+    (server, seen)
 }
 
-impl Server {
-    async fn start() -> Self {
-        let listener = listen::reusable("127.0.0.1:0".parse().unwrap());
-        let mut server = Self {
-            addr: listener.local_addr().unwrap(),
-            seen: Arc::default(),
-            running: None,
-        };
-        server.run(listener);
-        server
-    }
-
-    fn run(&mut self, listener: TcpListener) {
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(serve(listener, self.seen.clone(), stopped));
-        self.running = Some((stop, task));
-    }
-
-    /// Stops accepting, shuts every connection down gracefully, waits until
-    /// the requests in flight are answered, then listens on the same port
-    /// again.
-    async fn restart_gracefully(&mut self) {
-        if let Some((stop, task)) = self.running.take() {
-            let _ = stop.send(());
-            task.await.unwrap();
-        }
-        self.run(listen::reusable(self.addr));
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some((_, task)) = self.running.take() {
-            task.abort();
-        }
-    }
-}
-
-async fn serve(listener: TcpListener, seen: Arc<Seen>, mut stop: oneshot::Receiver<()>) {
+/// Serves until `stop`, then shuts every connection down gracefully and
+/// returns once the requests in flight are answered.
+async fn serve(listener: TcpListener, seen: Arc<Seen>, mut stop: Shutdown) {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     let mut connections = JoinSet::new();
@@ -179,18 +146,8 @@ enum Proto {
     Http2,
 }
 
-/// The defaults, but for a short backoff: the server is back within
-/// milliseconds. No opt-in to re-sending.
 fn policy() -> ReconnectPolicy {
-    ReconnectPolicy::builder()
-        .backoff(Backoff::exponential(
-            Duration::from_millis(5),
-            2.0,
-            Duration::from_millis(100),
-        ))
-        .wait_limit(Duration::from_secs(30))
-        .build()
-        .unwrap()
+    quick_redial().build().unwrap()
 }
 
 /// The client, with `GET` opted in to re-sending: for the one race each
@@ -258,8 +215,8 @@ struct Books {
 /// `tasks` tasks send `POST`s with unique ids through one client while the
 /// server restarts gracefully `CYCLES` times.
 async fn rolling_restarts(proto: Proto, tasks: u64, method: Method) {
-    let mut server = Server::start().await;
-    let addr = server.addr;
+    let (mut server, seen) = start();
+    let addr = server.addr();
     let client = client(proto, addr);
     let next_id = Arc::new(AtomicU64::new(0));
     let mut results = Vec::new();
@@ -285,7 +242,7 @@ async fn rolling_restarts(proto: Proto, tasks: u64, method: Method) {
         }
     }
 
-    let seen = &server.seen;
+    let seen = &seen;
     let mut books = Books::default();
     for (id, result) in &results {
         books.sent += 1;

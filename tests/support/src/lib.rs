@@ -19,6 +19,7 @@ pub mod line;
 pub mod listen;
 pub mod outcome;
 pub mod pg_server;
+pub mod policy;
 pub mod redial_watch;
 pub mod redis_server;
 pub mod scripted;

@@ -18,6 +18,8 @@
 //! again; its caller gets `Unavailable`.
 
 use support::listen;
+use support::listen::{Restartable, Shutdown};
+use support::policy::quick_redial;
 
 use std::collections::{BTreeMap, HashMap};
 use std::error::Error;
@@ -27,7 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tonic::codegen::BoxStream;
 use tonic::transport::Server;
@@ -36,7 +38,6 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tower_redial::error::{Closed, NotSent, Unavailable};
-use tower_redial::{Backoff, ReconnectPolicy};
 use tower_redial_interop::{GrpcClient, Transport};
 
 /// Restarts per run.
@@ -130,81 +131,38 @@ impl Health for Recorder {
     }
 }
 
-struct GrpcServer {
-    addr: SocketAddr,
-    seen: Arc<Seen>,
-    running: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+/// The tonic server, restartable gracefully on its port, and its books.
+fn start() -> (Restartable, Arc<Seen>) {
+    let seen = Arc::new(Seen::new());
+    let books = seen.clone();
+    let server = Restartable::start(move |listener, stop| serve(listener, books.clone(), stop));
+    (server, seen)
 }
 
-impl GrpcServer {
-    fn start() -> Self {
-        let listener = listen::reusable("127.0.0.1:0".parse().unwrap());
-        let mut server = Self {
-            addr: listener.local_addr().unwrap(),
-            seen: Arc::new(Seen::new()),
-            running: None,
-        };
-        server.run(listener);
-        server
-    }
-
-    fn run(&mut self, listener: TcpListener) {
-        let incoming = futures::stream::unfold(listener, |listener| async move {
-            let accepted = listener.accept().await.map(|(io, _)| io);
-            Some((accepted, listener))
-        });
-        let service = HealthServer::new(Recorder(self.seen.clone()));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
-        self.running = Some((stop, task));
-    }
-
-    /// Stops accepting, sends GOAWAY on every connection, waits until the
-    /// calls in flight are answered and the connections closed (tonic's
-    /// graceful shutdown), then listens on the same port again.
-    async fn restart_gracefully(&mut self) {
-        if let Some((stop, task)) = self.running.take() {
-            let _ = stop.send(());
-            task.await.unwrap();
-        }
-        self.run(listen::reusable(self.addr));
-    }
-}
-
-impl Drop for GrpcServer {
-    fn drop(&mut self) {
-        if let Some((_, task)) = self.running.take() {
-            task.abort();
-        }
-    }
+/// Serves until `stop`, then stops accepting, sends GOAWAY on every
+/// connection and returns once the calls in flight are answered and the
+/// connections closed (tonic's graceful shutdown).
+async fn serve(listener: TcpListener, seen: Arc<Seen>, stop: Shutdown) {
+    let incoming = futures::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(io, _)| io);
+        Some((accepted, listener))
+    });
+    Server::builder()
+        .add_service(HealthServer::new(Recorder(seen)))
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop.await;
+        })
+        .await
+        .unwrap();
 }
 
 // ---------------------------------------------------------------------------
 // The client and its books
 // ---------------------------------------------------------------------------
 
-/// The defaults, but for a short backoff (the server is back within
-/// milliseconds) and a generous wait limit (no call may fail fast, however
-/// slow the machine). No opt-in to re-sending: gRPC requests are not `Clone`.
+/// No opt-in to re-sending: gRPC requests are not `Clone`.
 fn grpc_client(addr: SocketAddr) -> (GrpcClient, Transport) {
-    let policy = ReconnectPolicy::builder()
-        .backoff(Backoff::exponential(
-            Duration::from_millis(5),
-            2.0,
-            Duration::from_millis(100),
-        ))
-        .wait_limit(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    tower_redial_interop::grpc_client(addr, policy)
+    tower_redial_interop::grpc_client(addr, quick_redial().build().unwrap())
 }
 
 /// How a failed call failed, read from the `Status` its caller got.
@@ -275,12 +233,12 @@ struct Books {
 /// then the books are checked.
 async fn rolling_restarts(tasks: usize) {
     let test = async {
-        let mut server = GrpcServer::start();
-        let (health, transport) = grpc_client(server.addr);
+        let (mut server, seen) = start();
+        let (health, transport) = grpc_client(server.addr());
         let next_id = Arc::new(AtomicU64::new(0));
         let mut results = Vec::new();
         for _ in 0..CYCLES {
-            let runs = server.seen.runs();
+            let runs = seen.runs();
             let mut workers = JoinSet::new();
             for _ in 0..tasks {
                 let (health, next_id) = (health.clone(), next_id.clone());
@@ -296,7 +254,7 @@ async fn rolling_restarts(tasks: usize) {
             // Restart while the tasks are busy: once the server has run
             // about one call per task this cycle, so that the client's
             // connection is open and calls are in flight on it.
-            server.seen.wait_for_runs(runs + tasks).await;
+            seen.wait_for_runs(runs + tasks).await;
             server.restart_gracefully().await;
             while let Some(done) = workers.join_next().await {
                 results.extend(done.expect("worker"));
@@ -311,7 +269,7 @@ async fn rolling_restarts(tasks: usize) {
         }
         results.push((last, result));
 
-        let seen = &server.seen;
+        let seen = &seen;
         let mut books = Books::default();
         let mut not_seen = Vec::new();
         let mut given_up = Vec::new();
