@@ -15,6 +15,7 @@ use tower::ServiceExt;
 
 use super::Shared;
 use crate::error::{Closed, NotSent};
+use crate::failed::OrFailed;
 use crate::retry::{BoxResponse, RetryPolicy, Slot};
 use crate::BoxError;
 
@@ -38,7 +39,7 @@ pin_project! {
         Res: 'static,
     {
         #[pin]
-        kind: SyncFuture<ClientKind<Req, Res>>,
+        kind: SyncFuture<OrFailed<ClientKind<Req, Res>>>,
     }
 }
 
@@ -70,7 +71,6 @@ pin_project! {
             inner: Pin<Box<Resend<Req, Res>>>,
             label: Arc<str>,
         },
-        Shed { error: Option<BoxError> },
     }
 }
 
@@ -131,7 +131,7 @@ where
             shared,
         };
         Self {
-            kind: SyncFuture::new(ClientKind::Queued { future, first }),
+            kind: SyncFuture::new(OrFailed::running(ClientKind::Queued { future, first })),
         }
     }
 
@@ -147,13 +147,13 @@ where
             shared,
         };
         Self {
-            kind: SyncFuture::new(ClientKind::Direct { future, first }),
+            kind: SyncFuture::new(OrFailed::running(ClientKind::Direct { future, first })),
         }
     }
 
     pub(crate) fn shed(error: BoxError) -> Self {
         Self {
-            kind: SyncFuture::new(ClientKind::Shed { error: Some(error) }),
+            kind: SyncFuture::new(OrFailed::failed(error)),
         }
     }
 }
@@ -191,9 +191,6 @@ where
                 ClientKindProj::Direct { future, first } => (ready!(future.poll(cx)), first),
                 ClientKindProj::Resent { inner, label } => {
                     return inner.poll(cx).map_err(|e| from_buffer(label, e))
-                }
-                ClientKindProj::Shed { error } => {
-                    return Poll::Ready(Err(error.take().expect("polled after completion")))
                 }
             };
             let resend = match result {
