@@ -4,6 +4,7 @@
 #![cfg(feature = "hyper")]
 
 use support::listen;
+use support::outcome::{Outcome, Tally};
 use support::policy::quick_redial;
 use support::redial_watch;
 
@@ -30,7 +31,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_redial::connect::Handshake;
 use tower_redial::connect::TcpConnector;
 use tower_redial::error::ConnectionLost;
-use tower_redial::error::{Closed, NotSent, Unavailable};
+use tower_redial::error::NotSent;
 use tower_redial::hyper::{http1, http2, hyper_error, is_hyper_transport_error};
 use tower_redial::retry::ResendPolicy;
 use tower_redial::state::Phase;
@@ -321,34 +322,27 @@ async fn send(client: HttpClient, request: Request<Body>) -> Result<Reply, BoxEr
     })
 }
 
-/// What became of a request.
-#[derive(Debug)]
-enum Outcome {
-    Ok(Reply),
-    /// The connection broke after the request may have been written: the
-    /// server may or may not have run it.
-    Ambiguous(String),
-    /// Anything else: the client gave up, failed fast, or returned a request
-    /// unsent without sending it again. None of these should happen here.
-    Unexpected(String),
+/// How a request ended: hyper's own error anywhere in the chain (a
+/// response body cut short, which no connection sees) also makes it
+/// ambiguous.
+fn outcome(result: &Result<Reply, BoxError>) -> Outcome {
+    Outcome::of_with(result, |error| hyper_error(error).is_some())
 }
 
-fn outcome(result: Result<Reply, BoxError>) -> Outcome {
-    let error = match result {
-        Ok(reply) => return Outcome::Ok(reply),
-        Err(error) => error,
-    };
-    let chain = || {
-        std::iter::successors(Some(&*error as &(dyn std::error::Error + 'static)), |e| {
-            e.source()
-        })
-    };
-    let given_up = chain().any(|e| e.is::<Unavailable>() || e.is::<Closed>() || e.is::<NotSent>());
-    let transport = chain().any(|e| e.is::<hyper::Error>() || e.is::<std::io::Error>());
-    if !given_up && transport {
-        Outcome::Ambiguous(format!("{error:?}"))
-    } else {
-        Outcome::Unexpected(format!("{error:?}"))
+/// What the callers were told: how each request ended, and the count each
+/// success was answered with.
+#[derive(Default)]
+struct Told {
+    tally: Tally,
+    replies: Vec<u64>,
+}
+
+impl Told {
+    fn record(&mut self, result: &Result<Reply, BoxError>) {
+        self.tally.record_as(outcome(result), result);
+        if let Ok(reply) = result {
+            self.replies.push(reply.n);
+        }
     }
 }
 
@@ -378,17 +372,13 @@ async fn restart_during_traffic(proto: Proto) {
     let client = client(proto, addr, ReconnectLayer::new(policy()));
 
     // Workers send one request after another until told to stop.
-    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let told = Arc::new(Mutex::new(Told::default()));
     let (ok_tx, mut ok_rx) = watch::channel((0usize, 0usize)); // successes in runs 1 and 2
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut workers = JoinSet::new();
     for _ in 0..WORKERS {
-        let (client, outcomes, ok_tx, stop) = (
-            client.clone(),
-            outcomes.clone(),
-            ok_tx.clone(),
-            stop_rx.clone(),
-        );
+        let (client, told, ok_tx, stop) =
+            (client.clone(), told.clone(), ok_tx.clone(), stop_rx.clone());
         workers.spawn(async move {
             while !*stop.borrow() {
                 let result =
@@ -399,7 +389,7 @@ async fn restart_during_traffic(proto: Proto) {
                         _ => *second += 1,
                     });
                 }
-                lock(&outcomes).push(outcome(result));
+                lock(&told).record(&result);
             }
         });
     }
@@ -438,7 +428,7 @@ async fn restart_during_traffic(proto: Proto) {
             .unwrap()
             .expect("request sent during the outage failed");
         assert_eq!(reply.generation, 2, "answered after the restart");
-        lock(&outcomes).push(Outcome::Ok(reply));
+        lock(&told).record(&Ok(reply));
     }
 
     // Traffic flows again.
@@ -448,32 +438,10 @@ async fn restart_during_traffic(proto: Proto) {
         joined.unwrap();
     }
 
-    // Every request ended in exactly one outcome, none of them unexpected.
-    let outcomes = std::mem::take(&mut *lock(&outcomes));
-    let unexpected: Vec<&String> = outcomes
-        .iter()
-        .filter_map(|o| match o {
-            Outcome::Unexpected(error) => Some(error),
-            _ => None,
-        })
-        .collect();
-    assert!(unexpected.is_empty(), "unexpected errors: {unexpected:?}");
-    let ambiguous: Vec<&String> = outcomes
-        .iter()
-        .filter_map(|o| match o {
-            Outcome::Ambiguous(error) => Some(error),
-            _ => None,
-        })
-        .collect();
-    let mut replies: Vec<u64> = outcomes
-        .iter()
-        .filter_map(|o| match o {
-            Outcome::Ok(reply) => Some(reply.n),
-            _ => None,
-        })
-        .collect();
-    let ok = replies.len() as u64;
-    assert_eq!(ok as usize + ambiguous.len(), outcomes.len());
+    // Every request ended in exactly one outcome: answered, or ambiguous.
+    let Told { tally, mut replies } = std::mem::take(&mut *lock(&told));
+    tally.assert_ok_or_ambiguous();
+    let (ok, ambiguous) = (tally.ok, tally.ambiguous);
 
     // Books: each success is its own execution, and nothing ran that the
     // client did not send once: answered <= executed <= answered + ambiguous.
@@ -487,14 +455,12 @@ async fn restart_during_traffic(proto: Proto) {
     let executed = server.incr();
     let stats = client.stats();
     eprintln!(
-        "{proto:?}: {} requests, {ok} answered, {} ambiguous {ambiguous:?}, {executed} run; {stats:?}",
-        outcomes.len(),
-        ambiguous.len(),
+        "{proto:?}: {} requests, {ok} answered, {ambiguous} ambiguous, {executed} run; {stats:?}; {tally:?}",
+        tally.issued,
     );
     assert!(
-        ok <= executed && executed <= ok + ambiguous.len() as u64,
-        "{proto:?}: answered {ok}, ambiguous {}, executed {executed}",
-        ambiguous.len()
+        ok <= executed && executed <= ok + ambiguous,
+        "{proto:?}: answered {ok}, ambiguous {ambiguous}, executed {executed}"
     );
 
     assert!(stats.drops >= 1, "{stats:?}");
@@ -579,10 +545,8 @@ async fn http2_requests_handed_back_unsent_are_resent_once() {
 
         server.restart().await;
 
-        assert!(matches!(
-            outcome(held.await.unwrap()),
-            Outcome::Ambiguous(_)
-        ));
+        let held = held.await.unwrap();
+        assert_eq!(outcome(&held), Outcome::Ambiguous, "{held:?}");
         let mut ok = 0;
         for post in posts {
             let result = post.await.unwrap();
@@ -592,15 +556,15 @@ async fn http2_requests_handed_back_unsent_are_resent_once() {
             if result.as_ref().is_err_and(|e| e.is::<NotSent>()) {
                 continue;
             }
-            match outcome(result) {
-                Outcome::Ok(reply) => {
+            match (outcome(&result), result) {
+                (Outcome::Ok, Ok(reply)) => {
                     assert_eq!(reply.generation, 2);
                     ok += 1;
                 }
                 // The one hyper had taken from its queue, waiting for the
                 // stream: hyper cannot tell that it was not sent.
-                Outcome::Ambiguous(_) => {}
-                other => panic!("{other:?}"),
+                (Outcome::Ambiguous, _) => {}
+                (other, result) => panic!("{other:?}: {result:?}"),
             }
         }
         let stats = client.stats();
@@ -829,8 +793,7 @@ async fn possibly_sent_post_is_not_resent(proto: Proto) {
         request(proto, addr, Method::POST, "/incr-then-die"),
     )
     .await;
-    let error = result.unwrap_err();
-    assert!(matches!(outcome(Err(error)), Outcome::Ambiguous(_)));
+    assert_eq!(outcome(&result), Outcome::Ambiguous, "{result:?}");
     assert_eq!(server.incr(), 1, "ran once, not re-sent");
     assert_eq!(client.stats().retries, 0);
 
@@ -881,7 +844,7 @@ async fn opted_in_requests_are_resent(proto: Proto) {
         request(proto, addr, Method::POST, "/incr-then-die"),
     )
     .await;
-    assert!(matches!(outcome(result), Outcome::Ambiguous(_)));
+    assert_eq!(outcome(&result), Outcome::Ambiguous, "{result:?}");
     assert_eq!(server.incr(), 1, "the POST ran once, not re-sent");
     assert_eq!(client.stats().retries, 1);
 }

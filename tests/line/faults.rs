@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use fault_proxy::{Direction, Fault, FaultProxy};
 use support::line::*;
-use support::outcome::{outcome, Outcome, Tally};
+use support::outcome::{Outcome, Tally};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
@@ -245,7 +245,7 @@ async fn reset_peer_fails_in_flight_ambiguously_then_recovers() {
     proxy.set_fault(Fault::ResetPeer);
 
     let result = guard("the INCR to fail", incr).await.expect("task");
-    assert_eq!(outcome(&result), Outcome::Ambiguous, "{result:?}");
+    assert_eq!(Outcome::of(&result), Outcome::Ambiguous, "{result:?}");
     let kind = io_kind(&*result.unwrap_err());
     assert!(
         matches!(
@@ -400,7 +400,7 @@ async fn slow_close_delays_the_close_then_recovers() {
     guard("restart", server.restart()).await;
     let result = guard("the INCR to fail", incr).await.expect("task");
     let waited = start.elapsed();
-    assert_eq!(outcome(&result), Outcome::Ambiguous, "{result:?}");
+    assert_eq!(Outcome::of(&result), Outcome::Ambiguous, "{result:?}");
     assert!(waited >= ms(300), "the close came early: {waited:?}");
     assert!(proxy.stats().slow_closes >= 1, "{:?}", proxy.stats());
 

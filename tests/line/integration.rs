@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::line::*;
-use support::outcome::{outcome, Outcome, Tally};
+use support::outcome::{Outcome, Tally};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -400,7 +400,7 @@ async fn notice_outage(client: &LineClient) -> Option<JoinHandle<Result<String, 
                     result = &mut probe => {
                         let result = result.expect("probe task");
                         assert_eq!(
-                            outcome(&result),
+                            Outcome::of(&result),
                             Outcome::Ambiguous,
                             "a probe can only fail on the dead connection: {result:?}"
                         );
@@ -734,7 +734,7 @@ async fn executed_but_unanswered_incr_is_not_resent() {
     let result = deadline("the INCR to fail", incr)
         .await
         .expect("request task");
-    assert_eq!(outcome(&result), Outcome::Ambiguous, "{result:?}");
+    assert_eq!(Outcome::of(&result), Outcome::Ambiguous, "{result:?}");
     let kind = io_kind(&*result.unwrap_err());
     assert!(
         matches!(

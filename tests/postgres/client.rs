@@ -3,9 +3,10 @@
 //! `support/pg_server.rs`) that is restarted mid-run.
 #![cfg(feature = "postgres")]
 
+use support::outcome::Outcome;
 use support::pg_server;
 
-use crate::Config as _;
+use crate::{outcome, Config as _};
 
 use support::redial_watch;
 
@@ -23,8 +24,7 @@ use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_redial::error::ConnectionLost;
-use tower_redial::error::{Closed, NotSent, Unavailable};
+use tower_redial::error::{ConnectionLost, Unavailable};
 use tower_redial::postgres::{self, MakePostgres, PgClient, Query, Rows};
 use tower_redial::state::Phase;
 use tower_redial::{Backoff, BoxError, ReconnectLayer, ReconnectPolicy, ReconnectPolicyBuilder};
@@ -101,44 +101,26 @@ async fn within<F: Future>(limit: Duration, what: &str, future: F) -> F::Output 
 // What happened to each insert
 // ---------------------------------------------------------------------------
 
-#[derive(Debug)]
-enum Outcome {
-    /// The insert committed.
-    Ok,
-    /// The connection broke after the insert may have been sent: it may or
-    /// may not have committed.
-    Ambiguous,
-    /// The insert provably never ran (`NotSent` with no re-send left,
-    /// `Unavailable`, `Closed`).
-    NotRun(String),
-    /// Anything else, such as a unique violation: a bug.
-    Other(String),
-}
-
-fn outcome(result: &Result<Rows, BoxError>) -> Outcome {
-    let error = match result {
-        Ok(_) => return Outcome::Ok,
-        Err(error) => error,
-    };
-    if NotSent::is_in(&**error) || error.is::<Unavailable>() || error.is::<Closed>() {
-        Outcome::NotRun(format!("{error:?}"))
-    } else if error.is::<ConnectionLost>()
-        && postgres::postgres_error(&**error).is_some()
-        && tower_redial::classify::is_transport_error(&**error)
-    {
-        Outcome::Ambiguous
-    } else {
-        Outcome::Other(format!("{error:?}"))
-    }
-}
-
 struct Record {
     id: i64,
     outcome: Outcome,
+    /// The error, if it failed.
+    error: Option<String>,
     /// The restart epoch when the insert was issued and when it finished:
     /// odd while a restart is in progress.
     issued: u64,
     finished: u64,
+}
+
+impl Record {
+    /// The insert provably never ran: it came back `NotSent` with no
+    /// re-send left, `Unavailable`, or `Closed`.
+    fn not_run(&self) -> bool {
+        matches!(
+            self.outcome,
+            Outcome::NotSent | Outcome::Unavailable | Outcome::Closed
+        )
+    }
 }
 
 /// Issue 3: eight tasks insert rows with unique ids while the server is
@@ -182,12 +164,13 @@ async fn inserts_during_immediate_restarts_are_never_lost_or_doubled() {
                 let result = run(&client, insert(id)).await;
                 let finished = epoch.load(Ordering::SeqCst);
                 let outcome = outcome(&result);
-                if matches!(outcome, Outcome::Ok) {
+                if outcome == Outcome::Ok {
                     ok_tx.send_modify(|n| *n += 1);
                 }
                 records.push(Record {
                     id,
                     outcome,
+                    error: result.err().map(|e| format!("{e:?}")),
                     issued,
                     finished,
                 });
@@ -243,35 +226,30 @@ async fn inserts_during_immediate_restarts_are_never_lost_or_doubled() {
 
     let ok: Vec<_> = records
         .iter()
-        .filter(|r| matches!(r.outcome, Outcome::Ok))
+        .filter(|r| r.outcome == Outcome::Ok)
         .collect();
     let ambiguous: Vec<_> = records
         .iter()
-        .filter(|r| matches!(r.outcome, Outcome::Ambiguous))
+        .filter(|r| r.outcome == Outcome::Ambiguous)
         .collect();
-    let not_run: Vec<_> = records
-        .iter()
-        .filter(|r| matches!(r.outcome, Outcome::NotRun(_)))
-        .collect();
+    let not_run: Vec<_> = records.iter().filter(|r| r.not_run()).collect();
+    // Anything else, such as a unique violation: a bug.
     let other: Vec<_> = records
         .iter()
-        .filter_map(|r| match &r.outcome {
-            Outcome::Other(e) => Some((r.id, e)),
-            _ => None,
-        })
+        .filter(|r| !matches!(r.outcome, Outcome::Ok | Outcome::Ambiguous) && !r.not_run())
+        .map(|r| (r.id, r.outcome, &r.error))
         .collect();
     assert!(other.is_empty(), "inserts failed unexpectedly: {other:?}");
     for record in &ok {
         assert!(present.contains(&record.id), "Ok insert {} lost", record.id);
     }
     for record in &not_run {
-        if let Outcome::NotRun(error) = &record.outcome {
-            assert!(
-                !present.contains(&record.id),
-                "insert {} ran although it failed with {error}",
-                record.id,
-            );
-        }
+        assert!(
+            !present.contains(&record.id),
+            "insert {} ran although it failed with {:?}",
+            record.id,
+            record.error,
+        );
     }
     let issued: HashSet<i64> = records.iter().map(|r| r.id).collect();
     assert!(present.is_subset(&issued), "a row nobody inserted");
@@ -280,13 +258,10 @@ async fn inserts_during_immediate_restarts_are_never_lost_or_doubled() {
 
     // Inserts issued while a restart was in progress.
     let during: Vec<_> = records.iter().filter(|r| r.issued % 2 == 1).collect();
-    let during_ok = during
-        .iter()
-        .filter(|r| matches!(r.outcome, Outcome::Ok))
-        .count();
+    let during_ok = during.iter().filter(|r| r.outcome == Outcome::Ok).count();
     let waited_ok = during
         .iter()
-        .filter(|r| matches!(r.outcome, Outcome::Ok) && r.finished > r.issued)
+        .filter(|r| r.outcome == Outcome::Ok && r.finished > r.issued)
         .count();
     assert!(
         during_ok >= 1,
@@ -313,7 +288,7 @@ async fn inserts_during_immediate_restarts_are_never_lost_or_doubled() {
         waited_ok,
         during
             .iter()
-            .filter(|r| matches!(r.outcome, Outcome::Ambiguous))
+            .filter(|r| r.outcome == Outcome::Ambiguous)
             .count()
     );
     println!("client stats: {stats:?}");

@@ -4,7 +4,11 @@
 mod client;
 mod restart;
 
+use support::outcome::Outcome;
 use support::pg_server::PgServer;
+use tower_redial::error::ConnectionLost;
+use tower_redial::postgres::{self, Rows};
+use tower_redial::{classify, BoxError};
 
 /// The test server's connection settings as tokio-postgres reads them.
 trait Config {
@@ -15,4 +19,24 @@ impl Config for PgServer {
     fn config(&self) -> tokio_postgres::Config {
         self.conninfo().parse().expect("a valid connection string")
     }
+}
+
+/// How a query ended: the shared reading, except that a broken connection
+/// is ambiguous only as the connection's own verdict (see
+/// [`session_ended`]). Anything else the shared reading calls ambiguous is
+/// unexpected here.
+fn outcome(result: &Result<Rows, BoxError>) -> Outcome {
+    match (Outcome::of(result), result) {
+        (Outcome::Ambiguous, Err(error)) if !session_ended(error) => Outcome::Unexpected,
+        (outcome, _) => outcome,
+    }
+}
+
+/// Whether `error` is a [`ConnectionLost`] around the PostgreSQL error that
+/// ended the session.
+fn session_ended(error: &BoxError) -> bool {
+    error.is::<ConnectionLost>()
+        && postgres::postgres_error(&**error).is_some_and(|e| {
+            postgres::is_postgres_transport_error(e) || classify::is_transport_error(e)
+        })
 }

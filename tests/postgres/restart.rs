@@ -11,9 +11,10 @@
 //! on a free 127.0.0.1 port, removed on drop (see `support/pg_server.rs`).
 #![cfg(feature = "postgres")]
 
+use support::outcome::Outcome;
 use support::pg_server;
 
-use crate::Config as _;
+use crate::{outcome, Config as _};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::error::Error;
@@ -29,7 +30,6 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::NoTls;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_redial::error::ConnectionLost;
 use tower_redial::error::NotSent;
 use tower_redial::postgres::{
     self, MakePostgres, PgClient, PgConnection, Query, QueryFuture, Rows,
@@ -177,49 +177,44 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 // ---------------------------------------------------------------------------
 
 #[derive(Debug)]
-enum Outcome {
-    /// Committed, with the server's row id.
-    Ok(i64),
-    /// The session ended once the statement had been handed to the
-    /// connection: it may or may not have run. The server's SQLSTATE, if it
-    /// sent one (else the connection just closed).
-    Ambiguous(Option<SqlState>),
-    /// A `NotSent` reached the caller: its re-sends were spent.
-    NotSent(String),
-    /// Anything else (`Unavailable`, `Closed`, a server error such as a
-    /// unique violation): never expected.
-    Other(String),
-}
-
-fn outcome(result: Result<Rows, BoxError>) -> Outcome {
-    let error = match result {
-        Ok(rows) => {
-            return match rows.first() {
-                Some(row) => Outcome::Ok(row.get(0)),
-                None => Outcome::Other("no row returned".to_string()),
-            }
-        }
-        Err(error) => error,
-    };
-    if NotSent::is_in(&*error) {
-        Outcome::NotSent(format!("{error:?}"))
-    } else if error.is::<ConnectionLost>()
-        && postgres::postgres_error(&*error).is_some_and(|e| {
-            postgres::is_postgres_transport_error(e) || classify::is_transport_error(e)
-        })
-    {
-        Outcome::Ambiguous(sqlstate(&*error))
-    } else {
-        Outcome::Other(format!("{error:?}"))
-    }
-}
-
 struct Record {
     client_id: i64,
     outcome: Outcome,
+    /// The server's row id, if it committed.
+    id: Option<i64>,
+    /// The server's SQLSTATE, if it failed with one. For an ambiguous
+    /// failure, why the session ended (none: the connection just closed).
+    code: Option<SqlState>,
+    /// The error, if it failed.
+    error: Option<String>,
     /// The load's epoch when the insert was issued and when it finished.
     issued: usize,
     finished: usize,
+}
+
+impl Record {
+    fn new(client_id: i64, result: Result<Rows, BoxError>, issued: usize, finished: usize) -> Self {
+        let id = result
+            .as_ref()
+            .ok()
+            .and_then(|rows| rows.first())
+            .map(|row| row.get(0));
+        let (outcome, error) = match (outcome(&result), &result) {
+            (Outcome::Ok, _) if id.is_none() => {
+                (Outcome::Unexpected, Some("no row returned".into()))
+            }
+            (outcome, result) => (outcome, result.as_ref().err().map(|e| format!("{e:?}"))),
+        };
+        Self {
+            client_id,
+            outcome,
+            id,
+            code: result.as_ref().err().and_then(|e| sqlstate(&**e)),
+            error,
+            issued,
+            finished,
+        }
+    }
 }
 
 /// The load: the tasks' shared counters. The epoch moves on at each step of
@@ -279,16 +274,11 @@ impl Load {
                     let result =
                         within("an insert", client.clone().oneshot(insert(client_id))).await;
                     let finished = load.epoch();
-                    let outcome = outcome(result);
-                    if matches!(outcome, Outcome::Ok(_)) {
+                    let record = Record::new(client_id, result, issued, finished);
+                    if record.outcome == Outcome::Ok {
                         load.oks.send_modify(|oks| oks[issued] += 1);
                     }
-                    records.push(Record {
-                        client_id,
-                        outcome,
-                        issued,
-                        finished,
-                    });
+                    records.push(record);
                 }
                 records
             });
@@ -370,30 +360,33 @@ async fn check_books(
     let mut other = Vec::new();
     for record in records {
         let rows = present.get(&record.client_id);
-        match &record.outcome {
-            Outcome::Ok(id) => {
+        match record.outcome {
+            Outcome::Ok => {
                 ok += 1;
+                let id = record.id.expect("a row id for each success");
                 assert_eq!(
                     rows,
-                    Some(&vec![*id]),
+                    Some(&vec![id]),
                     "insert {} succeeded as row {id}",
                     record.client_id
                 );
             }
-            Outcome::Ambiguous(code) => {
+            Outcome::Ambiguous => {
                 ambiguous += 1;
                 ambiguous_present += usize::from(rows.is_some());
-                let code = code.as_ref().map_or("closed", SqlState::code);
+                let code = record.code.as_ref().map_or("closed", SqlState::code);
                 *codes.entry(code.to_string()).or_default() += 1;
             }
-            Outcome::NotSent(error) => not_sent.push((record.client_id, error)),
-            Outcome::Other(error) => other.push((record.client_id, error)),
+            Outcome::NotSent => not_sent.push((record.client_id, &record.error)),
+            // `Unavailable`, `Closed`, a server error such as a unique
+            // violation: never expected.
+            other_outcome => other.push((record.client_id, other_outcome, &record.error)),
         }
     }
     for client_id in present.keys() {
-        match by_id.get(client_id).map(|r| &r.outcome) {
-            Some(Outcome::Ok(_) | Outcome::Ambiguous(_)) => {}
-            Some(outcome) => panic!("insert {client_id} ran, but its caller got {outcome:?}"),
+        match by_id.get(client_id) {
+            Some(r) if matches!(r.outcome, Outcome::Ok | Outcome::Ambiguous) => {}
+            Some(r) => panic!("insert {client_id} ran, but its caller got {r:?}"),
             None => panic!("a row for client id {client_id}, which nobody inserted"),
         }
     }
@@ -415,10 +408,7 @@ async fn check_books(
         other.len(),
         rows.len(),
         during.len(),
-        during
-            .iter()
-            .filter(|r| matches!(r.outcome, Outcome::Ok(_)))
-            .count(),
+        during.iter().filter(|r| r.outcome == Outcome::Ok).count(),
     );
 
     assert!(
@@ -487,11 +477,11 @@ async fn restarts_under_load(mode: Shutdown) {
     // finished in it succeeded.
     for record in &records {
         if smart.contains(&record.issued) && record.finished == record.issued {
-            assert!(
-                matches!(record.outcome, Outcome::Ok(_)),
-                "insert {} failed during a smart shutdown: {:?}",
+            assert_eq!(
+                record.outcome,
+                Outcome::Ok,
+                "insert {} failed during a smart shutdown: {record:?}",
                 record.client_id,
-                record.outcome
             );
         }
     }

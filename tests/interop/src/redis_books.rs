@@ -12,12 +12,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::{Cmd, ErrorKind, RedisError, ServerErrorKind, Value};
+use redis::{Cmd, ErrorKind, ServerErrorKind, Value};
+use support::line::find_error;
+use support::outcome::{Outcome, Tally};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
 use tower::ServiceExt;
-use tower_redial::error::{Closed, NotSent, Unavailable};
 use tower_redial::redis::{redis_error, NotServing, RedisClient};
 use tower_redial::{Backoff, BoxError, Jitter, ReconnectPolicy};
 
@@ -54,64 +55,33 @@ pub fn incr() -> Cmd {
 // Outcomes
 // ---------------------------------------------------------------------------
 
-/// How one command ended, as its caller saw it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Ok,
-    /// A transport error: the command may or may not have run.
-    Ambiguous,
-    /// Never reached the server, and handed back (re-sends spent).
-    NotSent,
-    /// Failed fast: the connection was down past the wait limit.
-    Unavailable,
-    Closed,
-    /// The server's `-LOADING` or `-MASTERDOWN` reached the caller.
-    NotServing,
-    /// Any other error reply from the server: the command did not run.
-    Refused,
-    Unexpected,
-}
-
-pub fn outcome(result: &Result<Value, BoxError>) -> Outcome {
-    let error = match result {
-        Ok(_) => return Outcome::Ok,
-        Err(error) => &**error,
+/// How one command ended, as its caller saw it: the shared reading, with
+/// redis-rs's own errors read first where they say more. The server's
+/// refusal as not serving (`-LOADING`, `-MASTERDOWN`), even handed back
+/// with its re-sends spent, and any other error reply are
+/// [`Refused`](Outcome::Refused); an IO `RedisError` is
+/// [`Ambiguous`](Outcome::Ambiguous).
+pub fn outcome<T>(result: &Result<T, BoxError>) -> Outcome {
+    let Err(error) = result else {
+        return Outcome::Ok;
     };
-    if find::<Unavailable>(error).is_some() {
-        Outcome::Unavailable
-    } else if find::<Closed>(error).is_some() {
-        Outcome::Closed
-    } else if says_not_serving(error) {
-        // Checked before `NotSent`: a refused command handed back with its
-        // re-sends spent is a refusal reaching the caller.
-        Outcome::NotServing
-    } else if find::<NotSent>(error).is_some() {
-        Outcome::NotSent
-    } else if redis_error(error).is_some_and(RedisError::is_io_error) {
-        Outcome::Ambiguous
-    } else if redis_error(error).is_some() {
-        Outcome::Refused
-    } else {
-        Outcome::Unexpected
+    match Outcome::of_error(&**error) {
+        gave_up @ (Outcome::Unavailable | Outcome::Closed) => gave_up,
+        _ if says_not_serving(&**error) => Outcome::Refused,
+        Outcome::NotSent => Outcome::NotSent,
+        // redis-rs reports every other failure as a `RedisError`.
+        _ => match redis_error(&**error) {
+            Some(redis) if redis.is_io_error() => Outcome::Ambiguous,
+            Some(_) => Outcome::Refused,
+            None => Outcome::Unexpected,
+        },
     }
-}
-
-/// The first `E` in `error`'s `source()` chain, `error` included.
-pub fn find<'a, E: Error + 'static>(error: &'a (dyn Error + 'static)) -> Option<&'a E> {
-    let mut next = Some(error);
-    while let Some(error) = next {
-        if let Some(found) = error.downcast_ref::<E>() {
-            return Some(found);
-        }
-        next = error.source();
-    }
-    None
 }
 
 /// The server's refusal of a command as not serving, if `error` holds one
 /// in any form: a `NotServing`, or the reply itself.
 pub fn says_not_serving(error: &(dyn Error + 'static)) -> bool {
-    find::<NotServing>(error).is_some()
+    find_error::<NotServing>(error).is_some()
         || redis_error(error).is_some_and(|e| {
             matches!(
                 e.kind(),
@@ -147,17 +117,10 @@ pub fn int_or_nil(value: &Value) -> i64 {
 /// What the callers saw.
 #[derive(Debug, Default)]
 pub struct Books {
-    pub issued: u64,
+    /// Every command, by how it ended.
+    pub tally: Tally,
     pub incr_ok: u64,
     pub incr_ambiguous: u64,
-    pub get_ok: u64,
-    pub ambiguous: u64,
-    pub not_sent: u64,
-    pub unavailable: u64,
-    pub closed: u64,
-    pub not_serving: u64,
-    pub refused: u64,
-    pub unexpected: Vec<String>,
     pub slowest: Duration,
     /// How the slowest command ended.
     pub slowest_outcome: Option<Outcome>,
@@ -169,17 +132,9 @@ pub struct Books {
 
 impl Books {
     pub fn add(&mut self, other: Books) {
-        self.issued += other.issued;
+        self.tally.add(&other.tally);
         self.incr_ok += other.incr_ok;
         self.incr_ambiguous += other.incr_ambiguous;
-        self.get_ok += other.get_ok;
-        self.ambiguous += other.ambiguous;
-        self.not_sent += other.not_sent;
-        self.unavailable += other.unavailable;
-        self.closed += other.closed;
-        self.not_serving += other.not_serving;
-        self.refused += other.refused;
-        self.unexpected.extend(other.unexpected);
         if other.slowest > self.slowest {
             self.slowest = other.slowest;
             self.slowest_outcome = other.slowest_outcome;
@@ -218,8 +173,7 @@ async fn caller(
         let sent = Instant::now();
         let result = client.clone().oneshot(command).await;
         let took = sent.elapsed();
-        books.issued += 1;
-        let outcome = outcome(&result);
+        let outcome = books.tally.record_as(outcome(&result), &result);
         if took > books.slowest {
             books.slowest = took;
             books.slowest_outcome = Some(outcome);
@@ -237,7 +191,6 @@ async fn caller(
                 seen = value;
             }
             (Outcome::Ok, false) => {
-                books.get_ok += 1;
                 let value = int_or_nil(result.as_ref().unwrap());
                 if value < seen {
                     books.violations.push(format!(
@@ -246,20 +199,10 @@ async fn caller(
                 }
                 seen = seen.max(value);
             }
-            (Outcome::Ambiguous, incr) => {
-                books.ambiguous += 1;
-                books.incr_ambiguous += u64::from(incr);
-            }
-            (Outcome::NotSent, _) => books.not_sent += 1,
-            (Outcome::Unavailable, _) => {
-                books.unavailable += 1;
-                // Failing fast is instant: pace the loop.
-                sleep(Duration::from_millis(10)).await;
-            }
-            (Outcome::Closed, _) => books.closed += 1,
-            (Outcome::NotServing, _) => books.not_serving += 1,
-            (Outcome::Refused, _) => books.refused += 1,
-            (Outcome::Unexpected, _) => books.unexpected.push(format!("{result:?}")),
+            (Outcome::Ambiguous, incr) => books.incr_ambiguous += u64::from(incr),
+            // Failing fast is instant: pace the loop.
+            (Outcome::Unavailable, _) => sleep(Duration::from_millis(10)).await,
+            _ => {}
         }
         if outcome == Outcome::Ok {
             answered.send_modify(|n| *n += 1);

@@ -1,7 +1,7 @@
 //! What tower-redial's tests, examples and benchmarks share.
 //!
 //! - Real servers on `127.0.0.1` ephemeral ports, each stopped when dropped:
-//!   [`line`] (a line protocol of our own, with a client connection),
+//!   [`line`](mod@line) (a line protocol of our own, with a client connection),
 //!   [`redis_server`] and [`pg_server`].
 //! - Faults: [`fault_proxy`], an in-process TCP proxy that breaks
 //!   connections on demand.

@@ -1,8 +1,18 @@
-//! How a request through a line-protocol client ended, classified by type,
-//! and the client with a per-request timeout that the fault tests use.
+//! How a request ended, whatever the protocol, read from the types in its
+//! error's `source()` chain, and the books of many requests. Every suite
+//! counts with these, and the client with a per-request timeout that the
+//! fault tests use lives here too.
+//!
+//! [`Outcome::of`] knows tower-redial's own errors, tower's timeout and
+//! transport IO errors, and no protocol: the crate's integrations stay out
+//! of this crate. A suite that knows its protocol checks its specifics,
+//! falls back on [`Outcome::of`], and still returns an [`Outcome`]: redis
+//! counts an error reply as [`Refused`](Outcome::Refused), PostgreSQL calls
+//! a broken connection ambiguous only when the session's own error says it
+//! ended. What a suite keeps of a success (a row id, a reply) sits beside
+//! the outcome, in the suite's own record.
 
 use std::error::Error;
-use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -12,54 +22,76 @@ use tower_redial::classify::is_transport_error;
 use tower_redial::classify::Classifier;
 use tower_redial::connect::Handshake;
 use tower_redial::connect::TcpConnector;
-use tower_redial::error::{Closed, NotSent, Unavailable};
+use tower_redial::error::{Closed, ConnectionLost, NotSent, ResponseTimeout, Unavailable};
 use tower_redial::{BoxError, Client, ReconnectLayer, ReconnectPolicyBuilder};
 
-use crate::line::{find_error, io_kind, LineConnection};
+use crate::line::{find_error, LineConnection};
 
 /// How one request ended, as seen by its caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Ok,
-    /// A transport error (reset, EOF, broken pipe) for a request that may
-    /// have reached the server.
+    /// The connection broke once the request may have reached the server
+    /// (a [`ConnectionLost`], or a transport [`io::Error`](std::io::Error)
+    /// such as a reset): it may or may not have run.
     Ambiguous,
-    /// A per-request timeout inside the connection: the request may have run.
+    /// A per-request timeout (tower's [`Elapsed`], or the policy's
+    /// [`ResponseTimeout`]): the request may have run.
     TimedOut,
-    /// Never reached the server (re-sends exhausted, or the budget spent).
+    /// Came back [`NotSent`]: it never reached the server, and was not sent
+    /// again (its re-sends, or the re-send budget, were spent).
     NotSent,
+    /// Failed fast with [`Unavailable`]: no connection within the wait
+    /// limit.
     Unavailable,
+    /// The client had given up: [`Closed`].
     Closed,
+    /// The server answered with an error of its own, so the request did not
+    /// run. Only a suite that knows its protocol's replies says so.
+    Refused,
     /// Anything else: never expected.
     Unexpected,
 }
 
-/// Classifies `result` by the types in its error's `source()` chain.
-pub fn outcome(result: &Result<String, BoxError>) -> Outcome {
-    let error = match result {
-        Ok(_) => return Outcome::Ok,
-        Err(error) => &**error,
-    };
-    if find_error::<Unavailable>(error).is_some() {
-        Outcome::Unavailable
-    } else if find_error::<Closed>(error).is_some() {
-        Outcome::Closed
-    } else if find_error::<NotSent>(error).is_some() {
-        Outcome::NotSent
-    } else if is_elapsed(error) {
-        Outcome::TimedOut
-    } else if matches!(
-        io_kind(error),
-        Some(
-            io::ErrorKind::UnexpectedEof
-                | io::ErrorKind::ConnectionReset
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::BrokenPipe
-        )
-    ) {
-        Outcome::Ambiguous
-    } else {
-        Outcome::Unexpected
+impl Outcome {
+    /// How `result` ended.
+    pub fn of<T>(result: &Result<T, BoxError>) -> Self {
+        match result {
+            Ok(_) => Self::Ok,
+            Err(error) => Self::of_error(&**error),
+        }
+    }
+
+    /// How a request that failed with `error` ended.
+    pub fn of_error(error: &(dyn Error + 'static)) -> Self {
+        if find_error::<Unavailable>(error).is_some() {
+            Self::Unavailable
+        } else if find_error::<Closed>(error).is_some() {
+            Self::Closed
+        } else if NotSent::is_in(error) {
+            Self::NotSent
+        } else if is_elapsed(error) || find_error::<ResponseTimeout>(error).is_some() {
+            Self::TimedOut
+        } else if ConnectionLost::is_in(error) || is_transport_error(error) {
+            Self::Ambiguous
+        } else {
+            Self::Unexpected
+        }
+    }
+
+    /// As [`of`](Self::of), where `broke_off` finds the protocol's own sign
+    /// that the exchange broke off midway (hyper's error, say, for a
+    /// response body cut short, which no connection sees): a failure that
+    /// would be [`Unexpected`](Self::Unexpected) and that `broke_off` finds
+    /// is [`Ambiguous`](Self::Ambiguous).
+    pub fn of_with<T>(
+        result: &Result<T, BoxError>,
+        broke_off: impl Fn(&(dyn Error + 'static)) -> bool,
+    ) -> Self {
+        match (Self::of(result), result) {
+            (Self::Unexpected, Err(error)) if broke_off(&**error) => Self::Ambiguous,
+            (outcome, _) => outcome,
+        }
     }
 }
 
@@ -67,6 +99,9 @@ pub fn outcome(result: &Result<String, BoxError>) -> Outcome {
 pub fn is_elapsed(error: &(dyn Error + 'static)) -> bool {
     find_error::<Elapsed>(error).is_some()
 }
+
+/// Sample errors kept of each outcome, for failure messages.
+const SAMPLES: usize = 3;
 
 /// Counts of outcomes; every recorded request is counted exactly once.
 #[derive(Clone, Debug, Default)]
@@ -78,34 +113,39 @@ pub struct Tally {
     pub not_sent: u64,
     pub unavailable: u64,
     pub closed: u64,
+    pub refused: u64,
     pub unexpected: u64,
     /// Answered, but with a reply of the wrong shape: cut short by a fault,
     /// so the request may have run.
     pub truncated: u64,
-    /// The first few results worth a look, for failure messages.
-    pub samples: Vec<String>,
+    /// The first few errors of each outcome, for failure messages.
+    pub samples: Vec<(Outcome, String)>,
 }
 
 impl Tally {
-    /// Counts `result` under its [`outcome`], and returns that.
-    pub fn record(&mut self, result: &Result<String, BoxError>) -> Outcome {
+    /// Counts `result` under [`Outcome::of`], and returns that.
+    pub fn record<T>(&mut self, result: &Result<T, BoxError>) -> Outcome {
+        self.record_as(Outcome::of(result), result)
+    }
+
+    /// Counts `result` under `outcome`, the suite's own reading of it (see
+    /// the [module docs](self)), and returns that.
+    pub fn record_as<T>(&mut self, outcome: Outcome, result: &Result<T, BoxError>) -> Outcome {
         self.issued += 1;
-        let outcome = outcome(result);
-        match outcome {
-            Outcome::Ok => self.ok += 1,
-            Outcome::Ambiguous => self.ambiguous += 1,
-            Outcome::TimedOut => self.timed_out += 1,
-            Outcome::NotSent => self.not_sent += 1,
-            Outcome::Unavailable => self.unavailable += 1,
-            Outcome::Closed => self.closed += 1,
-            Outcome::Unexpected => self.unexpected += 1,
-        }
-        if matches!(
-            outcome,
-            Outcome::Unavailable | Outcome::Closed | Outcome::Unexpected
-        ) && self.samples.len() < 5
-        {
-            self.samples.push(format!("{outcome:?}: {result:?}"));
+        *match outcome {
+            Outcome::Ok => &mut self.ok,
+            Outcome::Ambiguous => &mut self.ambiguous,
+            Outcome::TimedOut => &mut self.timed_out,
+            Outcome::NotSent => &mut self.not_sent,
+            Outcome::Unavailable => &mut self.unavailable,
+            Outcome::Closed => &mut self.closed,
+            Outcome::Refused => &mut self.refused,
+            Outcome::Unexpected => &mut self.unexpected,
+        } += 1;
+        if let Err(error) = result {
+            if self.samples.iter().filter(|(o, _)| *o == outcome).count() < SAMPLES {
+                self.samples.push((outcome, format!("{error:?}")));
+            }
         }
         outcome
     }
@@ -125,6 +165,7 @@ impl Tally {
         self.not_sent += other.not_sent;
         self.unavailable += other.unavailable;
         self.closed += other.closed;
+        self.refused += other.refused;
         self.unexpected += other.unexpected;
         self.truncated += other.truncated;
         self.samples.extend(other.samples.iter().cloned());
@@ -137,6 +178,7 @@ impl Tally {
             + self.not_sent
             + self.unavailable
             + self.closed
+            + self.refused
             + self.unexpected
             + self.truncated
     }
@@ -161,6 +203,17 @@ impl Tally {
         self.assert_sane();
         assert_eq!(self.unavailable, 0, "no request may fail fast: {self:?}");
         assert_eq!(self.timed_out, 0, "no request may time out: {self:?}");
+    }
+
+    /// Every request succeeded, or broke once it may have reached the
+    /// server: none failed fast, timed out, came back unsent, was refused,
+    /// or failed in any other way.
+    pub fn assert_ok_or_ambiguous(&self) {
+        assert_eq!(
+            self.ok + self.ambiguous,
+            self.issued,
+            "only successes and ambiguous failures: {self:?}"
+        );
     }
 }
 

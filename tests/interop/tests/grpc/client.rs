@@ -2,8 +2,8 @@
 //! a real tonic server that crashes and restarts on the same port mid-run.
 
 use support::listen;
+use support::outcome::{Outcome, Tally};
 
-use std::error::Error as _;
 use std::future::Future;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -15,9 +15,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use tonic::transport::Server;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::HealthCheckRequest;
-use tower_redial::error::{Closed, NotSent, Unavailable};
+use tower_redial::hyper::hyper_error;
 use tower_redial::state::Phase;
-use tower_redial::{Backoff, ReconnectPolicy};
+use tower_redial::{Backoff, BoxError, ReconnectPolicy};
 use tower_redial_interop::{GrpcClient, Transport};
 
 // ---------------------------------------------------------------------------
@@ -133,41 +133,23 @@ fn grpc_client(addr: SocketAddr) -> (GrpcClient, Transport) {
     tower_redial_interop::grpc_client(addr, policy)
 }
 
-/// What became of a health check.
-#[derive(Debug)]
-enum Outcome {
-    Serving,
-    /// The connection broke while the call was on the wire.
-    Ambiguous(String),
-    /// The client gave up, failed fast, or kept a request it never sent.
-    /// Should not happen here.
-    Unexpected(String),
-}
-
-async fn check(mut health: GrpcClient) -> Outcome {
+/// A health check: `Ok` if the server says it serves.
+async fn check(mut health: GrpcClient) -> Result<(), BoxError> {
     let request = HealthCheckRequest {
         service: String::new(),
     };
-    let status = match health.check(request).await {
-        Ok(response) if response.get_ref().status == ServingStatus::Serving as i32 => {
-            return Outcome::Serving
-        }
-        Ok(response) => return Outcome::Unexpected(format!("{response:?}")),
-        Err(status) => status,
-    };
-    let chain = || {
-        std::iter::successors(
-            Some(&status as &(dyn std::error::Error + 'static)),
-            |e: &&(dyn std::error::Error + 'static)| (*e).source(),
-        )
-    };
-    let given_up = chain().any(|e| e.is::<Unavailable>() || e.is::<Closed>() || e.is::<NotSent>());
-    let transport = chain().any(|e| e.is::<hyper::Error>() || e.is::<std::io::Error>());
-    if !given_up && transport {
-        Outcome::Ambiguous(format!("{status:?}"))
+    let response = health.check(request).await?;
+    if response.get_ref().status == ServingStatus::Serving as i32 {
+        Ok(())
     } else {
-        Outcome::Unexpected(format!("{status:?} (source: {:?})", status.source()))
+        Err(format!("not serving: {response:?}").into())
     }
+}
+
+/// How a check ended: hyper's own error anywhere in the chain (a stream
+/// cut short, which no connection sees) also makes it ambiguous.
+fn outcome(result: &Result<(), BoxError>) -> Outcome {
+    Outcome::of_with(result, |error| hyper_error(error).is_some())
 }
 
 /// A hang guard, far longer than the test needs.
@@ -189,24 +171,23 @@ async fn grpc_client_survives_a_server_restart() {
         let server = GrpcServer::start().await;
         let (health, client) = grpc_client(server.addr);
 
-        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let tally = Arc::new(Mutex::new(Tally::default()));
         let (served_tx, mut served) = watch::channel(0usize);
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut workers = JoinSet::new();
         for _ in 0..WORKERS {
-            let (health, outcomes, served_tx, stop) = (
+            let (health, tally, served_tx, stop) = (
                 health.clone(),
-                outcomes.clone(),
+                tally.clone(),
                 served_tx.clone(),
                 stop_rx.clone(),
             );
             workers.spawn(async move {
                 while !*stop.borrow() {
-                    let outcome = check(health.clone()).await;
-                    if matches!(outcome, Outcome::Serving) {
+                    let result = check(health.clone()).await;
+                    if lock(&tally).record_as(outcome(&result), &result) == Outcome::Ok {
                         served_tx.send_modify(|n| *n += 1);
                     }
-                    lock(&outcomes).push(outcome);
                 }
             });
         }
@@ -236,8 +217,8 @@ async fn grpc_client_survives_a_server_restart() {
         server.restart().await;
         let before = *served.borrow();
         for task in during {
-            let outcome = task.await.unwrap();
-            assert!(matches!(outcome, Outcome::Serving), "{outcome:?}");
+            let result = task.await.unwrap();
+            assert_eq!(outcome(&result), Outcome::Ok, "{result:?}");
         }
         served.wait_for(|n| *n >= before + 20).await.unwrap();
         stop_tx.send_replace(true);
@@ -245,27 +226,13 @@ async fn grpc_client_survives_a_server_restart() {
             joined.unwrap();
         }
 
-        let outcomes = std::mem::take(&mut *lock(&outcomes));
-        let unexpected: Vec<&String> = outcomes
-            .iter()
-            .filter_map(|o| match o {
-                Outcome::Unexpected(error) => Some(error),
-                _ => None,
-            })
-            .collect();
-        assert!(unexpected.is_empty(), "unexpected errors: {unexpected:?}");
-        let ambiguous: Vec<&String> = outcomes
-            .iter()
-            .filter_map(|o| match o {
-                Outcome::Ambiguous(error) => Some(error),
-                _ => None,
-            })
-            .collect();
+        // Every call by the workers was served, or broke on the wire.
+        let tally = std::mem::take(&mut *lock(&tally));
+        tally.assert_ok_or_ambiguous();
         let stats = client.stats();
         eprintln!(
-            "{} calls by workers, {} ambiguous {ambiguous:?}; {stats:?}",
-            outcomes.len(),
-            ambiguous.len()
+            "{} calls by workers, {} ambiguous; {stats:?}; {tally:?}",
+            tally.issued, tally.ambiguous
         );
         assert!(stats.drops >= 1, "{stats:?}");
         assert!(stats.dials >= 2, "{stats:?}");

@@ -11,6 +11,8 @@
 //! count of answered requests, the client's state, a server's `INFO`) with
 //! hang guards; no assertion depends on how fast anything ran.
 
+use support::line::find_error;
+use support::outcome::Outcome;
 use support::redis_server;
 
 use tower_redial_interop::redis_books;
@@ -18,7 +20,7 @@ use tower_redial_interop::redis_books;
 use std::time::Duration;
 
 use redis::{AsyncConnectionConfig, Cmd, Value};
-use redis_books::{deadline, find, incr, outcome, Callers, Commands, Outcome, TASKS};
+use redis_books::{deadline, incr, outcome, Callers, Commands, TASKS};
 use redis_server::RedisServer;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, Instant};
@@ -158,34 +160,36 @@ async fn restart_run(how: Restart) {
     println!(
         "{how:?} x{RESTARTS}, {TASKS} tasks of INCR (longest outage {longest:?}):\n  \
          sent {}; succeeded {}; failed ambiguous {}; failed not-sent {}; failed fast {}; \
-         -LOADING reaching a caller {}\n  \
+         refused (-LOADING or another error reply) reaching a caller {}\n  \
          re-sent {}; server count {count} (succeeded {} <= {count} <= succeeded + ambiguous {})\n  \
          -LOADING refusals of the client counted by the servers: at least \
          {loading_refusals}; \
          dials {}, failed {}; connections dropped {}",
-        books.issued,
+        books.tally.issued,
         books.incr_ok,
-        books.ambiguous,
-        books.not_sent,
-        books.unavailable,
-        books.not_serving,
+        books.tally.ambiguous,
+        books.tally.not_sent,
+        books.tally.unavailable,
+        books.tally.refused,
         stats.retries,
         books.incr_ok,
-        books.incr_ok + books.ambiguous,
+        books.incr_ok + books.tally.ambiguous,
         stats.dials,
         stats.dial_failures,
         stats.drops,
     );
 
     assert!(books.violations.is_empty(), "{:#?}", books.violations);
-    assert!(books.unexpected.is_empty(), "{:#?}", books.unexpected);
-    assert_eq!(books.not_serving, 0, "-LOADING reached a caller: {books:?}");
-    assert_eq!(books.not_sent, 0, "a request came back unsent: {books:?}");
-    assert_eq!(books.closed, 0, "the client must not close: {books:?}");
-    assert_eq!(books.refused, 0, "{books:?}");
+    let tally = &books.tally;
+    tally.assert_sane();
     assert_eq!(
-        books.issued,
-        books.incr_ok + books.ambiguous + books.unavailable,
+        tally.refused, 0,
+        "-LOADING (or another error reply) reached a caller: {books:?}"
+    );
+    assert_eq!(tally.not_sent, 0, "a request came back unsent: {books:?}");
+    assert_eq!(
+        tally.issued,
+        books.incr_ok + tally.ambiguous + tally.unavailable,
         "every request has one outcome: {books:?}"
     );
     assert!(
@@ -194,9 +198,9 @@ async fn restart_run(how: Restart) {
         books.incr_ok
     );
     assert!(
-        count <= books.incr_ok + books.ambiguous,
+        count <= books.incr_ok + tally.ambiguous,
         "an INCR ran twice, or one that never reached the server ran: {count} > {}",
-        books.incr_ok + books.ambiguous
+        books.incr_ok + tally.ambiguous
     );
     assert!(
         lasts.iter().all(|last| *last == Some(Outcome::Ok)),
@@ -208,7 +212,7 @@ async fn restart_run(how: Restart) {
     // Outages far below the wait limit are ridden through: nothing fails
     // fast.
     if longest < WAIT_LIMIT / 2 {
-        assert_eq!(books.unavailable, 0, "{books:?}");
+        assert_eq!(books.tally.unavailable, 0, "{books:?}");
     }
     assert_eq!(client.state().borrow().phase(), Phase::Ready);
     server.kill().await;
@@ -312,7 +316,7 @@ async fn a_command_waiting_on_a_loading_server_past_the_wait_limit_fails_fast_un
     // The client's latest dial was refused with -LOADING.
     let mut state = client.state();
     let refused = state.wait_for(|s| {
-        let not_serving = s.last_error().and_then(|e| find::<NotServing>(e));
+        let not_serving = s.last_error().and_then(|e| find_error::<NotServing>(e));
         not_serving.is_some_and(NotServing::is_loading)
     });
     deadline("a dial refused with -LOADING", refused)
@@ -324,9 +328,9 @@ async fn a_command_waiting_on_a_loading_server_past_the_wait_limit_fails_fast_un
     )
     .await;
     let error = result.expect_err("fails fast");
-    let unavailable = find::<Unavailable>(&*error).expect("Unavailable");
+    let unavailable = find_error::<Unavailable>(&*error).expect("Unavailable");
     assert!(
-        find::<NotServing>(unavailable).is_some_and(NotServing::is_loading),
+        find_error::<NotServing>(unavailable).is_some_and(NotServing::is_loading),
         "{error:?}"
     );
     assert!(server.is_loading().await);
