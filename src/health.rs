@@ -7,14 +7,12 @@
 //! the owning task, so that it acts on it without waiting for a request.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
 use std::task::Context;
-
-use futures_util::task::AtomicWaker;
 
 use crate::classify::Classifier;
 use crate::redact::redact;
+use crate::sync::{AtomicBool, AtomicWaker, OnceLock};
 use crate::BoxError;
 
 /// What responses report back about their connection.
@@ -120,3 +118,6 @@ impl Health {
         }
     }
 }
+
+#[cfg(all(test, tower_redial_loom))]
+mod loom;
