@@ -11,12 +11,12 @@
 #[cfg(not(all(test, tower_redial_loom)))]
 pub(crate) use futures_util::task::AtomicWaker;
 #[cfg(not(all(test, tower_redial_loom)))]
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64};
+pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU64};
 #[cfg(not(all(test, tower_redial_loom)))]
 pub(crate) use std::sync::{Mutex, MutexGuard, OnceLock};
 
 #[cfg(all(test, tower_redial_loom))]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64};
+pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64};
 #[cfg(all(test, tower_redial_loom))]
 pub(crate) use loom::sync::{Mutex, MutexGuard};
 #[cfg(all(test, tower_redial_loom))]

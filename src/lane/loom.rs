@@ -136,9 +136,10 @@ fn a_handle_waiting_on_a_withdrawn_connection_is_woken() {
     });
 }
 
-/// A handle that waited once and is dropped while the worker replaces the
-/// connection gives its place back, or the change takes it: no waker is
-/// left behind either way.
+/// A handle that waits once and is dropped while the worker replaces the
+/// connection takes a place only among the waiting on the connection still
+/// published, and gives it back or the change takes it: no waker is left
+/// behind either way.
 #[test]
 fn a_dropped_handle_leaves_no_waker() {
     model(|| {
