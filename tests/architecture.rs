@@ -6,7 +6,9 @@ use std::path::Path;
 
 /// The layers of `ARCHITECTURE.md`, lowest first.
 const LAYERS: &[&[&str]] = &[
-    &["timer", "redact", "budget", "close", "driver", "boxed"],
+    &[
+        "timer", "redact", "budget", "close", "driver", "boxed", "sync",
+    ],
     &["error"],
     &["backoff", "classify", "panic", "state"],
     &["health", "policy", "failfast"],
