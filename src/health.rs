@@ -7,14 +7,12 @@
 //! the owning task, so that it acts on it without waiting for a request.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
 use std::task::Context;
-
-use futures_util::task::AtomicWaker;
 
 use crate::classify::Classifier;
 use crate::redact::redact;
+use crate::sync::{fence, AtomicBool, AtomicWaker, OnceLock};
 use crate::BoxError;
 
 /// What responses report back about their connection.
@@ -79,9 +77,15 @@ impl Health {
         }
     }
 
-    /// Runs `withdraw` when a response finds the connection dead.
+    /// Runs `withdraw` when a response finds the connection dead: at least
+    /// once, and twice if the response kills it while `on_dead` installs
+    /// it, once from each side.
     pub(crate) fn on_dead(&self, withdraw: impl Fn() + Send + Sync + 'static) {
         let _ = self.on_dead.set(Box::new(withdraw));
+        // Pairs with the fence in `kill`: of the two, the later sees what
+        // the other stored. Without both, each side could miss the other's
+        // store, the hook never run, and the lane keep a dead connection.
+        fence(Ordering::SeqCst);
         if self.is_dead() {
             self.withdraw();
         }
@@ -109,6 +113,8 @@ impl Health {
     pub(crate) fn kill(&self, error: &BoxError) {
         let _ = self.cause.set(redact(&error.to_string()));
         if !self.dead.swap(true, Ordering::AcqRel) {
+            // Pairs with the fence in `on_dead`.
+            fence(Ordering::SeqCst);
             self.withdraw();
             self.owner.wake();
         }
@@ -120,3 +126,6 @@ impl Health {
         }
     }
 }
+
+#[cfg(all(test, tower_redial_loom))]
+mod loom;

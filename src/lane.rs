@@ -29,8 +29,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -39,6 +39,7 @@ use tower::Service;
 
 use crate::health::Health;
 use crate::panic::CatchPanic;
+use crate::sync::{AtomicU64, Mutex, MutexGuard};
 use crate::BoxError;
 
 /// A clone of the published connection, as the handles call it.
@@ -459,3 +460,6 @@ mod tests {
         assert!(waiting.wakers.capacity() * 2 > full, "reallocated");
     }
 }
+
+#[cfg(all(test, tower_redial_loom))]
+mod loom;

@@ -204,6 +204,7 @@ mod redact;
 pub mod redis;
 pub mod retry;
 pub mod state;
+mod sync;
 mod timer;
 
 pub use crate::backoff::{Backoff, Jitter};

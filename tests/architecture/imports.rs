@@ -7,7 +7,7 @@ use std::path::Path;
 /// The layers of `ARCHITECTURE.md`, lowest first.
 const LAYERS: &[&[&str]] = &[
     &[
-        "timer", "redact", "budget", "close", "driver", "boxed", "failed",
+        "timer", "redact", "budget", "close", "driver", "boxed", "failed", "sync",
     ],
     &["error"],
     &["backoff", "classify", "panic", "state"],
