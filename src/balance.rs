@@ -75,6 +75,7 @@ use tower::load::{CompleteOnResponse, PendingRequests};
 use tower::Service;
 
 use crate::client::Client;
+use crate::connect::Factory;
 use crate::failfast::FailFast;
 use crate::lane::LaneCell;
 use crate::layer::MakeReconnect;
@@ -99,13 +100,7 @@ impl<M: Clone, R: Clone> MakeReconnect<M, R> {
     pub fn balance<T, Req, I>(&self, targets: I) -> Client<Req, Res<M, T, Req>>
     where
         I: IntoIterator<Item = T>,
-        M: Service<T> + Send + 'static,
-        M::Future: Send + 'static,
-        M::Error: Into<BoxError>,
-        M::Response: Service<Req> + Send + 'static,
-        <M::Response as Service<Req>>::Future: Send + 'static,
-        <M::Response as Service<Req>>::Error: Into<BoxError>,
-        Res<M, T, Req>: Send + 'static,
+        M: Factory<T, Req>,
         T: Clone + fmt::Debug + Send + 'static,
         Req: Send + 'static,
         R: ResendPolicy<Req>,
@@ -131,13 +126,7 @@ impl<M: Clone, R: Clone> MakeReconnect<M, R> {
         D: Stream<Item = Result<Change<K, T>, E>> + Unpin + Send + 'static,
         K: Hash + Eq + Clone + Send + 'static,
         E: Into<BoxError>,
-        M: Service<T> + Send + 'static,
-        M::Future: Send + 'static,
-        M::Error: Into<BoxError>,
-        M::Response: Service<Req> + Send + 'static,
-        <M::Response as Service<Req>>::Future: Send + 'static,
-        <M::Response as Service<Req>>::Error: Into<BoxError>,
-        Res<M, T, Req>: Send + 'static,
+        M: Factory<T, Req>,
         T: Clone + fmt::Debug + Send + 'static,
         Req: Send + 'static,
         R: ResendPolicy<Req>,

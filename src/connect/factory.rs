@@ -11,7 +11,8 @@ use crate::BoxError;
 ///
 /// Nothing to implement: every `Service<T>` that fits is one. It names the
 /// bounds that [`MakeReconnect::client`](crate::MakeReconnect::client) and
-/// its kin ask for, in one place:
+/// its kin (the `MakeService` forms, the balanced clients) ask for, in one
+/// place:
 ///
 /// - the factory is `Service<T> + Clone + Send + 'static`, its future is
 ///   `Send + 'static` and its error converts into a [`BoxError`];
