@@ -181,8 +181,8 @@ pub mod connect;
 pub mod dial;
 mod driver;
 pub mod error;
-#[cfg(feature = "balance")]
 mod failed;
+#[cfg(feature = "balance")]
 mod failfast;
 mod health;
 #[cfg(feature = "hyper")]

@@ -101,18 +101,27 @@ fn nobody_waits(cell: &Cell) -> bool {
     cell.lock().waiting.wakers.is_empty()
 }
 
+/// A cell with connection 1 published, and the worker's thread doing
+/// `change` to it meanwhile.
+fn published_while(
+    change: impl FnOnce(&Arc<Cell>) + Send + 'static,
+) -> (Arc<Cell>, thread::JoinHandle<()>) {
+    let cell = cell();
+    publish(&cell, 1, &health());
+    let worker = {
+        let cell = cell.clone();
+        thread::spawn(move || change(&cell))
+    };
+    (cell, worker)
+}
+
 /// A handle waits on the readiness of the published connection while the
 /// worker replaces it: the handle is woken, never left waiting on the
 /// replaced connection, and leaves no waker behind.
 #[test]
 fn a_handle_waiting_on_a_replaced_connection_is_woken() {
     model(|| {
-        let cell = cell();
-        publish(&cell, 1, &health());
-        let worker = {
-            let cell = cell.clone();
-            thread::spawn(move || publish(&cell, 2, &health()))
-        };
+        let (cell, worker) = published_while(|cell| publish(cell, 2, &health()));
         handle_waits_for_a_change(&cell);
         worker.join().unwrap();
         assert!(nobody_waits(&cell));
@@ -124,12 +133,7 @@ fn a_handle_waiting_on_a_replaced_connection_is_woken() {
 #[test]
 fn a_handle_waiting_on_a_withdrawn_connection_is_woken() {
     model(|| {
-        let cell = cell();
-        publish(&cell, 1, &health());
-        let worker = {
-            let cell = cell.clone();
-            thread::spawn(move || LaneCell::withdraw(&cell))
-        };
+        let (cell, worker) = published_while(|cell| LaneCell::withdraw(cell));
         handle_waits_for_a_change(&cell);
         worker.join().unwrap();
         assert!(nobody_waits(&cell));
@@ -143,12 +147,7 @@ fn a_handle_waiting_on_a_withdrawn_connection_is_woken() {
 #[test]
 fn a_dropped_handle_leaves_no_waker() {
     model(|| {
-        let cell = cell();
-        publish(&cell, 1, &health());
-        let worker = {
-            let cell = cell.clone();
-            thread::spawn(move || publish(&cell, 2, &health()))
-        };
+        let (cell, worker) = published_while(|cell| publish(cell, 2, &health()));
         let mut cache = LaneCache::default();
         if let Some(lane) = cell.current(&mut cache) {
             let waker = noop_waker();
@@ -167,15 +166,10 @@ fn a_dropped_handle_leaves_no_waker() {
 #[test]
 fn a_handle_sees_each_generation_with_its_own_lane() {
     model(|| {
-        let cell = cell();
-        publish(&cell, 1, &health());
-        let worker = {
-            let cell = cell.clone();
-            thread::spawn(move || {
-                LaneCell::withdraw(&cell);
-                publish(&cell, 2, &health());
-            })
-        };
+        let (cell, worker) = published_while(|cell| {
+            LaneCell::withdraw(cell);
+            publish(cell, 2, &health());
+        });
         let mut cache = LaneCache::default();
         let mut last = 0;
         for _ in 0..2 {
