@@ -29,7 +29,8 @@
 //!
 //! Only proportional jitter goes above the cap: at the cap,
 //! [`ReconnectPolicy::grpc`](crate::ReconnectPolicy::grpc) (120 s,
-//! `Proportional(0.2)`) waits between 96 s and 144 s. A delay too long for a
+//! `Proportional(0.2)`) waits between 96 s and 144 s, and the default (1.6 s,
+//! `Proportional(0.25)`) between 1.2 s and 2 s. A delay too long for a
 //! [`Duration`] is [`Duration::MAX`].
 //!
 //! # Example
@@ -95,8 +96,10 @@ enum Kind {
 ///
 /// # Default
 ///
-/// `Backoff::default()` is exponential from 100 ms, doubling, capped at 30 s,
-/// with [`Jitter::Full`] and no attempt or time limit.
+/// `Backoff::default()` is exponential from 100 ms, × 1.1, capped at 1.6 s,
+/// with [`Jitter::Proportional(0.25)`](Jitter::Proportional) (so no delay is
+/// longer than 2 s) and no attempt or time limit. Why these numbers: see
+/// [`ReconnectPolicy`'s defaults](crate::ReconnectPolicy#default).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Backoff {
     kind: Kind,
@@ -287,8 +290,8 @@ impl Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self::exponential(Duration::from_millis(100), 2.0, Duration::from_secs(30))
-            .jitter(Jitter::Full)
+        Self::exponential(Duration::from_millis(100), 1.1, Duration::from_millis(1600))
+            .jitter(Jitter::Proportional(0.25))
     }
 }
 
@@ -387,22 +390,28 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    /// The default preset doubles from 100 ms and stops at 30 s.
+    /// The default preset grows by a tenth from 100 ms and stops at 1.6 s;
+    /// with its ±25 % jitter no delay is longer than 2 s.
     #[test]
-    fn default_raw_delays_double_up_to_the_cap() {
+    fn default_raw_delays_grow_by_a_tenth_up_to_the_cap() {
         let b = Backoff::default();
-        let raw: Vec<_> = (1..=11).map(|n| b.raw_delay(n).as_millis()).collect();
-        assert_eq!(
-            raw,
-            [100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]
-        );
-        assert_eq!(b.raw_delay(u32::MAX), Duration::from_secs(30));
+        let raw: Vec<_> = [1, 2, 3, 8, 30, 31]
+            .map(|n| b.raw_delay(n).as_millis())
+            .to_vec();
+        assert_eq!(raw, [100, 110, 121, 194, 1586, 1600]);
+        assert_eq!(b.raw_delay(u32::MAX), Duration::from_millis(1600));
+        for seed in 0..100 {
+            assert!(b
+                .schedule(seed)
+                .take(60)
+                .all(|d| d <= Duration::from_secs(2)));
+        }
     }
 
     /// The same seed gives the same jittered delays; reset starts over.
     #[test]
     fn seeded_schedule_is_repeatable() {
-        let b = Backoff::default();
+        let b = Backoff::exponential(ms(100), 2.0, Duration::from_secs(30)).jitter(Jitter::Full);
         let a: Vec<_> = b.schedule(42).take(8).collect();
         let mut s = b.schedule(42);
         let again: Vec<_> = s.by_ref().take(8).collect();
