@@ -17,10 +17,9 @@
 //! writes its section between `<!-- cpu:start -->` and `<!-- cpu:end -->`.
 //! `CPU_SECS=n` shortens the window.
 
-#[path = "../tests/support/line.rs"]
-mod line;
+use support::line;
 
-mod common;
+use tower_redial_interop::report as common;
 
 use std::fmt::Write as _;
 use std::io;

@@ -26,7 +26,7 @@
 //! Because the clock is virtual and every jitter source is seeded, the
 //! numbers are the same on every run and on every machine.
 
-mod common;
+use tower_redial_interop::report as common;
 
 use std::fmt::Write as _;
 use std::future::{ready, Ready};

@@ -10,7 +10,7 @@
 //! `-- --write PATH` it also puts the section between `<!-- memory:start -->`
 //! and `<!-- memory:end -->` in `PATH`.
 
-mod common;
+use tower_redial_interop::report as common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt::Write as _;

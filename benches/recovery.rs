@@ -14,9 +14,8 @@
 use support::line;
 use support::redis_server;
 
-mod common;
-#[path = "recovery/plot.rs"]
-mod plot;
+use tower_redial_interop::plot;
+use tower_redial_interop::report as common;
 
 use std::fmt::Write as _;
 use std::future::Future;

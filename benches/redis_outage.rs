@@ -18,10 +18,9 @@
 //! `REDIS_OUTAGE_TRIALS=n` changes the number of trials (default 20; the
 //! 1.2 s series has half as many).
 
-#[path = "../tests/support/redis_server.rs"]
-mod redis_server;
+use support::redis_server;
 
-mod common;
+use tower_redial_interop::report as common;
 
 use std::fmt::Write as _;
 use std::io;

@@ -3,9 +3,13 @@
 //! server, the benchmarks (criterion, tower-resilience, redis-rs's
 //! `ConnectionManager`), the tonic example, and the README's code blocks,
 //! compiled and run as doc tests here with every feature on. The library
-//! holds what those tests share.
+//! holds what those tests and the benchmarks share: the redis books, and
+//! the benchmarks' report (`report`: the machine, the sections and goals of
+//! `docs/BENCHMARKS.md`) and recovery plot (`plot`).
 
+pub mod plot;
 pub mod redis_books;
+pub mod report;
 
 use std::net::SocketAddr;
 

@@ -1,8 +1,6 @@
 //! Shared by the bench binaries: the machine they ran on, and writing
 //! their section of `docs/BENCHMARKS.md`.
 
-#![allow(dead_code)]
-
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
