@@ -30,6 +30,14 @@ impl Timer {
         }
     }
 
+    /// Drops the deadline, taking the timer out of tokio's timer wheel: an
+    /// armed timer left there costs the runtime work at every park, and
+    /// wakes the task for nothing when it fires. The next `arm` makes a new
+    /// one.
+    pub(crate) fn disarm(&mut self) {
+        self.0 = None;
+    }
+
     /// Whether the deadline last armed has passed. A timer never armed has
     /// no deadline and never expires.
     pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
