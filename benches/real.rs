@@ -6,8 +6,10 @@
 //!   `MakeReconnect::client` (every request through the queue), against one
 //!   bare `SendRequest`. hyper serves one request at a time on an HTTP/1
 //!   connection, so the bare callers share the `SendRequest` behind a lock
-//!   held from readiness to `send_request`, as the client's queue holds it;
-//!   both then wait for the response and read its body on their own task.
+//!   held from readiness to `try_send_request`, as the client's queue holds
+//!   it, and send again a request hyper hands back unsent, as the client
+//!   does; both then wait for the response and read its body on their own
+//!   task.
 //! - **HTTP/2**: hyper's `client::conn::http2` through
 //!   `MakeReconnect::multiplexed` (the direct lane), against bare
 //!   `SendRequest` clones, one per caller.
@@ -16,7 +18,10 @@
 //!   command is `GET` of a missing key, against a real `redis-server`.
 //!
 //! The hyper server runs in process on `127.0.0.1`, on a runtime of its own
-//! (one thread); the callers run on a multi-thread runtime with 2 workers.
+//! (one thread). One caller runs on a current-thread runtime (a
+//! multi-thread one makes a lone caller's latency depend on which worker
+//! each task lands on); 64 callers run on a multi-thread runtime with 2
+//! workers. Each setting makes its own connections on its own runtime.
 //! Each caller sends a request, waits for the whole response, and sends the
 //! next (closed loop). Each measurement runs the bare connection and the
 //! client alternately, [`ROUNDS`] times each for [`WINDOW`], after a warm-up,
@@ -58,6 +63,12 @@ use tower_redial::{BoxError, ReconnectLayer, ReconnectPolicy};
 const ROUNDS: usize = 5;
 /// How long each side runs in each round.
 const WINDOW: Duration = Duration::from_millis(1000);
+/// The comparisons, in the table's order.
+const PAIRS: [&str; 3] = [
+    "HTTP/1, hyper `client::conn`: `client` vs one bare `SendRequest`",
+    "HTTP/2, hyper `client::conn`: `multiplexed` vs bare `SendRequest` clones",
+    "redis, `MakeRedis`: `multiplexed` vs a bare `MultiplexedConnection`",
+];
 /// Callers in the two settings.
 const CALLERS: [usize; 2] = [1, 64];
 
@@ -204,12 +215,21 @@ struct Http1Bare {
 impl Caller for Http1Bare {
     fn request(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let response = {
-                let mut sender = self.sender.lock().await;
-                sender.ready().await.expect("ready");
-                sender.send_request(self.get.request())
-            };
-            read_body(response.await.expect("response")).await;
+            let mut request = self.get.request();
+            loop {
+                let sending = {
+                    let mut sender = self.sender.lock().await;
+                    sender.ready().await.expect("ready");
+                    sender.try_send_request(request)
+                };
+                match sending.await {
+                    Ok(response) => return read_body(response).await,
+                    // hyper was not ready after all and handed the request
+                    // back: send it again, as the client re-sends a request
+                    // handed back as `NotSent`.
+                    Err(mut error) => request = error.take_message().expect("handed back unsent"),
+                }
+            }
         })
     }
 }
@@ -288,7 +308,7 @@ async fn pairs(redis: &RedisServer) -> Vec<Pair> {
     client.connected().await.expect("HTTP/1 client");
     let request = get(addr);
     pairs.push(Pair {
-        name: "HTTP/1, hyper `client::conn`: `client` vs one bare `SendRequest`",
+        name: PAIRS[0],
         goal: 0.95,
         bare: Box::new(move || Box::new(bare.clone())),
         ours: Box::new(move || {
@@ -316,7 +336,7 @@ async fn pairs(redis: &RedisServer) -> Vec<Pair> {
     client.connected().await.expect("HTTP/2 client");
     let request = get(addr);
     pairs.push(Pair {
-        name: "HTTP/2, hyper `client::conn`: `multiplexed` vs bare `SendRequest` clones",
+        name: PAIRS[1],
         goal: 0.97,
         bare: Box::new(move || {
             Box::new(Http2Bare {
@@ -347,7 +367,7 @@ async fn pairs(redis: &RedisServer) -> Vec<Pair> {
     cmd.arg("tower-redial-bench-missing");
     let ours_cmd = cmd.clone();
     pairs.push(Pair {
-        name: "redis, `MakeRedis`: `multiplexed` vs a bare `MultiplexedConnection`",
+        name: PAIRS[2],
         goal: 0.97,
         bare: Box::new(move || {
             Box::new(RedisBare {
@@ -474,7 +494,22 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-fn runtime() -> Runtime {
+/// The first three fields of `/proc/loadavg`: how busy the machine was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// A current-thread runtime for one caller, 2 workers for more.
+fn runtime(callers: usize) -> Runtime {
+    if callers == 1 {
+        return Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+    }
     Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -483,15 +518,18 @@ fn runtime() -> Runtime {
 }
 
 fn main() -> Result<(), BoxError> {
+    let load_before = load_average();
     let rounds = env_or("REAL_ROUNDS", ROUNDS).max(1);
     let window = Duration::from_millis(env_or("REAL_WINDOW_MS", WINDOW.as_millis() as u64));
-    let rt = runtime();
-    let results = rt.block_on(async {
-        let redis = RedisServer::start().await;
-        let pairs = pairs(&redis).await;
-        let mut results = Vec::new();
-        for pair in &pairs {
-            for callers in CALLERS {
+    // The redis server outlives both settings, on a runtime of its own.
+    let server_rt = Builder::new_current_thread().enable_all().build()?;
+    let redis = server_rt.block_on(RedisServer::start());
+    let mut results = Vec::new();
+    for callers in CALLERS {
+        let rt = runtime(callers);
+        rt.block_on(async {
+            let pairs = pairs(&redis).await;
+            for pair in &pairs {
                 // Warm-up: connections, allocator, caches.
                 run(&pair.bare, callers, window / 4).await;
                 run(&pair.ours, callers, window / 4).await;
@@ -527,11 +565,11 @@ fn main() -> Result<(), BoxError> {
                 );
                 results.push(m);
             }
-        }
-        drop(pairs);
-        drop(redis);
-        results
-    });
+        });
+        drop(rt);
+    }
+    results.sort_by_key(|m| (PAIRS.iter().position(|p| *p == m.name), m.callers));
+    server_rt.block_on(async move { drop(redis) });
 
     let mut md = String::new();
     let _ = writeln!(md, "## Overhead over real connections\n");
@@ -540,11 +578,12 @@ fn main() -> Result<(), BoxError> {
         "Issue 15, point 1, `benches/real.rs`: loopback sockets, the client against the bare \
          connection it wraps, side by side in one run. A hyper server in process (its own \
          one-thread runtime) answers `hello` to every request, over HTTP/1 or HTTP/2; redis is a \
-         real `redis-server`, asked `GET` of a missing key. The callers run on a multi-thread \
-         runtime with 2 workers, each in a closed loop: a request, its whole response (the body \
+         real `redis-server`, asked `GET` of a missing key. One caller runs on a current-thread \
+         runtime, 64 on a multi-thread runtime with 2 workers, each caller in a closed loop: a request, its whole response (the body \
          read), then the next. HTTP/1 carries one request at a time, so its bare callers share \
-         one `SendRequest` behind a lock held from readiness to `send_request`, as the client's \
-         queue holds the connection; the multiplexed ones each hold a clone. Each row runs the \
+         one `SendRequest` behind a lock held from readiness to `try_send_request`, as the \
+         client's queue holds the connection, and send again a request hyper hands back unsent, \
+         as the client does; the multiplexed ones each hold a clone. Each row runs the \
          bare connection and the client alternately, {rounds} rounds of {} ms each after a \
          warm-up; **ratio** = client throughput / bare throughput within a round (1.00 = as \
          fast), its median and range over the rounds.\n",
@@ -575,8 +614,11 @@ fn main() -> Result<(), BoxError> {
     let _ = writeln!(
         md,
         "\nWall-clock ratios on a shared machine are noisy: compare rows within one run, and \
-         runs against each other only by their ranges. Generated on {} with `cargo bench -p \
-         tower-redial-interop --bench real -- --write docs/BENCHMARKS.md`.",
+         runs against each other only by their ranges. This run's machine was shared with \
+         other work: load average {load_before} before it, {} after (1, 5 and 15 minutes). \
+         Generated on {} with `cargo bench -p tower-redial-interop --bench real -- --write \
+         docs/BENCHMARKS.md`.",
+        load_average(),
         common::machine()
     );
     println!("{md}");
