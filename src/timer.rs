@@ -126,6 +126,24 @@ mod tests {
         assert!(!Timer::default().poll_expired(&mut cx));
     }
 
+    /// A disarmed timer leaves tokio's wheel: it never reports the deadline
+    /// it had, and arms again afresh.
+    #[tokio::test(start_paused = true)]
+    async fn a_disarmed_timer_never_expires_until_armed_again() {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut timer = Timer::default();
+        timer.arm(deadline(Instant::now(), Duration::from_millis(10)));
+        assert!(!timer.poll_expired(&mut cx));
+        timer.disarm();
+        tokio::time::advance(Duration::from_millis(20)).await;
+        assert!(!timer.poll_expired(&mut cx), "disarmed");
+        timer.arm(deadline(Instant::now(), Duration::from_millis(10)));
+        assert!(!timer.poll_expired(&mut cx));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert!(timer.poll_expired(&mut cx));
+    }
+
     /// A setting of `Duration::MAX` means decades: a deadline that far off
     /// is at least 29 years away, not a day or zero.
     #[tokio::test(start_paused = true)]
