@@ -5,9 +5,13 @@
 //! traffic. tower's [`TpsBudget`](tower::retry::budget::TpsBudget) rotates
 //! its sliding window on every deposit, taking a lock and reading the clock
 //! each time; on the direct lane that was a quarter of a request's cost. This
-//! budget keeps the same window and the same arithmetic, but a deposit is two
-//! atomic adds, with no lock and no clock read; the window rotates only every
-//! [`ROTATE_EVERY`] deposits, and on every withdrawal (which is rare).
+//! budget keeps the same window and the same arithmetic, but a deposit is one
+//! atomic add, to a count of every deposit ever made, with no lock and no
+//! clock read: every caller of a client deposits into the one budget, so each
+//! atomic it shares is contended. The window rotates only every
+//! [`ROTATE_EVERY`] deposits, and on every withdrawal (which is rare); a
+//! rotation credits the deposits counted since the last one to the window
+//! being written.
 //!
 //! The two differ only in when a deposit expires; with no time passing they
 //! decide alike (tested side by side with tower's). No deposit or
@@ -38,10 +42,14 @@ const SLOTS: usize = 10;
 pub(crate) struct RetryBudget {
     /// The slot being written, and when its window started.
     generation: Mutex<Generation>,
-    /// Deposits and withdrawals since the last rotation.
+    /// Withdrawals since the last rotation (a negative amount).
     writer: AtomicIsize,
     slots: [AtomicIsize; SLOTS],
+    /// Every deposit ever made.
     deposits: AtomicUsize,
+    /// The deposits already credited to a slot: `deposits` at the last
+    /// rotation. Written only under the `generation` lock.
+    credited: AtomicUsize,
     window: Duration,
     reserve: isize,
     deposit_amount: isize,
@@ -75,6 +83,7 @@ impl RetryBudget {
             writer: AtomicIsize::new(0),
             slots: Default::default(),
             deposits: AtomicUsize::new(0),
+            credited: AtomicUsize::new(0),
             window: ttl / SLOTS as u32,
             reserve,
             deposit_amount,
@@ -94,7 +103,13 @@ impl RetryBudget {
         if elapsed < self.window {
             return;
         }
-        let written = self.writer.swap(0, Ordering::AcqRel);
+        let deposits = self.deposits.load(Ordering::Acquire);
+        let pending = self.pending(deposits);
+        self.credited.store(deposits, Ordering::Release);
+        let written = self
+            .writer
+            .swap(0, Ordering::AcqRel)
+            .saturating_add(pending);
         self.slots[generation.index].store(written, Ordering::Release);
         let mut index = (generation.index + 1) % SLOTS;
         // At most one lap: after a long quiet spell every slot is cleared once.
@@ -110,11 +125,22 @@ impl RetryBudget {
         generation.time = now;
     }
 
+    /// What the deposits not yet credited to a slot are worth, with
+    /// `deposits` deposits made in all.
+    fn pending(&self, deposits: usize) -> isize {
+        let uncredited = deposits.wrapping_sub(self.credited.load(Ordering::Acquire));
+        isize::try_from(uncredited)
+            .unwrap_or(isize::MAX)
+            .saturating_mul(self.deposit_amount)
+    }
+
     fn balance(&self) -> isize {
+        let pending = self.pending(self.deposits.load(Ordering::Acquire));
         self.slots
             .iter()
             .map(|slot| slot.load(Ordering::Acquire))
             .fold(self.writer.load(Ordering::Acquire), isize::saturating_add)
+            .saturating_add(pending)
             .saturating_add(self.reserve)
     }
 }
@@ -124,8 +150,7 @@ impl Budget for RetryBudget {
         if self.deposit_amount == 0 {
             return;
         }
-        self.writer.fetch_add(self.deposit_amount, Ordering::AcqRel);
-        if self.deposits.fetch_add(1, Ordering::Relaxed) % ROTATE_EVERY == ROTATE_EVERY - 1 {
+        if self.deposits.fetch_add(1, Ordering::AcqRel) % ROTATE_EVERY == ROTATE_EVERY - 1 {
             self.rotate();
         }
     }

@@ -16,7 +16,11 @@
 //! whatever wakes the task wakes both. The worker goes first, so that a
 //! client whose handles are all gone ends before the driver dials again;
 //! when the driver then finds the service ready and the worker is waiting
-//! for it, the worker goes again.
+//! for it, the worker goes again. When the worker's own last `poll_ready`
+//! of the round already found the service ready for requests, with the
+//! task registered for whatever moves it next, the driver has nothing left
+//! to do in that round and does not step it again: that is the queue's hot
+//! path, one step per request instead of two.
 //! Calling `poll_ready` with no request to follow is allowed by tower's
 //! contract; the reservation it may make is the one the next request uses.
 //!
@@ -42,6 +46,18 @@ pub(crate) trait Drive<Req>: Service<Req> {
     /// Like `poll_ready`, for the driver: advances timers, dials and the
     /// connection's health, and says what the task should do next.
     fn poll_drive(&mut self, cx: &mut Context<'_>) -> Drove;
+
+    /// `poll_ready`, for the worker, and whether it settled the service:
+    /// ready for requests, and the task registered for whatever moves it
+    /// next, just as [`poll_drive`](Drive::poll_drive) would leave it. The
+    /// driver then skips its own step in that round. By default never:
+    /// the driver always steps too.
+    fn poll_ready_settled(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> (Poll<Result<(), Self::Error>>, bool) {
+        (self.poll_ready(cx), false)
+    }
 }
 
 /// What the driver found.
@@ -110,6 +126,7 @@ where
     let service = Arc::new(Mutex::new(Inner {
         service,
         waiting: false,
+        settled: false,
     }));
     let shared = Driven {
         service: service.clone(),
@@ -136,6 +153,10 @@ struct Inner<S> {
     service: S,
     /// Whether the worker holds a request the service was not ready for.
     waiting: bool,
+    /// Whether the worker's last `poll_ready` in this round of the task
+    /// settled the service (see [`Drive::poll_ready_settled`]), so that the
+    /// driver need not step it.
+    settled: bool,
 }
 
 /// The service as the `Buffer` worker holds it.
@@ -146,7 +167,7 @@ struct Driven<S> {
 
 impl<S, Req> Service<Req> for Driven<S>
 where
-    S: Service<Req>,
+    S: Drive<Req>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -155,8 +176,9 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.kick.start();
         let mut inner = lock(&self.service);
-        let ready = inner.service.poll_ready(cx);
+        let (ready, settled) = inner.service.poll_ready_settled(cx);
         inner.waiting = ready.is_pending();
+        inner.settled = settled;
         ready
     }
 
@@ -196,10 +218,16 @@ where
                 return Poll::Ready(());
             }
             if *this.stopped || !started {
+                // What the worker settled in this round is not for a later one.
+                lock(this.service).settled = false;
                 return Poll::Pending;
             }
             let mut inner = lock(this.service);
-            let drove = inner.service.poll_drive(cx);
+            let drove = if std::mem::take(&mut inner.settled) {
+                Drove::Ready
+            } else {
+                inner.service.poll_drive(cx)
+            };
             let waiting = inner.waiting;
             drop(inner);
             match drove {

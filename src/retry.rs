@@ -323,6 +323,10 @@ where
     fn poll_drive(&mut self, cx: &mut Context<'_>) -> Drove {
         self.0.poll_drive(cx)
     }
+
+    fn poll_ready_settled(&mut self, cx: &mut Context<'_>) -> (Poll<Result<(), BoxError>>, bool) {
+        self.0.poll_ready_settled(cx)
+    }
 }
 
 /// Runs on the worker: sends each request, taking a shared one out of its

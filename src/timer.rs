@@ -30,6 +30,14 @@ impl Timer {
         }
     }
 
+    /// Drops the deadline, taking the timer out of tokio's timer wheel: an
+    /// armed timer left there costs the runtime work at every park, and
+    /// wakes the task for nothing when it fires. The next `arm` makes a new
+    /// one.
+    pub(crate) fn disarm(&mut self) {
+        self.0 = None;
+    }
+
     /// Whether the deadline last armed has passed. A timer never armed has
     /// no deadline and never expires.
     pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
@@ -116,6 +124,24 @@ mod tests {
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         assert!(!Timer::default().poll_expired(&mut cx));
+    }
+
+    /// A disarmed timer leaves tokio's wheel: it never reports the deadline
+    /// it had, and arms again afresh.
+    #[tokio::test(start_paused = true)]
+    async fn a_disarmed_timer_never_expires_until_armed_again() {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut timer = Timer::default();
+        timer.arm(deadline(Instant::now(), Duration::from_millis(10)));
+        assert!(!timer.poll_expired(&mut cx));
+        timer.disarm();
+        tokio::time::advance(Duration::from_millis(20)).await;
+        assert!(!timer.poll_expired(&mut cx), "disarmed");
+        timer.arm(deadline(Instant::now(), Duration::from_millis(10)));
+        assert!(!timer.poll_expired(&mut cx));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert!(timer.poll_expired(&mut cx));
     }
 
     /// A setting of `Duration::MAX` means decades: a deadline that far off

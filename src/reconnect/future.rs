@@ -36,35 +36,22 @@ pin_project! {
         future: F,
         health: Arc<Health>,
         deadline: Option<Deadline>,
-        poison: Option<Poison>,
-    }
-}
-
-/// Kills a one-at-a-time connection if the request is dropped before its
-/// response completes: the reply, still on its way, would answer the next
-/// request.
-pub(crate) struct Poison(Option<Arc<Health>>);
-
-impl Poison {
-    pub(crate) fn new(health: &Arc<Health>) -> Self {
-        Self(Some(health.clone()))
+        // Set while a one-at-a-time connection's response is incomplete:
+        // dropped then, the request kills the connection, as the reply
+        // still on its way would answer the next request. A flag on the
+        // future, which already holds the connection's health.
+        poisoned: bool,
     }
 
-    /// The response is complete: dropping the request now is harmless.
-    fn defuse(slot: &mut Option<Poison>) {
-        if let Some(mut poison) = slot.take() {
-            poison.0 = None;
-        }
-    }
-}
-
-impl Drop for Poison {
-    fn drop(&mut self) {
-        if let Some(health) = self.0.take() {
-            let error: BoxError =
-                "a request was dropped before its response came: the connection may be out of step"
+    impl<F> PinnedDrop for Called<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if *this.poisoned {
+                let error: BoxError = "a request was dropped before its response came: \
+                     the connection may be out of step"
                     .into();
-            health.kill(&error);
+                this.health.kill(&error);
+            }
         }
     }
 }
@@ -94,14 +81,14 @@ impl<F> ResponseFuture<F> {
         future: F,
         health: Arc<Health>,
         deadline: Option<Deadline>,
-        poison: Option<Poison>,
+        poisoned: bool,
     ) -> Self {
         Self {
             inner: OrFailed::running(Called {
                 future,
                 health,
                 deadline,
-                poison,
+                poisoned,
             }),
         }
     }
@@ -137,7 +124,7 @@ where
             future,
             health,
             deadline,
-            poison,
+            poisoned,
         } = self.project();
         let poll = poll_caught(RESPONSE, future, cx);
         if poll.is_pending() {
@@ -147,14 +134,14 @@ where
                     if deadline.kills {
                         health.kill(&error);
                     }
-                    Poison::defuse(poison);
+                    *poisoned = false;
                     return Poll::Ready(Err(error));
                 }
             }
         }
         let result = ready!(poll);
         // Complete: dropping it now leaves nothing on the wire.
-        Poison::defuse(poison);
+        *poisoned = false;
         match result {
             Ok(response) => {
                 health.succeeded();

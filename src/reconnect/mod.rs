@@ -24,8 +24,8 @@ use crate::BoxError;
 
 mod future;
 
+use future::Deadline;
 pub use future::ResponseFuture;
-use future::{Deadline, Poison};
 
 /// A service that owns at most one connection and re-makes it when it breaks.
 ///
@@ -441,6 +441,9 @@ where
         let Some(outage) = outage.take() else {
             return;
         };
+        // Proof by time is no longer needed: keep the runtime's timer wheel
+        // empty while the connection is up.
+        self.timer.disarm();
         if let Some(lane) = &self.lane {
             lane.publish(&conn.service, &conn.health, self.policy.response_timeout);
         }
@@ -693,6 +696,24 @@ where
             Step::Closed(_) => Drove::Closed,
         }
     }
+
+    /// Settled when the connection is ready: the driver's step would find
+    /// what this one found. Failing fast is not settled: the driver's step
+    /// may dial where a request's may not.
+    fn poll_ready_settled(&mut self, cx: &mut Context<'_>) -> (Poll<Result<(), BoxError>>, bool) {
+        let step = self.observed_step(cx, false);
+        let settled = matches!(step, Step::Ready);
+        (ready(step), settled)
+    }
+}
+
+/// What `poll_ready` answers for a step.
+fn ready(step: Step) -> Poll<Result<(), BoxError>> {
+    match step {
+        Step::Ready | Step::FailFast { .. } => Poll::Ready(Ok(())),
+        Step::Pending => Poll::Pending,
+        Step::Closed(closed) => Poll::Ready(Err(closed.into())),
+    }
 }
 
 impl<M, T, Req> Service<Req> for Reconnect<M, T>
@@ -708,11 +729,7 @@ where
     type Future = ResponseFuture<<M::Response as Service<Req>>::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        match self.observed_step(cx, false) {
-            Step::Ready | Step::FailFast { .. } => Poll::Ready(Ok(())),
-            Step::Pending => Poll::Pending,
-            Step::Closed(closed) => Poll::Ready(Err(closed.into())),
-        }
+        ready(self.observed_step(cx, false))
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
@@ -727,9 +744,8 @@ where
                             .policy
                             .response_timeout
                             .map(|after| Deadline::new(after, one_at_a_time));
-                        let poison = (one_at_a_time && !self.policy.cancel_safe)
-                            .then(|| Poison::new(&conn.health));
-                        ResponseFuture::new(future, conn.health.clone(), deadline, poison)
+                        let poisoned = one_at_a_time && !self.policy.cancel_safe;
+                        ResponseFuture::new(future, conn.health.clone(), deadline, poisoned)
                     }
                     Err(panicked) => {
                         conn.health.mark_dead();
@@ -809,6 +825,20 @@ mod tests {
         })
     }
 
+    type Echo = tower::util::ServiceFn<fn(u8) -> std::future::Ready<Result<u8, BoxError>>>;
+
+    fn echo(n: u8) -> std::future::Ready<Result<u8, BoxError>> {
+        std::future::ready(Ok(n))
+    }
+
+    fn connect(_: ()) -> std::future::Ready<Result<Echo, BoxError>> {
+        std::future::ready(Ok(service_fn(echo as fn(u8) -> _)))
+    }
+
+    fn echoing() -> Make {
+        service_fn(connect as fn(()) -> _)
+    }
+
     /// `call` before `poll_ready` returned ready is a bug in the caller, and
     /// panics with a clear message, as tower's contract says.
     #[tokio::test]
@@ -837,6 +867,39 @@ mod tests {
         let error = Service::<u8>::call(&mut reconnect, 1).await.unwrap_err();
         let closed = error.downcast_ref::<Closed>().expect("Closed");
         assert_eq!(closed.attempts(), 1);
+    }
+
+    /// Only a ready connection settles the service for the driver: not a
+    /// service waiting for its backoff, nor one failing fast (the driver's
+    /// own step may dial where a request's may not).
+    #[tokio::test(start_paused = true)]
+    async fn only_a_ready_connection_settles() {
+        let waker = noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut up = Reconnect::new(echoing(), (), ReconnectPolicy::default());
+        let (ready, settled) = Drive::<u8>::poll_ready_settled(&mut up, &mut cx);
+        assert!(matches!(ready, Poll::Ready(Ok(()))) && settled);
+
+        let waiting = ReconnectPolicy::builder()
+            .backoff(Backoff::fixed(Duration::from_secs(1)))
+            .wait_limit(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let mut down = Reconnect::new(refusing(), (), waiting);
+        let (ready, settled) = Drive::<u8>::poll_ready_settled(&mut down, &mut cx);
+        assert!(ready.is_pending() && !settled);
+
+        let failing = ReconnectPolicy::builder()
+            .backoff(Backoff::fixed(Duration::from_secs(1)))
+            .wait_limit(Duration::from_millis(1))
+            .build()
+            .unwrap();
+        let mut fast = Reconnect::new(refusing(), (), failing);
+        let _ = Drive::<u8>::poll_ready_settled(&mut fast, &mut cx);
+        tokio::time::advance(Duration::from_millis(2)).await;
+        let (ready, settled) = Drive::<u8>::poll_ready_settled(&mut fast, &mut cx);
+        assert_eq!(fast.phase(), Phase::FailFast);
+        assert!(matches!(ready, Poll::Ready(Ok(()))) && !settled);
     }
 
     /// `call` while the service is backing off, before the wait limit
