@@ -35,6 +35,7 @@
 //! and `REAL_WINDOW_MS` override the rounds and the window.
 
 use tower_redial_interop::report as common;
+use tower_redial_interop::report::{Goal, Verdict};
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -624,6 +625,30 @@ fn main() -> Result<(), BoxError> {
     println!("{md}");
     if let Some(path) = common::write_arg() {
         common::write_section(&path, "real", &md)?;
+        let goals: Vec<Goal> = results
+            .iter()
+            .map(|m| {
+                let r = m.ratios();
+                let med = median(&r);
+                Goal {
+                    point: "1",
+                    goal: format!(
+                        "real connections: {}, {} caller{}: throughput ≥ {:.2} × bare",
+                        m.name,
+                        m.callers,
+                        if m.callers == 1 { "" } else { "s" },
+                        m.goal
+                    ),
+                    measure: format!(
+                        "median over {} rounds of client / bare throughput, loopback",
+                        r.len()
+                    ),
+                    value: format!("{med:.2} (range {:.2}–{:.2})", r[0], r[r.len() - 1]),
+                    verdict: Verdict::from(med >= m.goal),
+                }
+            })
+            .collect();
+        common::write_goals(&path, "real", &goals)?;
     }
     Ok(())
 }
