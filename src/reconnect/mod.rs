@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::mem;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -15,17 +14,19 @@ use crate::driver::{Drive, Drove};
 use crate::error::{share, Closed, ConnectTimeout, SharedError, Unavailable};
 use crate::health::Health;
 use crate::lane::Publish;
-use crate::panic::{catch, poll_caught, CALL, POLL_READY};
+use crate::panic::{catch, poll_caught, CALL};
 use crate::policy::ReconnectPolicy;
 use crate::redact::{redact, redacted};
-use crate::state::{Counter, Down, Observer, Phase, Snapshot, Stats};
-use crate::timer::{deadline, Timer, WaitLimit};
+use crate::state::{Counter, Observer, Phase, Snapshot, Stats};
+use crate::timer::{deadline, Timer};
 use crate::BoxError;
 
 mod future;
+mod states;
 
 use future::Deadline;
 pub use future::ResponseFuture;
+use states::{Connection, Outage, State, Step};
 
 /// A service that owns at most one connection and re-makes it when it breaks.
 ///
@@ -103,126 +104,10 @@ where
     lane: Option<Box<dyn Publish<M::Response>>>,
 }
 
-/// The state machine. Each state holds what it needs, and the outage (when
-/// the connection became unavailable, the dials since, the latest error)
-/// lives in the states that have one.
-enum State<F, S> {
-    /// Never used.
-    Idle,
-    /// About to dial, as soon as the factory is ready.
-    Dial(Outage),
-    /// A dial in flight, started at `started`.
-    Connecting {
-        future: Pin<Box<F>>,
-        started: Instant,
-        outage: Outage,
-    },
-    /// Waiting for the next dial.
-    Backoff(Outage),
-    /// Connected. The outage goes on until the connection proves healthy.
-    Ready {
-        conn: Connection<S>,
-        outage: Option<Outage>,
-    },
-    /// Gave up for good; the outage that ended it, for the state watch.
-    Closed(Closed, Outage),
-}
-
-/// A spell of unavailability: from the first dial, or from a healthy
-/// connection's death, until a connection proves healthy.
-struct Outage {
-    attempts: u32,
-    last_error: Option<SharedError>,
-    /// Whether the outage was logged: once, at its first failure.
-    reported: bool,
-    wait: WaitLimit,
-}
-
-impl Outage {
-    fn new(now: Instant, policy: &ReconnectPolicy) -> Self {
-        Self {
-            attempts: 0,
-            last_error: None,
-            reported: false,
-            wait: WaitLimit::start(now, policy.wait_limit),
-        }
-    }
-
-    fn since(&self) -> Instant {
-        self.wait.since()
-    }
-
-    /// What the state watch shows of it.
-    fn snapshot(&self) -> Down<'_> {
-        Down {
-            since: self.since(),
-            attempts: self.attempts,
-            last_error: self.last_error.as_ref(),
-        }
-    }
-
-    /// Records a failure as the latest error; warns once per outage.
-    fn failed(&mut self, label: &str, error: SharedError) {
-        if !self.reported {
-            self.reported = true;
-            tracing::warn!(
-                target = %label,
-                error = %redact(&error.to_string()),
-                "connection unavailable; redialing"
-            );
-        }
-        self.last_error = Some(error);
-    }
-}
-
-struct Connection<S> {
-    service: S,
-    /// When the dial that made it started: a connection that dies before it
-    /// proves healthy counts as that attempt failing.
-    dialed: Instant,
-    /// When it was made: it proves healthy by time `healthy_after` later.
-    connected: Instant,
-    health: Arc<Health>,
-}
-
-impl<S> Connection<S> {
-    /// The connection's readiness, or `Err` once it is dead: found so by a
-    /// response (`None`: the cause is in its health), or by its own
-    /// `poll_ready`, a panic there included.
-    fn poll_alive<Req>(&mut self, cx: &mut Context<'_>) -> Result<Poll<()>, Option<BoxError>>
-    where
-        S: Service<Req>,
-        S::Error: Into<BoxError>,
-    {
-        if self.health.poll_dead(cx) {
-            return Err(None);
-        }
-        match catch(POLL_READY, || self.service.poll_ready(cx)) {
-            Ok(Poll::Ready(Ok(()))) => Ok(Poll::Ready(())),
-            Ok(Poll::Pending) => Ok(Poll::Pending),
-            Ok(Poll::Ready(Err(error))) => Err(Some(error.into())),
-            Err(panicked) => Err(Some(panicked.into())),
-        }
-    }
-}
-
 /// Where a factory's or a dial's panic came from.
 const FACTORY_POLL_READY: &str = "the connection factory's `poll_ready`";
 const FACTORY_CALL: &str = "the connection factory's `call`";
 const DIAL: &str = "the dial";
-
-/// What the state machine tells `poll_ready`.
-enum Step {
-    /// The connection is ready.
-    Ready,
-    /// Between dials, past the wait limit: fail requests fast. `due` when
-    /// the next dial is due, and waits only for the driver.
-    FailFast {
-        due: bool,
-    },
-    Pending,
-    Closed(Closed),
-}
 
 impl<M, T> Reconnect<M, T>
 where
