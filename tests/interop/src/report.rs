@@ -128,15 +128,6 @@ pub struct Goal {
     pub verdict: Verdict,
 }
 
-/// The overhead goals (point 1), measured separately: the summary shows
-/// these placeholder rows until a goal line for point 1 is in the file.
-const POINT_1_PLACEHOLDERS: [&str; 4] = [
-    "overhead: `multiplexed` throughput ≥ 0.95 × tower `Buffer`'s",
-    "overhead: `multiplexed` throughput ≥ tower-resilience's",
-    "overhead: `client` throughput ≥ 0.95 × tower `Buffer`'s",
-    "overhead: `client` throughput ≥ tower-resilience's",
-];
-
 const GOAL_PREFIX: &str = "<!-- goal | ";
 const GOAL_SUFFIX: &str = " -->";
 
@@ -147,8 +138,8 @@ const GOAL_SUFFIX: &str = " -->";
 ///
 /// Any generator can feed the summary: a line
 /// `<!-- goal | POINT | GOAL | MEASURE | VALUE | met -->` (or `missed`)
-/// anywhere in the file is a row. A point with no such line yet shows
-/// placeholder rows, "point 1: measured separately".
+/// anywhere in the file is a row (the overhead step of `scripts/bench`
+/// writes its lines itself).
 pub fn write_goals(path: &Path, name: &str, goals: &[Goal]) -> io::Result<()> {
     let end = format!("<!-- {name}:end -->");
     let mut text = std::fs::read_to_string(path)?;
@@ -195,19 +186,6 @@ pub fn write_summary(path: &Path) -> io::Result<()> {
             ))
         })
         .collect();
-    if !rows.iter().any(|(point, _)| point == "1") {
-        for goal in POINT_1_PLACEHOLDERS {
-            rows.push((
-                "1".to_string(),
-                [
-                    goal.into(),
-                    "point 1: measured separately".into(),
-                    "—".into(),
-                    "—".into(),
-                ],
-            ));
-        }
-    }
     // By point; within a point, in the order the file has them.
     rows.sort_by_key(|(point, _)| point.parse::<u32>().unwrap_or(u32::MAX));
     let mut table = String::from(
