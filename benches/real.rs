@@ -23,11 +23,12 @@
 //! each task lands on); 64 callers run on a multi-thread runtime with 2
 //! workers. Each setting makes its own connections on its own runtime.
 //! Each caller sends a request, waits for the whole response, and sends the
-//! next (closed loop). Each measurement runs the bare connection and the
-//! client alternately, [`ROUNDS`] times each for [`WINDOW`], after a warm-up,
-//! so that load on the machine hits both alike; the ratio is taken round by
-//! round (client / bare throughput), and the table gives its median and
-//! range.
+//! next (closed loop). Each measurement runs the bare connection, the
+//! crate's connection service alone (for HTTP/1 behind tower's `Buffer`) and
+//! the client in turn, [`ROUNDS`] times each for [`WINDOW`], after a
+//! warm-up, so that load on the machine hits all alike; the ratios are taken
+//! round by round (client / bare throughput, and the same through the
+//! middle side), and the table gives their medians and the range.
 //!
 //! Run with `cargo bench -p tower-redial-interop --bench real`; it prints a
 //! markdown section. With `-- --write PATH` it also puts the section between
@@ -279,6 +280,12 @@ struct Pair {
     name: &'static str,
     goal: f64,
     bare: Callers,
+    /// The crate's connection service with no client around it: for
+    /// HTTP/1 behind tower's `Buffer` (the queue alone), for the
+    /// multiplexed connections a clone per caller. Client / alone is what
+    /// the reconnect layer itself costs; alone / bare what the queue or the
+    /// connection wrapper costs.
+    alone: Callers,
     ours: Callers,
 }
 
@@ -308,10 +315,22 @@ async fn pairs(redis: &RedisServer) -> Vec<Pair> {
         .client(addr);
     client.connected().await.expect("HTTP/1 client");
     let request = get(addr);
+    let connection = Handshake::new(TcpConnector::new(), tower_redial::hyper::http1::<Body>)
+        .oneshot(addr)
+        .await
+        .expect("HTTP/1 connection");
+    let queue = tower::buffer::Buffer::new(Wrapped(connection), policy().queue_capacity());
+    let alone_request = get(addr);
     pairs.push(Pair {
         name: PAIRS[0],
         goal: 0.95,
         bare: Box::new(move || Box::new(bare.clone())),
+        alone: Box::new(move || {
+            Box::new(Svc::<_, _, ReadBody>::new(
+                queue.clone(),
+                clone_get(&alone_request),
+            ))
+        }),
         ours: Box::new(move || {
             Box::new(Svc::<_, _, ReadBody>::new(
                 Wrapped(client.clone()),
@@ -336,9 +355,20 @@ async fn pairs(redis: &RedisServer) -> Vec<Pair> {
         .multiplexed(addr);
     client.connected().await.expect("HTTP/2 client");
     let request = get(addr);
+    let connection = Handshake::new(TcpConnector::new(), tower_redial::hyper::http2::<Body>)
+        .oneshot(addr)
+        .await
+        .expect("HTTP/2 connection");
+    let alone_request = get(addr);
     pairs.push(Pair {
         name: PAIRS[1],
         goal: 0.97,
+        alone: Box::new(move || {
+            Box::new(Svc::<_, _, ReadBody>::new(
+                Wrapped(connection.clone()),
+                clone_get(&alone_request),
+            ))
+        }),
         bare: Box::new(move || {
             Box::new(Http2Bare {
                 sender: sender.clone(),
@@ -367,9 +397,15 @@ async fn pairs(redis: &RedisServer) -> Vec<Pair> {
     let mut cmd = redis::cmd("GET");
     cmd.arg("tower-redial-bench-missing");
     let ours_cmd = cmd.clone();
+    let alone_cmd = cmd.clone();
+    let alone = MakeRedis::new()
+        .oneshot(redis.url())
+        .await
+        .expect("redis connection alone");
     pairs.push(Pair {
         name: PAIRS[2],
         goal: 0.97,
+        alone: Box::new(move || Box::new(Svc::<_, _, Keep>::new(alone.clone(), alone_cmd.clone()))),
         bare: Box::new(move || {
             Box::new(RedisBare {
                 connection: connection.clone(),
@@ -461,20 +497,22 @@ struct Measured {
     goal: f64,
     callers: usize,
     bare: Vec<f64>,
+    alone: Vec<f64>,
     ours: Vec<f64>,
 }
 
 impl Measured {
+    /// Client / bare, round by round, sorted.
     fn ratios(&self) -> Vec<f64> {
-        let mut r: Vec<f64> = self
-            .bare
-            .iter()
-            .zip(&self.ours)
-            .map(|(b, o)| o / b)
-            .collect();
-        r.sort_by(f64::total_cmp);
-        r
+        per_round(&self.ours, &self.bare)
     }
+}
+
+/// `top / bottom` within each round, sorted.
+fn per_round(top: &[f64], bottom: &[f64]) -> Vec<f64> {
+    let mut r: Vec<f64> = top.iter().zip(bottom).map(|(t, b)| t / b).collect();
+    r.sort_by(f64::total_cmp);
+    r
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -532,33 +570,35 @@ fn main() -> Result<(), BoxError> {
             let pairs = pairs(&redis).await;
             for pair in &pairs {
                 // Warm-up: connections, allocator, caches.
-                run(&pair.bare, callers, window / 4).await;
-                run(&pair.ours, callers, window / 4).await;
+                for side in [&pair.bare, &pair.alone, &pair.ours] {
+                    run(side, callers, window / 4).await;
+                }
                 let mut m = Measured {
                     name: pair.name,
                     goal: pair.goal,
                     callers,
                     bare: Vec::new(),
+                    alone: Vec::new(),
                     ours: Vec::new(),
                 };
                 for round in 0..rounds {
-                    // Alternate which side goes first.
-                    let (b, o) = if round % 2 == 0 {
-                        let b = run(&pair.bare, callers, window).await;
-                        (b, run(&pair.ours, callers, window).await)
-                    } else {
-                        let o = run(&pair.ours, callers, window).await;
-                        (run(&pair.bare, callers, window).await, o)
-                    };
-                    let secs = window.as_secs_f64();
-                    m.bare.push(b as f64 / secs);
-                    m.ours.push(o as f64 / secs);
+                    // Rotate which side goes first.
+                    let mut rate = [0.0; 3];
+                    for k in 0..3 {
+                        let side = (round + k) % 3;
+                        let make = [&pair.bare, &pair.alone, &pair.ours][side];
+                        rate[side] = run(make, callers, window).await as f64 / window.as_secs_f64();
+                    }
+                    m.bare.push(rate[0]);
+                    m.alone.push(rate[1]);
+                    m.ours.push(rate[2]);
                 }
                 let r = m.ratios();
                 eprintln!(
-                    "{} / {callers} callers: bare {:.0}/s, ours {:.0}/s, ratio {:.3} ({:.3}–{:.3})",
+                    "{} / {callers} callers: bare {:.0}/s, alone {:.0}/s, ours {:.0}/s, ratio {:.3} ({:.3}–{:.3})",
                     pair.name,
                     median(&m.bare),
+                    median(&m.alone),
                     median(&m.ours),
                     median(&r),
                     r[0],
@@ -585,22 +625,26 @@ fn main() -> Result<(), BoxError> {
          one `SendRequest` behind a lock held from readiness to `try_send_request`, as the \
          client's queue holds the connection, and send again a request hyper hands back unsent, \
          as the client does; the multiplexed ones each hold a clone. Each row runs the \
-         bare connection and the client alternately, {rounds} rounds of {} ms each after a \
+         bare connection, the connection alone and the client in turn, {rounds} rounds of {} ms each after a \
          warm-up; **ratio** = client throughput / bare throughput within a round (1.00 = as \
-         fast), its median and range over the rounds.\n",
+         fast), its median and range over the rounds. **Alone** is the crate's connection \
+         service with no client around it: the HTTP/1 connection behind tower's `Buffer` (the \
+         queue alone, as tower gives it), the multiplexed ones a clone per caller. So alone / \
+         bare is what the queue or the connection wrapper costs, and client / alone what the \
+         reconnect layer costs beyond it; the three sides take turns within each round.\n",
         window.as_millis()
     );
     let _ = writeln!(
         md,
-        "| connection | callers | bare (req/s, median) | client (req/s, median) | ratio median | range | goal |"
+        "| connection | callers | bare (req/s, median) | client (req/s, median) | ratio median | range | goal | alone / bare | client / alone |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|---:|---:|");
     for m in &results {
         let r = m.ratios();
         let med = median(&r);
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} | {:.0} | {:.3} | {:.3}–{:.3} | ≥ {:.2} {} |",
+            "| {} | {} | {:.0} | {:.0} | {:.3} | {:.3}–{:.3} | ≥ {:.2} {} | {:.3} | {:.3} |",
             m.name,
             m.callers,
             median(&m.bare),
@@ -609,7 +653,9 @@ fn main() -> Result<(), BoxError> {
             r[0],
             r[r.len() - 1],
             m.goal,
-            if med >= m.goal { "met" } else { "**missed**" }
+            if med >= m.goal { "met" } else { "**missed**" },
+            median(&per_round(&m.alone, &m.bare)),
+            median(&per_round(&m.ours, &m.alone)),
         );
     }
     let _ = writeln!(
