@@ -194,10 +194,13 @@ pub type PgClient = crate::Client<Query, Rows>;
 mod connection;
 mod errors;
 mod query;
+mod statements;
+mod transaction;
 
 pub use connection::{PgConnection, QueryFuture};
 pub use errors::{classifier, is_postgres_transport_error, postgres_error, ConnectionClosed};
 pub use query::{Query, Rows};
+pub use transaction::{Transaction, TransactionFuture};
 
 /// The connection factory: a `Service<`[`Config`]`>`
 /// that connects and returns a [`PgConnection`].

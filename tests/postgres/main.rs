@@ -2,7 +2,9 @@
 #![cfg(feature = "postgres")]
 
 mod client;
+mod prepared;
 mod restart;
+mod transaction;
 
 use support::outcome::Outcome;
 use support::pg_server::PgServer;
