@@ -5,6 +5,7 @@ mod client;
 mod prepared;
 mod restart;
 mod transaction;
+mod transaction_ends;
 
 use support::outcome::Outcome;
 use support::pg_server::PgServer;

@@ -31,13 +31,13 @@ fn ms(n: u64) -> Duration {
 }
 
 /// Fails the test, rather than hanging it.
-async fn within<F: Future>(what: &str, future: F) -> F::Output {
+pub(crate) async fn within<F: Future>(what: &str, future: F) -> F::Output {
     tokio::time::timeout(LIMIT, future)
         .await
         .unwrap_or_else(|_| panic!("{what} did not finish within {LIMIT:?}"))
 }
 
-fn client(server: &PgServer, cancel_safe: bool) -> PgClient {
+pub(crate) fn client(server: &PgServer, cancel_safe: bool) -> PgClient {
     let policy = ReconnectPolicy::builder()
         .backoff(Backoff::exponential(ms(10), 2.0, ms(200)))
         .wait_limit(Duration::from_secs(20))
@@ -51,7 +51,7 @@ fn client(server: &PgServer, cancel_safe: bool) -> PgClient {
 }
 
 /// A plain tokio-postgres session, to look at (and kill) from the side.
-async fn observer(server: &PgServer) -> tokio_postgres::Client {
+pub(crate) async fn observer(server: &PgServer) -> tokio_postgres::Client {
     let (client, connection) = server.config().connect(NoTls).await.unwrap();
     tokio::spawn(connection);
     client
@@ -60,7 +60,7 @@ async fn observer(server: &PgServer) -> tokio_postgres::Client {
 /// The books: one row per committed transaction. `COMMIT` runs a deferred
 /// trigger that takes advisory lock 42 shared: free unless the test holds
 /// it, when it holds `COMMIT` up.
-async fn create_books(observer: &tokio_postgres::Client) {
+pub(crate) async fn create_books(observer: &tokio_postgres::Client) {
     observer
         .batch_execute(
             "CREATE TABLE books (txn bigint NOT NULL);
@@ -74,7 +74,7 @@ async fn create_books(observer: &tokio_postgres::Client) {
 }
 
 /// How many rows each transaction left.
-async fn books(observer: &tokio_postgres::Client) -> HashMap<i64, i64> {
+pub(crate) async fn books(observer: &tokio_postgres::Client) -> HashMap<i64, i64> {
     observer
         .query("SELECT txn, count(*) FROM books GROUP BY txn", &[])
         .await
@@ -84,7 +84,7 @@ async fn books(observer: &tokio_postgres::Client) -> HashMap<i64, i64> {
         .collect()
 }
 
-fn add(txn: i64) -> Query {
+pub(crate) fn add(txn: i64) -> Query {
     Query::new("INSERT INTO books (txn) VALUES ($1)").bind(txn)
 }
 
@@ -119,7 +119,7 @@ async fn kill(observer: &tokio_postgres::Client, pid: i32) {
 
 /// The closure's own error.
 #[derive(Debug)]
-struct Overdrawn;
+pub(crate) struct Overdrawn;
 
 impl fmt::Display for Overdrawn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
