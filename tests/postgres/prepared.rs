@@ -88,7 +88,11 @@ async fn prepared_statements_are_kept_and_prepared_again_after_a_redial() {
 
     within("unprepared queries", async {
         for n in 0..3 {
-            assert_eq!(lookup(&client, n, false).await.0, 0, "closed after each run");
+            assert_eq!(
+                lookup(&client, n, false).await.0,
+                0,
+                "closed after each run"
+            );
         }
     })
     .await;

@@ -56,9 +56,7 @@ async fn a_commit_the_server_refuses_fails_with_its_error() {
     let observer = observer(&server).await;
     create_books(&observer).await;
     observer
-        .batch_execute(
-            "CREATE TABLE once (k bigint, UNIQUE (k) DEFERRABLE INITIALLY DEFERRED)",
-        )
+        .batch_execute("CREATE TABLE once (k bigint, UNIQUE (k) DEFERRABLE INITIALLY DEFERRED)")
         .await
         .unwrap();
     let client = client(&server, false);

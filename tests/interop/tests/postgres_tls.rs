@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, DnType, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::ring;
@@ -227,7 +227,9 @@ async fn tls_certificates_are_checked_on_every_dial() {
     let (client, seen) = tls_client(&server, trusted.roots());
     let seen_now = || seen.lock().unwrap_or_else(PoisonError::into_inner).clone();
 
-    assert!(within("a query over TLS", session_ssl(&client)).await.unwrap());
+    assert!(within("a query over TLS", session_ssl(&client))
+        .await
+        .unwrap());
     assert_eq!(seen_now().as_deref(), Some(&first.der[..]));
 
     // A certificate the client does not trust.
@@ -266,7 +268,9 @@ async fn tls_certificates_are_checked_on_every_dial() {
     server.replace_tls(cert, key).await;
     within("the restart", server.restart()).await;
     within("the client's own redial", ready(&client)).await;
-    assert!(within("a query over TLS", session_ssl(&client)).await.unwrap());
+    assert!(within("a query over TLS", session_ssl(&client))
+        .await
+        .unwrap());
     assert_eq!(seen_now().as_deref(), Some(&second.der[..]));
     let stats = client.stats();
     println!("{stats:?}");
