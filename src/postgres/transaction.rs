@@ -63,32 +63,40 @@ impl crate::Client<Query, Rows> {
     ///
     /// # Example
     ///
-    /// ```no_run
+    /// ```
     /// use tower::ServiceBuilder;
     /// use tower_redial::postgres::{MakePostgres, PgClient, Query};
     /// use tower_redial::{BoxError, ReconnectLayer, ReconnectPolicy};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), BoxError> {
-    /// # let config: tokio_postgres::Config = "host=127.0.0.1 user=postgres".parse()?;
+    /// # let server = support::pg_server::PgServer::start().await;
+    /// # let config: tokio_postgres::Config = server.conninfo().parse()?;
     /// let client: PgClient = ServiceBuilder::new()
     ///     .layer(ReconnectLayer::new(ReconnectPolicy::default()))
     ///     .service(MakePostgres::new())
     ///     .client(config);
+    /// # use tower::ServiceExt;
+    /// # client.clone().oneshot(Query::batch(
+    /// #     "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint);
+    /// #      INSERT INTO accounts VALUES (1, 100), (2, 0)",
+    /// # )).await?;
     ///
+    /// let move_10 = Query::new("UPDATE accounts SET balance = balance + $2 WHERE id = $1");
     /// let balance: i64 = client
-    ///     .transaction(|tx| async move {
-    ///         tx.query(Query::new("UPDATE accounts SET balance = balance - 10 WHERE id = 1"))
-    ///             .await?;
-    ///         tx.query(Query::new("UPDATE accounts SET balance = balance + 10 WHERE id = 2"))
-    ///             .await?;
-    ///         let rows = tx
-    ///             .query(Query::new("SELECT balance FROM accounts WHERE id = $1").bind(2_i64))
-    ///             .await?;
-    ///         Ok::<_, BoxError>(rows.first().expect("account 2").get(0))
+    ///     .transaction(move |tx| {
+    ///         let move_10 = move_10.clone();
+    ///         async move {
+    ///             tx.query(move_10.clone().bind(1_i64).bind(-10_i64)).await?;
+    ///             tx.query(move_10.bind(2_i64).bind(10_i64)).await?;
+    ///             let rows = tx
+    ///                 .query(Query::new("SELECT balance FROM accounts WHERE id = $1").bind(2_i64))
+    ///                 .await?;
+    ///             Ok::<_, BoxError>(rows.first().expect("account 2").get(0))
+    ///         }
     ///     })
     ///     .await?;
-    /// # let _ = balance;
+    /// assert_eq!(balance, 10);
     /// # Ok(())
     /// # }
     /// ```
@@ -120,7 +128,8 @@ impl crate::Client<Query, Rows> {
 pin_project! {
     /// The future of [`Client::transaction`](crate::Client::transaction):
     /// what the closure returned, once the transaction has committed. It
-    /// holds a clone of the client, so it can be spawned.
+    /// holds a clone of the client, so it can be spawned, as in
+    /// `tokio::spawn(client.transaction(body))`.
     pub struct TransactionFuture<T> {
         #[pin]
         inner: Oneshot<crate::Client<Query, Rows>, Query>,
@@ -155,7 +164,24 @@ impl<T> fmt::Debug for TransactionFuture<T> {
 ///
 /// # Example
 ///
-/// See [`Client::transaction`](crate::Client::transaction).
+/// A closure that reads and writes through its handle:
+///
+/// ```
+/// use tower_redial::postgres::{PgClient, Query, Transaction};
+/// use tower_redial::BoxError;
+///
+/// async fn next_ticket(tx: Transaction) -> Result<i64, BoxError> {
+///     let rows = tx
+///         .query(Query::new("UPDATE counters SET n = n + 1 WHERE name = $1 RETURNING n").bind("tickets"))
+///         .await?;
+///     Ok(rows.first().expect("the counter").get(0))
+/// }
+///
+/// async fn ticket(client: PgClient) -> Result<i64, BoxError> {
+///     client.transaction(next_ticket).await
+/// }
+/// # let _ = ticket;
+/// ```
 pub struct Transaction {
     shared: Arc<Shared>,
     /// Cleared once the closure has finished.

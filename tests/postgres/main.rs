@@ -5,6 +5,7 @@ mod client;
 mod prepared;
 mod restart;
 mod transaction;
+mod transaction_books;
 mod transaction_ends;
 
 use support::outcome::Outcome;
