@@ -273,8 +273,11 @@ pub(super) async fn run(shared: Arc<Shared>, query: Query, body: Body) -> Result
     let result = match finished {
         Err(error) => {
             if let Err(rollback) = client.batch_execute("ROLLBACK").await {
-                // The server rolls back as the session ends anyway.
-                let _ = shared.failed(rollback);
+                // Whatever went wrong, the session must not stay inside the
+                // transaction: it is closed, and the server rolls back as
+                // the session ends.
+                tracing::debug!(error = %rollback, "postgres ROLLBACK failed; closing the connection");
+                shared.closed.close(io::ErrorKind::ConnectionAborted);
             }
             Err(error)
         }

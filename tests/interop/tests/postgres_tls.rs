@@ -261,6 +261,13 @@ async fn tls_certificates_are_checked_on_every_dial() {
         &rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
     );
     assert_eq!(seen_now().as_deref(), Some(&untrusted.der[..]));
+    // The state's last error is the same dial error.
+    let state = client.state().borrow().clone();
+    let last = state.last_error().expect("the last dial error");
+    let last = last
+        .downcast_ref::<tokio_postgres::Error>()
+        .unwrap_or_else(|| panic!("postgres's error: {last:?}"));
+    assert_eq!(last.to_string(), pg.to_string());
     println!("untrusted: {error}: {dial}: {io}");
 
     // A new trusted certificate: the client redials by itself and meets it.
