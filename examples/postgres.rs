@@ -4,11 +4,15 @@
 //! The example starts its own PostgreSQL server (`initdb` and `pg_ctl` in a
 //! temporary directory, on `127.0.0.1` only) and lets four tasks insert rows
 //! with unique ids through one [`PgClient`], built with [`ReconnectLayer`]
-//! over [`MakePostgres`]. Meanwhile it restarts the server twice with
-//! `pg_ctl restart -m immediate`, which cuts every connection. A timeline
-//! shows the client losing its connection and redialing. At the end it
-//! checks the table: every insert that returned `Ok` is there, no id is
-//! there twice, and it tells what became of the inserts the restarts caught.
+//! over [`MakePostgres`]. Every fourth insert is a transaction
+//! ([`PgClient::transaction`](tower_redial::Client::transaction)) that also
+//! counts the row in a `totals` table, with a prepared statement. Meanwhile
+//! it restarts the server twice with `pg_ctl restart -m immediate`, which
+//! cuts every connection. A timeline shows the client losing its connection
+//! and redialing. At the end it checks the tables: every insert that
+//! returned `Ok` is there, no id is there twice, each committed transaction
+//! did both of its writes, and it tells what became of the inserts the
+//! restarts caught.
 //!
 //! Run it with:
 //!
@@ -87,10 +91,16 @@ async fn main() -> Result<(), BoxError> {
 
     let start = Instant::now();
     let timeline = tokio::spawn(watch_state(client.state(), start));
-    step(start, "CREATE TABLE t (id bigint PRIMARY KEY)");
+    step(
+        start,
+        "CREATE TABLE t (id bigint PRIMARY KEY); CREATE TABLE totals (n bigint)",
+    );
     client
         .clone()
-        .oneshot(Query::batch("CREATE TABLE t (id bigint PRIMARY KEY)"))
+        .oneshot(Query::batch(
+            "CREATE TABLE t (id bigint PRIMARY KEY); \
+             CREATE TABLE totals (n bigint); INSERT INTO totals VALUES (0)",
+        ))
         .await?;
     let tally = Arc::new(Mutex::new(Tally::default()));
     let next_id = Arc::new(AtomicI64::new(1));
@@ -148,6 +158,16 @@ async fn main() -> Result<(), BoxError> {
         .await?;
     let row = rows.first().expect("one row");
     let (count, distinct): (i64, i64) = (row.get(0), row.get(1));
+    // Each committed transaction inserted a row with an id divisible by 4
+    // and counted it: the two agree.
+    let rows = client
+        .clone()
+        .oneshot(Query::new(
+            "SELECT (SELECT n FROM totals), (SELECT count(*) FROM t WHERE id % 4 = 0)",
+        ))
+        .await?;
+    let row = rows.first().expect("one row");
+    let (counted, transacted): (i64, i64) = (row.get(0), row.get(1));
     let stats = client.stats();
     drop(client);
     // The state watch closes once the client's worker task has ended.
@@ -205,13 +225,28 @@ async fn main() -> Result<(), BoxError> {
         tally.maybe.len()
     );
     println!(
+        "  {:>5} rows written by transactions, {} counted in totals: {}",
+        transacted,
+        counted,
+        if counted == transacted {
+            "each transaction did both writes or neither"
+        } else {
+            "A TRANSACTION WAS TORN"
+        }
+    );
+    println!(
         "\nclient: {} dials ({} failed), {} connections lost, {} requests failed fast",
         stats.dials, stats.dial_failures, stats.drops, stats.fail_fast
     );
 
     drop(server);
     println!("\nserver stopped and removed");
-    if !lost.is_empty() || count != distinct || not_run_present > 0 || !tally.other.is_empty() {
+    if !lost.is_empty()
+        || count != distinct
+        || counted != transacted
+        || not_run_present > 0
+        || !tally.other.is_empty()
+    {
         for error in &tally.other {
             eprintln!("unexpected error: {error}");
         }
@@ -257,10 +292,12 @@ async fn work(
         tick.tick().await;
         let id = next_id.fetch_add(1, Ordering::SeqCst);
         let issued = epoch.load(Ordering::SeqCst);
-        let result = client
-            .clone()
-            .oneshot(Query::new("INSERT INTO t (id) VALUES ($1)").bind(id))
-            .await;
+        let result = if id % 4 == 0 {
+            transaction(&client, id).await
+        } else {
+            let insert = Query::new("INSERT INTO t (id) VALUES ($1)").bind(id);
+            client.clone().oneshot(insert).await.map(drop)
+        };
         let finished = epoch.load(Ordering::SeqCst);
         let mut tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
         let during = issued % 2 == 1;
@@ -280,6 +317,22 @@ async fn work(
             Err(error) => tally.other.push(format!("insert {id}: {error:?}")),
         }
     }
+}
+
+/// Inserts row `id` and counts it, in one transaction. If the connection
+/// dies before `COMMIT` is sent, the client runs the whole closure again on
+/// the next connection; if it dies while `COMMIT` is in flight, the error
+/// is a `ConnectionLost`: it may have committed.
+async fn transaction(client: &PgClient, id: i64) -> Result<(), BoxError> {
+    client
+        .transaction(move |tx| async move {
+            tx.query(Query::new("INSERT INTO t (id) VALUES ($1)").bind(id))
+                .await?;
+            tx.query(Query::new("UPDATE totals SET n = n + 1").prepared())
+                .await?;
+            Ok::<_, BoxError>(())
+        })
+        .await
 }
 
 /// Prints when the client loses its connection, and when it has one again

@@ -25,6 +25,8 @@ use crate::BoxError;
 
 use super::errors::{is_postgres_transport_error, ConnectionClosed};
 use super::query::{Kind, Param, Query, Rows};
+use super::statements::Statements;
+use super::transaction;
 
 /// How long a dropped connection may take to finish its in-flight replies
 /// and say goodbye to the server before its IO task is ended anyway.
@@ -64,12 +66,17 @@ pub struct PgConnection {
     closed: CloseWatch,
 }
 
-struct Shared {
-    client: ::tokio_postgres::Client,
+pub(super) struct Shared {
+    pub(super) client: ::tokio_postgres::Client,
     ended: Arc<Ended>,
     /// A copy of the connection's close watch: queries close it when an
     /// error ends the session, and check it before they write anything.
-    closed: CloseWatch,
+    pub(super) closed: CloseWatch,
+    /// Plain queries share the session (read); a transaction has it to
+    /// itself (write), so that no other caller's query runs inside it.
+    pub(super) turn: tokio::sync::RwLock<()>,
+    /// The statements of `Query::prepared` queries.
+    statements: Statements,
     /// Dropped with the client: tells the connection's task to wind down.
     _dropped: oneshot::Sender<()>,
 }
@@ -112,6 +119,8 @@ impl PgConnection {
                 client,
                 ended,
                 closed: closed.for_clone(),
+                turn: tokio::sync::RwLock::new(()),
+                statements: Statements::default(),
                 _dropped: dropped_tx,
             }),
             closed,
@@ -128,13 +137,13 @@ impl PgConnection {
 }
 
 impl Shared {
-    fn is_closed(&self) -> bool {
+    pub(super) fn is_closed(&self) -> bool {
         self.closed.closed().is_some() || self.client.is_closed()
     }
 
     /// The error for a closed connection, with the reason it closed, if
     /// the connection's task has recorded one.
-    fn closed_error(&self) -> BoxError {
+    pub(super) fn closed_error(&self) -> BoxError {
         Box::new(ConnectionClosed {
             source: self.ended.error.get().cloned(),
         })
@@ -144,7 +153,7 @@ impl Shared {
     /// the connection closed, so that nothing more is written to it, and
     /// comes back as a [`ConnectionLost`], so that the client redials
     /// whatever its classifier.
-    fn failed(&self, error: ::tokio_postgres::Error) -> BoxError {
+    pub(super) fn failed(&self, error: ::tokio_postgres::Error) -> BoxError {
         if ends_session(&error) {
             tracing::debug!(%error, "postgres session ended under a query");
             self.closed.close(close_kind(&error));
@@ -263,6 +272,23 @@ impl Service<Query> for PgConnection {
     }
 }
 
+/// Runs one request: a transaction has the session to itself, other
+/// queries share it.
+async fn run(shared: Arc<Shared>, query: Query) -> Result<Rows, BoxError> {
+    if let Kind::Transaction(body) = &query.kind {
+        let body = body.clone();
+        return transaction::run(shared, query, body).await;
+    }
+    let _turn = shared.turn.read().await;
+    run_query(&shared, query).await
+}
+
+/// Hands `query` back as [`NotSent`], with `cause`.
+pub(super) fn not_sent(query: Query, cause: BoxError) -> BoxError {
+    tracing::debug!(error = %cause, "postgres query not executed; handing it back");
+    Box::new(NotSent::with_request(query, cause))
+}
+
 /// Runs one query; see [`PgConnection`]'s `# Errors`.
 ///
 /// A query comes back [`NotSent`] only when its statement provably never
@@ -271,29 +297,43 @@ impl Service<Query> for PgConnection {
 /// prepared (`Parse` and `Describe` run nothing). Once the statement (or a
 /// batch) has been handed to the connection, its bytes may have reached the
 /// server, and any failure goes back as it is.
-async fn run(shared: Arc<Shared>, query: Query) -> Result<Rows, BoxError> {
+pub(super) async fn run_query(shared: &Shared, query: Query) -> Result<Rows, BoxError> {
     let client = &shared.client;
-    let not_sent = |query: Query, cause: BoxError| -> BoxError {
-        tracing::debug!(error = %cause, "postgres query not executed; handing it back");
-        Box::new(NotSent::with_request(query, cause))
-    };
     // Nothing is written to a connection known to be closed.
     if shared.is_closed() {
         return Err(not_sent(query, shared.closed_error()));
     }
-    if query.kind == Kind::Batch {
-        return match client.batch_execute(&query.sql).await {
-            Ok(()) => Ok(Rows::default()),
-            Err(error) => Err(shared.failed(error)),
-        };
-    }
-    let statement = match client.prepare(&query.sql).await {
-        Ok(statement) => statement,
-        Err(error) if ends_session(&error) => {
-            let error = shared.failed(error);
-            return Err(not_sent(query, error));
+    match query.kind {
+        Kind::Statement => {}
+        Kind::Batch => {
+            return match client.batch_execute(&query.sql).await {
+                Ok(()) => Ok(Rows::default()),
+                Err(error) => Err(shared.failed(error)),
+            }
         }
-        Err(error) => return Err(error.into()),
+        Kind::Transaction(_) => {
+            return Err("a transaction cannot run inside a transaction".into());
+        }
+    }
+    let cached = query
+        .prepared
+        .then(|| shared.statements.get(&query.sql))
+        .flatten();
+    let statement = match cached {
+        Some(statement) => statement,
+        None => match client.prepare(&query.sql).await {
+            Ok(statement) => {
+                if query.prepared {
+                    shared.statements.keep(&query.sql, &statement);
+                }
+                statement
+            }
+            Err(error) if ends_session(&error) => {
+                let error = shared.failed(error);
+                return Err(not_sent(query, error));
+            }
+            Err(error) => return Err(error.into()),
+        },
     };
     if shared.is_closed() {
         return Err(not_sent(query, shared.closed_error()));
@@ -322,12 +362,13 @@ async fn execute(
     Ok(Rows {
         rows,
         rows_affected: stream.rows_affected().unwrap_or(0),
+        value: None,
     })
 }
 
 /// Whether a query's error means that the session is over: an IO error, or
 /// what [`is_postgres_transport_error`] finds.
-fn ends_session(error: &::tokio_postgres::Error) -> bool {
+pub(super) fn ends_session(error: &::tokio_postgres::Error) -> bool {
     is_postgres_transport_error(error) || classify::is_transport_error(error)
 }
 

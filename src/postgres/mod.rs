@@ -107,7 +107,10 @@
 //!
 //! Everything tied to the old session is gone: prepared statements, `SET`
 //! parameters, temporary tables, advisory locks, `LISTEN` channels and any
-//! open transaction (which the server rolled back).
+//! open transaction (which the server rolled back). The statements of
+//! [`Query::prepared`] queries are prepared again on the new session (see
+//! [Prepared statements](self#prepared-statements)), and a
+//! [transaction](self#transactions) cut before its `COMMIT` runs again.
 //!
 //! # At most once
 //!
@@ -140,24 +143,115 @@
 //!
 //! # Transactions
 //!
-//! A transaction lives on one connection, and the layer does not carry one
-//! across a redial: if the connection breaks mid-transaction, the server
-//! rolls it back, and the rest of it must not run on the next connection as
-//! if nothing happened. Clones of a client also share one connection and
-//! pipeline their queries on it, so a `BEGIN` sent as one request and a
-//! `COMMIT` sent as another could wrap other callers' queries, or be split
-//! by a redial. Never do that. Send a whole transaction as one request
-//! instead:
+//! [`PgClient::transaction`](crate::Client::transaction) runs a closure in a
+//! transaction on one connection: `BEGIN`, the queries the closure runs
+//! through its [`Transaction`], then `COMMIT`. While it runs, the
+//! transaction has the connection to itself: other callers' queries wait,
+//! and run after it, never inside it.
 //!
-//! - one statement (each statement is its own transaction), or a
-//!   data-modifying `WITH` query;
-//! - a [`Query::batch`] such as
-//!   `"BEGIN; UPDATE ...; INSERT ...; COMMIT"`, which runs as one
-//!   simple-query message. If the connection breaks before the reply, the
-//!   batch either committed as a whole or not at all.
+//! ```no_run
+//! use tower::ServiceBuilder;
+//! use tower_redial::postgres::{MakePostgres, PgClient, Query};
+//! use tower_redial::{BoxError, ReconnectLayer, ReconnectPolicy};
 //!
-//! For interactive transactions, take a plain `tokio_postgres::Client` of
-//! your own.
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! # let config: tokio_postgres::Config = "host=127.0.0.1 user=postgres".parse()?;
+//! let client: PgClient = ServiceBuilder::new()
+//!     .layer(ReconnectLayer::new(ReconnectPolicy::default()))
+//!     .service(MakePostgres::new())
+//!     .client(config);
+//!
+//! let order: i64 = client
+//!     .transaction(|tx| async move {
+//!         let rows = tx
+//!             .query(Query::new("INSERT INTO orders (item) VALUES ($1) RETURNING id").bind("tea"))
+//!             .await?;
+//!         let id: i64 = rows.first().expect("one row").get(0);
+//!         tx.query(Query::new("UPDATE stock SET count = count - 1 WHERE item = $1").bind("tea"))
+//!             .await?;
+//!         Ok::<_, BoxError>(id)
+//!     })
+//!     .await?;
+//! # let _ = order;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! What a caller is told depends on when the transaction stopped:
+//!
+//! | the transaction stopped | on the server | `transaction` returns |
+//! |---|---|---|
+//! | the connection died before `COMMIT` was sent (in `BEGIN`, in the closure, or between) | the session ended inside the transaction, which the server rolled back: nothing of it committed | nothing yet: the connection hands the whole transaction back as [`NotSent`](crate::error::NotSent), and the client runs it again, from `BEGIN`, closure and all, on the next connection, within the policy's attempts and retry budget (once those are spent, the `NotSent`) |
+//! | the connection died while `COMMIT` was in flight | it may have committed, or not | [`ConnectionLost`](crate::error::ConnectionLost), with PostgreSQL's error as its source; not run again |
+//! | the closure returned an error | rolled back (`ROLLBACK`) | the closure's error, as it is; not run again |
+//! | `COMMIT` failed with the server's own error (a deferred constraint, `40001 serialization_failure`) | rolled back | that `tokio_postgres::Error` |
+//!
+//! So the closure may run more than once, but what it does in the database
+//! commits at most once: keep effects outside the database out of it, or
+//! make them safe to repeat. An ambiguous `ConnectionLost` is like a lost
+//! reply to an insert (see [At most once](self#at-most-once)): check for
+//! the transaction's effect before running it again.
+//!
+//! Inside the closure:
+//!
+//! - Query through the [`Transaction`], never through the client, whose
+//!   queries wait for the transaction to end (a deadlock, until the
+//!   caller's timeout).
+//! - Return the errors of its queries (with `?`). A failed statement aborts
+//!   a PostgreSQL transaction, whose `COMMIT` then rolls back with no error
+//!   that `tokio-postgres` reports.
+//! - Leave `COMMIT` and `ROLLBACK` to the crate.
+//!
+//! A transaction whose future is dropped half way (a caller's timeout)
+//! closes its connection, whatever the policy's
+//! [`cancel_safe`](crate::ReconnectPolicyBuilder::cancel_safe): the server
+//! rolls the transaction back as the session ends, and the client redials.
+//!
+//! A [`Query::batch`] such as `"BEGIN; UPDATE ...; COMMIT"` still works,
+//! as one simple-query message: if the connection breaks before the reply,
+//! it committed as a whole or not at all, and it is not sent again.
+//!
+//! # Prepared statements
+//!
+//! A query is prepared, then executed. By default its statement is closed
+//! once its rows are dropped, so each run prepares it again: one more round
+//! trip. [`Query::prepared`] keeps the statement on the connection, by SQL
+//! text: the first run on a connection prepares it, later runs execute it
+//! at once. The statements live and die with their connection: after a
+//! redial the new connection prepares each one again the first time it
+//! runs, with nothing to do for the caller.
+//!
+//! ```
+//! use tower_redial::postgres::Query;
+//!
+//! let by_id = |id: i64| Query::new("SELECT name FROM users WHERE id = $1").prepared().bind(id);
+//! assert!(by_id(7).is_prepared());
+//! ```
+//!
+//! A connection keeps every statement it was asked to keep, until it
+//! closes: mark the queries whose text is fixed, not SQL built from values.
+//! As with any prepared statement, a statement kept across a change to its
+//! tables' columns may fail with `0A000 feature_not_supported` ("cached
+//! plan must not change result type").
+//!
+//! # TLS
+//!
+//! [`MakePostgres::with_tls`] takes any `tokio-postgres` TLS connector
+//! (`MakeTlsConnect`): `tokio-postgres-rustls`' `MakeRustlsConnect` (on
+//! rustls's ring provider, for example), `postgres-native-tls` or
+//! `postgres-openssl`. Set `sslmode=require` in the config so that a server
+//! without TLS is refused. Each dial runs a fresh handshake, so a server
+//! restarted with a new certificate is met with it on the redial. A
+//! certificate the connector rejects fails the dial: the
+//! `tokio_postgres::Error` ("error performing TLS handshake") is the
+//! [`source()`](std::error::Error::source) of the
+//! [`Unavailable`](crate::error::Unavailable) that queries fail with past
+//! the wait limit, and of the state's last error. Its own source is the
+//! connector's `io::Error`, and the TLS library's error (such as rustls's
+//! `InvalidCertificate(UnknownIssuer)`) is that `io::Error`'s
+//! [`get_ref()`](std::io::Error::get_ref), since `io::Error` does not list
+//! the error it wraps as its `source()`.
 //!
 //! # Errors
 //!
@@ -194,10 +288,13 @@ pub type PgClient = crate::Client<Query, Rows>;
 mod connection;
 mod errors;
 mod query;
+mod statements;
+mod transaction;
 
 pub use connection::{PgConnection, QueryFuture};
 pub use errors::{classifier, is_postgres_transport_error, postgres_error, ConnectionClosed};
 pub use query::{Query, Rows};
+pub use transaction::{Transaction, TransactionFuture};
 
 /// The connection factory: a `Service<`[`Config`]`>`
 /// that connects and returns a [`PgConnection`].
@@ -215,7 +312,8 @@ pub use query::{Query, Rows};
 ///
 /// [`MakePostgres::new`] connects without TLS (`NoTls`).
 /// [`MakePostgres::with_tls`] takes any `tokio-postgres` TLS connector, such
-/// as `postgres-native-tls`' or `postgres-openssl`'s.
+/// as `tokio-postgres-rustls`', `postgres-native-tls`' or
+/// `postgres-openssl`'s; see [TLS](self#tls).
 #[derive(Clone, Debug)]
 pub struct MakePostgres<T = NoTls> {
     tls: T,
@@ -235,7 +333,33 @@ impl Default for MakePostgres {
 }
 
 impl<T> MakePostgres<T> {
-    /// A factory that connects through the TLS connector `tls`.
+    /// A factory that connects through the TLS connector `tls`: any
+    /// `tokio_postgres::tls::MakeTlsConnect`. See [TLS](self#tls).
+    ///
+    /// # Example
+    ///
+    /// With rustls, through the `tokio-postgres-rustls` crate, the
+    /// connector is `MakeRustlsConnect::new(client_config)`; here `NoTls`
+    /// stands in for it:
+    ///
+    /// ```
+    /// use tower::ServiceBuilder;
+    /// use tower_redial::postgres::{MakePostgres, PgClient};
+    /// use tower_redial::{ReconnectLayer, ReconnectPolicy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_redial::BoxError> {
+    /// let tls = tokio_postgres::NoTls; // or MakeRustlsConnect::new(client_config)
+    /// let config: tokio_postgres::Config =
+    ///     "host=db.example.com user=app sslmode=require".parse()?;
+    /// let client: PgClient = ServiceBuilder::new()
+    ///     .layer(ReconnectLayer::new(ReconnectPolicy::default()))
+    ///     .service(MakePostgres::with_tls(tls))
+    ///     .client(config);
+    /// # drop(client);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_tls(tls: T) -> Self {
         Self { tls }
     }

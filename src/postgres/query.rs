@@ -1,5 +1,6 @@
 //! A query, and the rows it returns.
 
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
@@ -11,8 +12,10 @@ use ::tokio_postgres::Row;
 ///
 /// [`Query::new`] runs one statement with the extended protocol: it is
 /// prepared, then executed with the parameters bound with [`Query::bind`]
-/// (`$1`, `$2`, ...). [`Query::batch`] runs one or more statements, with no
-/// parameters, in one simple-query message.
+/// (`$1`, `$2`, ...). [`Query::prepared`] keeps the prepared statement on the
+/// connection for the next time (see
+/// [Prepared statements](super#prepared-statements)). [`Query::batch`] runs
+/// one or more statements, with no parameters, in one simple-query message.
 ///
 /// # Clone
 ///
@@ -36,17 +39,31 @@ pub struct Query {
     pub(super) sql: Arc<str>,
     pub(super) params: Vec<Param>,
     pub(super) kind: Kind,
+    /// Whether the prepared statement is kept in the connection's cache.
+    pub(super) prepared: bool,
     idempotent: bool,
 }
 
 pub(super) type Param = Arc<dyn ToSql + Send + Sync>;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub(super) enum Kind {
     /// Prepare, then bind and execute.
     Statement,
     /// The simple-query protocol: one or more statements, no parameters.
     Batch,
+    /// `BEGIN`, the closure, `COMMIT`: made by `PgClient::transaction`.
+    Transaction(super::transaction::Body),
+}
+
+impl Kind {
+    fn name(&self) -> &'static str {
+        match self {
+            Kind::Statement => "statement",
+            Kind::Batch => "batch",
+            Kind::Transaction(_) => "transaction",
+        }
+    }
 }
 
 impl Query {
@@ -57,6 +74,7 @@ impl Query {
             sql: sql.into(),
             params: Vec::new(),
             kind: Kind::Statement,
+            prepared: false,
             idempotent: false,
         }
     }
@@ -82,11 +100,46 @@ impl Query {
         T: ToSql + Send + Sync + 'static,
     {
         assert!(
-            self.kind == Kind::Statement,
+            matches!(self.kind, Kind::Statement),
             "Query::bind: a batch takes no parameters"
         );
         self.params.push(Arc::new(value));
         self
+    }
+
+    /// Keeps the statement prepared on the connection: the first run
+    /// prepares it, later runs on the same connection execute it at once,
+    /// saving the `Parse` round trip. After a redial the new connection
+    /// prepares it again, unasked. See
+    /// [Prepared statements](super#prepared-statements).
+    ///
+    /// # Panics
+    ///
+    /// If the query is a [`batch`](Query::batch), which the server does not
+    /// prepare.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_redial::postgres::Query;
+    ///
+    /// let by_id = Query::new("SELECT name FROM users WHERE id = $1").prepared().bind(7_i64);
+    /// assert!(by_id.is_prepared());
+    /// assert!(!Query::new("SELECT 1").is_prepared());
+    /// ```
+    pub fn prepared(mut self) -> Self {
+        assert!(
+            matches!(self.kind, Kind::Statement),
+            "Query::prepared: a batch is not prepared"
+        );
+        self.prepared = true;
+        self
+    }
+
+    /// Whether the query keeps its statement prepared on the connection; see
+    /// [`prepared`](Query::prepared).
+    pub fn is_prepared(&self) -> bool {
+        self.prepared
     }
 
     /// Marks the query as safe to run twice, such as a read. Only a client
@@ -103,7 +156,7 @@ impl Query {
         self.idempotent
     }
 
-    /// The SQL text.
+    /// The SQL text (empty for a [transaction](crate::Client::transaction)).
     pub fn sql(&self) -> &str {
         &self.sql
     }
@@ -121,7 +174,8 @@ impl fmt::Debug for Query {
         f.debug_struct("Query")
             .field("sql", &self.sql)
             .field("params", &self.params.len())
-            .field("batch", &(self.kind == Kind::Batch))
+            .field("kind", &self.kind.name())
+            .field("prepared", &self.prepared)
             .field("idempotent", &self.idempotent)
             .finish()
     }
@@ -129,10 +183,21 @@ impl fmt::Debug for Query {
 
 /// The answer to a [`Query`]: the rows it returned, and the count from its
 /// command tag.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Rows {
     pub(super) rows: Vec<Row>,
     pub(super) rows_affected: u64,
+    /// What a transaction's closure returned.
+    pub(super) value: Option<Box<dyn Any + Send>>,
+}
+
+impl fmt::Debug for Rows {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rows")
+            .field("rows", &self.rows)
+            .field("rows_affected", &self.rows_affected)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Rows {

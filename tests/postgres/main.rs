@@ -2,7 +2,11 @@
 #![cfg(feature = "postgres")]
 
 mod client;
+mod prepared;
 mod restart;
+mod transaction;
+mod transaction_books;
+mod transaction_ends;
 
 use support::outcome::Outcome;
 use support::pg_server::PgServer;

@@ -8,16 +8,23 @@
 //! through `runuser -u postgres`; as anyone else, the commands run as is.
 //!
 //! [`PgServer::restart_with`] and [`PgServer::try_restart`] restart it in
-//! any of `pg_ctl`'s [`Shutdown`] modes. Dropping a [`PgServer`] stops the
+//! any of `pg_ctl`'s [`Shutdown`] modes. [`PgServer::start_with_tls`]
+//! starts it with `ssl=on` and a certificate of the caller's, which
+//! [`PgServer::replace_tls`] swaps for the next restart. Dropping a [`PgServer`] stops the
 //! server (`pg_ctl stop -m immediate`) and removes its directory, also when
 //! a test panics.
 
 use std::ffi::OsStr;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+mod host;
+
+pub use host::unavailable;
+use host::{bin_dir, free_port, is_root};
 
 /// How long `pg_ctl` waits for the server to start or stop, unless told.
 const PG_CTL_WAIT: Duration = Duration::from_secs(60);
@@ -32,6 +39,9 @@ pub struct PgServer {
     port: u16,
     /// Whether commands run as the `postgres` user (we are root).
     as_postgres: bool,
+    /// Whether the server runs with `ssl=on`, with the certificate and key
+    /// in `root` (see [`PgServer::start_with_tls`]).
+    tls: bool,
 }
 
 /// How `pg_ctl` stops the server: its `-m` option.
@@ -57,37 +67,6 @@ impl Shutdown {
     }
 }
 
-/// Why no server can be started here, if none can: the binaries are
-/// missing, or we are root and cannot switch to the `postgres` user.
-pub fn unavailable() -> Option<String> {
-    if bin_dir().is_none() {
-        return Some(
-            "PostgreSQL not found: no /usr/lib/postgresql/*/bin/initdb and no $PG_BIN_DIR \
-             (install it with `apt-get install postgresql`; scripts/test does)"
-                .to_string(),
-        );
-    }
-    if is_root() {
-        let has_user = fs::read_to_string("/etc/passwd")
-            .unwrap_or_default()
-            .lines()
-            .any(|line| line.starts_with("postgres:"));
-        if !has_user {
-            return Some(
-                "running as root, which PostgreSQL refuses, and there is no `postgres` user \
-                 to run it as"
-                    .to_string(),
-            );
-        }
-        if which("runuser").is_none() {
-            return Some(
-                "running as root, which PostgreSQL refuses, and `runuser` is missing".to_string(),
-            );
-        }
-    }
-    None
-}
-
 impl PgServer {
     /// Runs `initdb` in a fresh temporary directory and starts the server.
     ///
@@ -96,6 +75,60 @@ impl PgServer {
     /// If PostgreSQL is missing (see [`unavailable`]) or fails to start;
     /// the message includes the command's output and the server log.
     pub async fn start() -> PgServer {
+        Self::start_inner(None).await
+    }
+
+    /// Like [`start`](PgServer::start), with `ssl=on`: the server presents
+    /// the PEM certificate (chain) in the file `cert`, with the PEM private
+    /// key in the file `key`. Both are copied; the server still accepts
+    /// clients without TLS.
+    pub async fn start_with_tls(cert: &Path, key: &Path) -> PgServer {
+        Self::start_inner(Some((cert, key))).await
+    }
+
+    /// Copies a new certificate and key in place of the server's own, for
+    /// the next start or restart (a running server goes on with the old
+    /// one).
+    ///
+    /// # Panics
+    ///
+    /// If the server was not started with
+    /// [`start_with_tls`](PgServer::start_with_tls).
+    pub async fn replace_tls(&self, cert: &Path, key: &Path) {
+        assert!(self.tls, "replace_tls: the server was started without TLS");
+        self.install_tls(cert, key).await;
+    }
+
+    /// Copies the certificate and key into the server's directory, as
+    /// PostgreSQL wants them: owned by the server's user, the key readable
+    /// by no one else.
+    async fn install_tls(&self, cert: &Path, key: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        for (from, to) in [(cert, self.cert_file()), (key, self.key_file())] {
+            fs::copy(from, &to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+            fs::set_permissions(&to, fs::Permissions::from_mode(0o600))
+                .expect("chmod the certificate");
+            if self.as_postgres {
+                let output = tokio::process::Command::new("chown")
+                    .args([OsStr::new("postgres:postgres"), to.as_os_str()])
+                    .stdin(Stdio::null())
+                    .output()
+                    .await
+                    .expect("run chown");
+                self.check("chown", &output);
+            }
+        }
+    }
+
+    fn cert_file(&self) -> PathBuf {
+        self.root.join("server.crt")
+    }
+
+    fn key_file(&self) -> PathBuf {
+        self.root.join("server.key")
+    }
+
+    async fn start_inner(tls: Option<(&Path, &Path)>) -> PgServer {
         if let Some(why) = unavailable() {
             panic!("cannot start PostgreSQL: {why}");
         }
@@ -118,6 +151,7 @@ impl PgServer {
             root,
             port: free_port(),
             as_postgres: is_root(),
+            tls: tls.is_some(),
         };
         if server.as_postgres {
             let output = tokio::process::Command::new("chown")
@@ -147,6 +181,9 @@ impl PgServer {
                 ],
             )
             .await;
+        if let Some((cert, key)) = tls {
+            server.install_tls(cert, key).await;
+        }
         server.start_again().await;
         server
     }
@@ -233,11 +270,18 @@ impl PgServer {
     /// Runs `pg_ctl <action> -w -t <wait> ...`, and returns its output
     /// whether it succeeded or not.
     async fn pg_ctl_args(&self, action: &str, wait: Duration, extra: &[&str]) -> Output {
-        let options = format!(
+        let mut options = format!(
             "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off",
             self.port,
             self.root.display()
         );
+        if self.tls {
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                self.cert_file().display(),
+                self.key_file().display()
+            ));
+        }
         // Whole seconds, at least one: `-t 0` would not wait at all.
         let wait = wait.as_secs().max(1).to_string();
         let mut args: Vec<&OsStr> = vec![
@@ -340,46 +384,4 @@ impl Drop for PgServer {
         }
         let _ = fs::remove_dir_all(&self.root);
     }
-}
-
-/// `$PG_BIN_DIR`, or the newest `/usr/lib/postgresql/*/bin` with `initdb`.
-fn bin_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("PG_BIN_DIR") {
-        let dir = PathBuf::from(dir);
-        return dir.join("initdb").exists().then_some(dir);
-    }
-    fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let version: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let bin = entry.path().join("bin");
-            bin.join("initdb").exists().then_some((version, bin))
-        })
-        .max_by_key(|(version, _)| *version)
-        .map(|(_, bin)| bin)
-}
-
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-            Some(line.split_whitespace().nth(1)? == "0")
-        })
-        .unwrap_or(false)
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(program))
-        .find(|path| path.exists())
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
 }
