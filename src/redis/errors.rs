@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use ::redis::RedisError;
 
+use crate::error::{Closed, ConnectionLost, NotSent, ResponseTimeout, Unavailable};
 use crate::BoxError;
 
 /// A redis error as a [`BoxError`]: transport failures become an
@@ -68,6 +69,88 @@ pub fn redis_error<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a RedisErro
                 .and_then(|inner| inner.downcast_ref::<RedisError>())
         })
     })
+}
+
+/// A client's error as the [`::redis::RedisError`] that redis-rs's
+/// `ConnectionLike` returns, by the table in
+/// [Errors of the drop-in](super#errors-of-the-drop-in): redis-rs's own
+/// errors as they came, the crate's inside an IO `RedisError` of the kind
+/// that says what happened.
+pub(super) fn into_redis_error(error: BoxError) -> RedisError {
+    let error = match error.downcast::<RedisError>() {
+        Ok(redis) => return *redis,
+        Err(error) => error,
+    };
+    let error = match error.downcast::<io::Error>() {
+        Ok(io) if io.get_ref().is_some_and(|inner| inner.is::<RedisError>()) => {
+            let inner = io.into_inner().expect("checked above");
+            return *inner.downcast::<RedisError>().expect("checked above");
+        }
+        Ok(io) => io as BoxError,
+        Err(error) => error,
+    };
+    let kind = if error.is::<Unavailable>() || error.is::<NotSent>() {
+        io::ErrorKind::NotConnected
+    } else if error.is::<Closed>() {
+        io::ErrorKind::ConnectionAborted
+    } else if error.is::<ResponseTimeout>() {
+        io::ErrorKind::TimedOut
+    } else if error.is::<ConnectionLost>() {
+        crate::classify::io_error_kind(&*error).unwrap_or(io::ErrorKind::ConnectionReset)
+    } else {
+        io::ErrorKind::Other
+    };
+    RedisError::from(io::Error::new(kind, FromClient(error)))
+}
+
+/// The crate's error inside a `RedisError`: shown as itself, and found by
+/// [`client_error`].
+struct FromClient(BoxError);
+
+impl std::fmt::Debug for FromClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl std::fmt::Display for FromClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl Error for FromClient {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// The client's own error inside a [`::redis::RedisError`] that a
+/// [`RedisManager`](super::RedisManager) returned: an
+/// [`Unavailable`], [`Closed`], [`NotSent`], and so on (see
+/// [Errors of the drop-in](super#errors-of-the-drop-in)). `None` for
+/// redis-rs's own errors (an error reply, a transport failure), which come
+/// as redis-rs made them.
+///
+/// # Example
+///
+/// ```
+/// use tower_redial::error::Unavailable;
+/// use tower_redial::redis::client_error;
+///
+/// fn failed_fast(error: &redis::RedisError) -> bool {
+///     client_error(error).is_some_and(|e| e.is::<Unavailable>())
+/// }
+///
+/// let reply = redis::RedisError::from((redis::ErrorKind::Client, "not ours"));
+/// assert!(!failed_fast(&reply));
+/// assert!(client_error(&reply).is_none());
+/// ```
+pub fn client_error(error: &RedisError) -> Option<&(dyn Error + Send + Sync + 'static)> {
+    let shared = error.source()?.downcast_ref::<Arc<dyn Error + Send + Sync>>()?;
+    let io = shared.downcast_ref::<io::Error>()?;
+    let ours = io.get_ref()?.downcast_ref::<FromClient>()?;
+    Some(&*ours.0)
 }
 
 #[cfg(test)]

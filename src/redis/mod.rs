@@ -231,13 +231,17 @@ use crate::{BoxError, Client};
 
 mod connection;
 mod errors;
+mod manager;
 mod refusal;
+mod request;
 
 use errors::into_box;
 
 pub use connection::{RedisConnection, ResponseFuture};
-pub use errors::redis_error;
+pub use errors::{client_error, redis_error};
+pub use manager::RedisManager;
 pub use refusal::NotServing;
+pub use request::RedisRequest;
 
 /// A reconnecting redis client, as made by
 /// [`ReconnectLayer`](crate::ReconnectLayer) over [`MakeRedis`]: sends a
