@@ -174,7 +174,10 @@ fn refuse_pubsub(cmd: &Cmd) -> RedisResult<()> {
     let Some(::redis::Arg::Simple(name)) = cmd.args_iter().next() else {
         return Ok(());
     };
-    if !PUBSUB.iter().any(|pubsub| name.eq_ignore_ascii_case(pubsub)) {
+    if !PUBSUB
+        .iter()
+        .any(|pubsub| name.eq_ignore_ascii_case(pubsub))
+    {
         return Ok(());
     }
     Err(RedisError::from((
