@@ -1,4 +1,5 @@
 //! redis-rs: a real redis-server, killed and restarted, against `ConnectionManager`.
 
 mod client;
+mod drop_in;
 mod restart;
