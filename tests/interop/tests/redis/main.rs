@@ -3,3 +3,4 @@
 mod client;
 mod drop_in;
 mod restart;
+mod tls;
