@@ -314,6 +314,9 @@ mod tests {
             let redis =
                 assert_ours::<ConnectionLost>(Box::new(error), io::ErrorKind::UnexpectedEof);
             assert_eq!(checks(&redis), [true, true, false, false]);
+            let error = ConnectionLost::new(io::Error::from(io::ErrorKind::TimedOut));
+            let redis = assert_ours::<ConnectionLost>(Box::new(error), io::ErrorKind::TimedOut);
+            assert_eq!(checks(&redis), [true, false, true, false]);
             let error = ConnectionLost::new("no io error here");
             let redis =
                 assert_ours::<ConnectionLost>(Box::new(error), io::ErrorKind::ConnectionReset);

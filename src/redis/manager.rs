@@ -21,7 +21,7 @@ use crate::{Client, MakeReconnect};
 ///
 /// It implements redis-rs's [`ConnectionLike`], so every
 /// [`AsyncCommands`](::redis::AsyncCommands) method, [`Pipeline`] (a
-/// transaction too) and [`Script`](::redis::Script) runs on it, and it is
+/// transaction too) and [`Script`](https://docs.rs/redis/latest/redis/struct.Script.html) runs on it, and it is
 /// `Clone`: code written for `ConnectionManager` compiles against it
 /// unchanged, apart from how it is made. Underneath is a
 /// `Client<RedisRequest, Value>` over [`MakeRedis`](super::MakeRedis), so
