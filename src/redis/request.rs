@@ -1,8 +1,6 @@
 //! The request of the drop-in client: what redis-rs's `ConnectionLike`
 //! sends, a command or a pipeline, as one request.
 
-use std::future::Future;
-
 use ::redis::aio::{ConnectionLike, MultiplexedConnection};
 use ::redis::{Cmd, Pipeline, RedisError, Value};
 
@@ -54,22 +52,17 @@ pub enum RedisRequest {
 }
 
 impl Query for RedisRequest {
-    fn query_on<'a>(
-        &'a self,
-        connection: &'a mut MultiplexedConnection,
-    ) -> impl Future<Output = Result<Value, RedisError>> + Send + 'a {
-        async move {
-            match self {
-                Self::Cmd(cmd) => connection.req_packed_command(cmd).await,
-                Self::Pipeline {
-                    pipeline,
-                    offset,
-                    count,
-                } => connection
-                    .req_packed_commands(pipeline, *offset, *count)
-                    .await
-                    .map(Value::Array),
-            }
+    async fn query_on(&self, connection: &mut MultiplexedConnection) -> Result<Value, RedisError> {
+        match self {
+            Self::Cmd(cmd) => connection.req_packed_command(cmd).await,
+            Self::Pipeline {
+                pipeline,
+                offset,
+                count,
+            } => connection
+                .req_packed_commands(pipeline, *offset, *count)
+                .await
+                .map(Value::Array),
         }
     }
 
