@@ -201,7 +201,7 @@ async fn an_untrusted_certificate_fails_the_dial_with_rustls_error() {
     println!("{error}\n  caused by: {cause}");
     assert_eq!(server.counter("n").await, 0);
     let stats = con.client().stats();
-    assert_eq!(stats.dials, stats.dial_failures, "{stats:?}");
+    assert!(stats.dial_failures >= 1 && stats.drops == 0, "{stats:?}");
 }
 
 /// The server is restarted with a certificate from a CA the client does not
