@@ -478,3 +478,33 @@ async fn a_transaction_and_a_command_refused_while_loading_run_once() {
         assert_eq!(server.raw(&delay).await, "+OK\r\n");
     }
 }
+
+/// `RedisManager::new` refuses a malformed URL with redis-rs's own error,
+/// as `redis::Client::open` does; it dials nothing until the first
+/// command; and `get_db` reports the URL's database, which the commands
+/// use.
+#[tokio::test]
+async fn construction_parses_the_target_and_dials_lazily() {
+    let server = RedisServer::start().await;
+    let make = ServiceBuilder::new()
+        .layer(ReconnectLayer::new(policy(Duration::from_secs(1), ms(300))))
+        .service(MakeRedis::new());
+    let malformed = RedisManager::new(&make, "redis://127.0.0.1:port/").unwrap_err();
+    let theirs = redis::Client::open("redis://127.0.0.1:port/").unwrap_err();
+    assert_eq!(malformed.kind(), theirs.kind(), "{malformed:?}");
+    assert_eq!(malformed.kind(), redis::ErrorKind::InvalidClientConfig);
+
+    let url = format!("redis://127.0.0.1:{}/3", server.port());
+    let mut con = RedisManager::new(&make, url).unwrap();
+    assert_eq!(redis::aio::ConnectionLike::get_db(&con), 3);
+    sleep(ms(50)).await;
+    assert_eq!(con.client().stats().dials, 0, "nothing dialed yet");
+    let info: String = deadline(
+        "CLIENT INFO",
+        redis::cmd("CLIENT").arg("INFO").query_async(&mut con),
+    )
+    .await
+    .unwrap();
+    assert!(info.contains(" db=3 "), "{info}");
+    assert_eq!(con.client().stats().dials, 1);
+}
