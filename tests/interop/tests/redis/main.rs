@@ -2,5 +2,6 @@
 
 mod client;
 mod drop_in;
+mod drop_in_outage;
 mod restart;
 mod tls;
