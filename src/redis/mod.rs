@@ -25,7 +25,8 @@
 //! every [`AsyncCommands`](::redis::AsyncCommands) method,
 //! [`Pipeline`](::redis::Pipeline) and [`Script`](https://docs.rs/redis/latest/redis/struct.Script.html) runs on
 //! it. `tests/interop/tests/redis/drop_in.rs` runs the same generic code on
-//! each, also through `kill -9`s of the server.
+//! each, and `drop_in_outage.rs` beside it, through `kill -9`s of the
+//! server.
 //!
 //! ```no_run
 //! use redis::AsyncCommands;
