@@ -327,7 +327,9 @@
 //!
 //! With the `redis-tls` feature, `rediss://` targets are dialed through
 //! redis-rs's rustls support (its `tokio-rustls-comp` feature), with
-//! rustls's `ring` crypto provider. The server's certificate is checked
+//! rustls's `ring` crypto provider (should your build also enable rustls's
+//! `aws-lc-rs`, rustls asks you to install a process-wide provider first).
+//! The server's certificate is checked
 //! against the system's roots; for roots of your own, or a client
 //! certificate, build the target with redis-rs's
 //! [`Client::build_with_tls`](https://docs.rs/redis/latest/redis/struct.Client.html#method.build_with_tls)
