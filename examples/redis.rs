@@ -1,16 +1,18 @@
-//! Redis through `tower-redial`: a client that rides through a `kill -9` of
-//! its server.
+//! Redis through `tower-redial`: redis-rs's own commands, on a connection
+//! that rides through a `kill -9` of its server.
 //!
 //! The example starts its own `redis-server` on a free `127.0.0.1` port,
-//! without persistence, and talks to it through a [`RedisClient`]: redis-rs's
-//! multiplexed connection ([`MakeRedis`]) wrapped by [`ReconnectLayer`]. Then
-//! it kills the server with `SIGKILL` and restarts it on the same port: the
-//! command in flight fails and is not sent again (it may have run), while
-//! commands issued during the outage wait in the client's queue and are
-//! answered by the restarted server. Last, it keeps the server down for
-//! longer than the wait limit, and a command fails fast with `Unavailable`
-//! instead of hanging. The server is killed when the example exits, also on
-//! a panic.
+//! without persistence, and talks to it through a [`RedisManager`], the
+//! drop-in for redis-rs's `ConnectionManager`: redis-rs's multiplexed
+//! connection ([`MakeRedis`]) wrapped by [`ReconnectLayer`], on which
+//! `AsyncCommands` (`con.incr("visits", 1)`) and pipelines run as they do on
+//! a `ConnectionManager`. Then it kills the server with `SIGKILL` and
+//! restarts it on the same port: the command in flight fails and is not
+//! sent again (it may have run), while commands issued during the outage
+//! wait in the client's queue and are answered by the restarted server.
+//! Last, it keeps the server down for longer than the wait limit, and a
+//! command fails fast with `Unavailable` instead of hanging. The server is
+//! killed when the example exits, also on a panic.
 //!
 //! Run it with:
 //!
@@ -23,14 +25,16 @@
 
 use support::redis_server;
 
+use std::fmt::Debug;
+use std::future::Future;
 use std::time::Duration;
 
-use redis::{Cmd, Value};
+use redis::{AsyncCommands, RedisResult};
 use tokio::sync::watch;
 use tokio::time::{sleep, Instant};
-use tower::{ServiceBuilder, ServiceExt};
+use tower::ServiceBuilder;
 use tower_redial::error::Unavailable;
-use tower_redial::redis::{MakeRedis, RedisClient};
+use tower_redial::redis::{client_error, MakeRedis, RedisManager};
 use tower_redial::state::{Phase, Snapshot};
 use tower_redial::{Backoff, BoxError, Jitter, ReconnectLayer, ReconnectPolicy};
 
@@ -53,45 +57,56 @@ async fn main() -> Result<(), BoxError> {
         .connect_timeout(Duration::from_secs(1))
         .wait_limit(WAIT_LIMIT)
         .build()?;
-    let client: RedisClient = ServiceBuilder::new()
+    // Where a redis-rs user writes
+    // `redis::Client::open(url)?.get_connection_manager().await?`:
+    let make = ServiceBuilder::new()
         .layer(ReconnectLayer::new(policy))
-        .service(MakeRedis::new())
-        .multiplexed(server.url());
+        .service(MakeRedis::new());
+    let mut con = RedisManager::new(&make, server.url())?;
 
-    println!("tower-redial + redis: a client that rides through a kill -9 of its server\n");
+    println!("tower-redial + redis: redis-rs's commands ride through a kill -9 of the server\n");
     println!(
         "  server  redis-server on {} (no persistence)",
         server.addr()
     );
-    println!("  client  MakeRedis under ReconnectLayer: redial at once, then back off from 50 ms;");
+    println!("  client  RedisManager: redial at once, then back off from 50 ms;");
     println!(
         "          commands wait for a connection for up to {} s, then fail fast\n",
         WAIT_LIMIT.as_secs()
     );
-    tokio::spawn(watch_state(client.state(), start));
+    tokio::spawn(watch_state(con.client().state(), start));
 
     // 1. Commands flow.
-    send(&client, start, command(&["SET", "greeting", "hello"])).await;
+    send(
+        start,
+        "SET greeting hello",
+        con.set::<_, _, ()>("greeting", "hello"),
+    )
+    .await;
     for _ in 0..3 {
-        send(&client, start, command(&["INCR", "visits"])).await;
+        send(start, "INCR visits", con.incr::<_, _, i64>("visits", 1)).await;
     }
+    let mut pipe = redis::pipe();
+    pipe.atomic().incr("visits", 1).get("greeting");
+    let transaction = pipe.query_async::<(i64, String)>(&mut con);
+    send(start, "MULTI INCR GET EXEC", transaction).await;
 
     // 2. An INCR in flight when the server dies: the server holds it (a
     //    paused write), then is killed with kill -9.
-    send(
-        &client,
-        start,
-        command(&["CLIENT", "PAUSE", "10000", "WRITE"]),
-    )
-    .await;
-    let in_flight = tokio::spawn(client.clone().oneshot(command(&["INCR", "visits"])));
+    let mut pause = redis::cmd("CLIENT");
+    pause.arg(&["PAUSE", "10000", "WRITE"]);
+    send(start, "CLIENT PAUSE", pause.query_async::<()>(&mut con)).await;
+    let in_flight = tokio::spawn({
+        let mut con = con.clone();
+        async move { con.incr::<_, _, i64>("visits", 1).await }
+    });
     server.wait_for_blocked_clients(1).await;
     step(start, "INCR visits sent; the server holds it");
     step(start, "kill -9 redis-server");
     server.kill().await;
     let result = in_flight.await?;
     println!(
-        "  {}  ← {:<16} {}: it may have run, so it is not re-sent",
+        "  {}  ← {:<20} {}: it may have run, so it is not re-sent",
         stamp(start),
         "INCR visits",
         show(&result)
@@ -103,64 +118,58 @@ async fn main() -> Result<(), BoxError> {
         start,
         "3 commands issued while the server is down: they wait",
     );
-    let waiting: Vec<_> = [
-        command(&["GET", "greeting"]),
-        command(&["INCR", "visits"]),
-        command(&["PING"]),
-    ]
-    .into_iter()
-    .map(|cmd| {
-        let client = client.clone();
-        tokio::spawn(async move {
-            let sent = Instant::now();
-            let shown = describe(&cmd);
-            let result = client.oneshot(cmd).await;
-            (shown, result, sent.elapsed())
-        })
-    })
-    .collect();
+    let get = waiting(start, "GET greeting", {
+        let mut con = con.clone();
+        async move { con.get::<_, Option<String>>("greeting").await }
+    });
+    let incr = waiting(start, "INCR visits", {
+        let mut con = con.clone();
+        async move { con.incr::<_, _, i64>("visits", 1).await }
+    });
+    let ping = waiting(start, "PING", {
+        let mut con = con.clone();
+        async move { redis::cmd("PING").query_async::<String>(&mut con).await }
+    });
     sleep(Duration::from_millis(300)).await;
     server.restart().await;
     step(start, "redis-server restarted on the same port");
-    for task in waiting {
-        let (cmd, result, waited) = task.await?;
-        println!(
-            "  {}  ← {cmd:<16} {} (waited {} ms)",
-            stamp(start),
-            show(&result),
-            waited.as_millis()
-        );
+    for task in [get, incr, ping] {
+        println!("{}", task.await?);
     }
     println!("             (the restarted server starts empty: no persistence)");
 
     // 4. Down for longer than the wait limit: fail fast, then recover.
     step(start, "kill -9 redis-server, and keep it down for 2 s");
     server.kill().await;
-    send(&client, start, command(&["GET", "greeting"])).await;
+    send(
+        start,
+        "GET greeting",
+        con.get::<_, Option<String>>("greeting"),
+    )
+    .await;
     sleep(Duration::from_secs(2).saturating_sub(WAIT_LIMIT)).await;
     server.restart().await;
     step(start, "redis-server restarted on the same port");
-    // Commands fail fast until the client's next dial gets through: each
-    // one also moves the redialing along.
+    // Commands fail fast until the client's next dial gets through.
     let mut failed_fast = 0;
     let sent = Instant::now();
     let result = loop {
-        let result = client.clone().oneshot(command(&["INCR", "visits"])).await;
+        let result = con.incr::<_, _, i64>("visits", 1).await;
         match &result {
-            Err(error) if error.is::<Unavailable>() => failed_fast += 1,
+            Err(error) if is_unavailable(error) => failed_fast += 1,
             _ => break result,
         }
         sleep(Duration::from_millis(50)).await;
     };
     println!(
-        "  {}  ▶ {:<16} → {} (after {} ms; {failed_fast} tries failed fast until the next dial)",
+        "  {}  ▶ {:<20} → {} (after {} ms; {failed_fast} tries failed fast until the next dial)",
         stamp(start),
         "INCR visits",
         show(&result),
         sent.elapsed().as_millis()
     );
 
-    let stats = client.stats();
+    let stats = con.client().stats();
     println!(
         "\n  dials {} (refused {}), connections lost {}, failed fast {}, re-sent {}",
         stats.dials, stats.dial_failures, stats.drops, stats.fail_fast, stats.retries
@@ -176,20 +185,15 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-/// A command from its words: `command(&["INCR", "visits"])`.
-fn command(words: &[&str]) -> Cmd {
-    let mut cmd = redis::cmd(words[0]);
-    for word in &words[1..] {
-        cmd.arg(*word);
-    }
-    cmd
-}
-
-/// Sends `cmd` and prints the reply, and how long it took when it waited.
-async fn send(client: &RedisClient, start: Instant, cmd: Cmd) {
-    let shown = describe(&cmd);
+/// Awaits a command and prints its reply, and how long it took when it
+/// waited.
+async fn send<T: Debug>(
+    start: Instant,
+    shown: &str,
+    command: impl Future<Output = RedisResult<T>>,
+) {
     let sent = Instant::now();
-    let result = client.clone().oneshot(cmd).await;
+    let result = command.await;
     let took = sent.elapsed();
     let waited = if took >= Duration::from_millis(50) && result.is_ok() {
         format!(" (after {} ms)", took.as_millis())
@@ -197,10 +201,35 @@ async fn send(client: &RedisClient, start: Instant, cmd: Cmd) {
         String::new()
     };
     println!(
-        "  {}  ▶ {shown:<16} → {}{waited}",
+        "  {}  ▶ {shown:<20} → {}{waited}",
         stamp(start),
         show(&result)
     );
+}
+
+/// Spawns a command issued while the server is down; its task returns the
+/// line to print once it is answered.
+fn waiting<T: Debug + Send + 'static>(
+    start: Instant,
+    shown: &'static str,
+    command: impl Future<Output = RedisResult<T>> + Send + 'static,
+) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(async move {
+        let sent = Instant::now();
+        let result = command.await;
+        format!(
+            "  {}  ← {shown:<20} {} (waited {} ms)",
+            stamp(start),
+            show(&result),
+            sent.elapsed().as_millis()
+        )
+    })
+}
+
+/// Whether the command failed fast: the client's `Unavailable`, inside the
+/// `RedisError`.
+fn is_unavailable(error: &redis::RedisError) -> bool {
+    client_error(error).is_some_and(|e| e.is::<Unavailable>())
 }
 
 /// Prints the client's state as it changes.
@@ -240,27 +269,11 @@ fn stamp(start: Instant) -> String {
     format!("+{:.3}s", start.elapsed().as_secs_f64())
 }
 
-/// A command as typed: `INCR visits`.
-fn describe(cmd: &Cmd) -> String {
-    cmd.args_iter()
-        .map(|arg| match arg {
-            redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-            _ => "…".to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// A reply, or the error, in a few words.
-fn show(result: &Result<Value, BoxError>) -> String {
+fn show<T: Debug>(result: &RedisResult<T>) -> String {
     match result {
-        Ok(Value::Okay) => "OK".to_string(),
-        Ok(Value::SimpleString(text)) => text.clone(),
-        Ok(Value::Nil) => "nil".to_string(),
-        Ok(Value::Int(n)) => n.to_string(),
-        Ok(Value::BulkString(bytes)) => format!("{:?}", String::from_utf8_lossy(bytes)),
-        Ok(other) => format!("{other:?}"),
-        Err(error) => match error.downcast_ref::<Unavailable>() {
+        Ok(value) => format!("{value:?}"),
+        Err(error) => match client_error(error).and_then(|e| e.downcast_ref::<Unavailable>()) {
             Some(unavailable) => format!(
                 "failed fast: Unavailable after {} ms ({} dials refused)",
                 unavailable.down_for().as_millis(),

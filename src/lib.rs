@@ -139,7 +139,8 @@
 //! |---|---|
 //! | `balance` | `balance`: one client over several reconnecting endpoints, with tower's p2c balancer |
 //! | `hyper` | `hyper`: HTTP/1 and HTTP/2 connections over hyper's `client::conn` (and, through them, tonic) |
-//! | `redis` | `redis`: the `redis` crate's multiplexed connection as a connection service |
+//! | `redis` | `redis`: the `redis` crate's multiplexed connection as a connection service, and `RedisManager`, the drop-in for its `ConnectionManager` |
+//! | `redis-tls` | `rediss://` targets for `redis`, through redis-rs's rustls support (ring provider) |
 //! | `postgres` | `postgres`: a `tokio-postgres` client as a connection service |
 //!
 //! None is on by default.

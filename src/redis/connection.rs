@@ -16,6 +16,7 @@ use tower::Service;
 
 use super::errors::into_box;
 use super::refusal::{NotServing, Query};
+use super::request::RedisRequest;
 use crate::boxed::boxed_future;
 use crate::connect::CloseWatch;
 use crate::error::NotSent;
@@ -23,8 +24,8 @@ use crate::BoxError;
 
 /// One multiplexed redis connection as a tower service.
 ///
-/// Takes a [`Cmd`] or a [`Pipeline`]; answers with the reply [`Value`] (a
-/// pipeline's replies come as an array). Commands from all clones share the
+/// Takes a [`Cmd`], a [`Pipeline`] or a [`RedisRequest`]; answers with the
+/// reply [`Value`] (a pipeline's replies come as an array). Commands from all clones share the
 /// one connection, and several may be in flight at once.
 ///
 /// # Readiness
@@ -354,6 +355,22 @@ impl Service<Pipeline> for RedisConnection {
 
     fn call(&mut self, pipeline: Pipeline) -> Self::Future {
         self.send(pipeline)
+    }
+}
+
+/// The drop-in client's requests: a command or a pipeline, answered with
+/// the raw reply (see [`RedisRequest`]).
+impl Service<RedisRequest> for RedisConnection {
+    type Response = Value;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        <Self as Service<Cmd>>::poll_ready(self, cx)
+    }
+
+    fn call(&mut self, request: RedisRequest) -> Self::Future {
+        self.send(request)
     }
 }
 

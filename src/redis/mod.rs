@@ -5,11 +5,123 @@
 //! [`ConnectionInfo`], it dials and hands back a [`RedisConnection`], a tower
 //! service over one [`MultiplexedConnection`] that takes a [`Cmd`] (or a
 //! [`Pipeline`]) and answers with a [`Value`]. The layer turns it into a
-//! [`RedisClient`] that stays connected.
+//! client that stays connected, in one of two forms:
 //!
-//! Needs the `redis` feature.
+//! - [`RedisManager`]: the drop-in for redis-rs's `ConnectionManager`. It
+//!   implements redis-rs's [`ConnectionLike`](::redis::aio::ConnectionLike),
+//!   so redis-rs's own API runs on it: `con.incr("visits", 1).await?`,
+//!   pipelines, transactions, scripts. See
+//!   [The drop-in for `ConnectionManager`](#the-drop-in-for-connectionmanager).
+//! - [`RedisClient`]: a tower `Service` of [`Cmd`]s, answered with
+//!   [`Value`]s, to compose with other tower layers.
 //!
-//! # Example
+//! Needs the `redis` feature; `rediss://` (TLS) needs `redis-tls` (see
+//! [TLS](#tls)).
+//!
+//! # The drop-in for `ConnectionManager`
+//!
+//! Code written for redis-rs's `ConnectionManager` compiles against a
+//! [`RedisManager`] unchanged, apart from how it is made: it is `Clone`, and
+//! every [`AsyncCommands`](::redis::AsyncCommands) method,
+//! [`Pipeline`](::redis::Pipeline) and [`Script`](https://docs.rs/redis/latest/redis/struct.Script.html) runs on
+//! it. `tests/interop/tests/redis/drop_in.rs` runs the same generic code on
+//! each, and `drop_in_outage.rs` beside it, through `kill -9`s of the
+//! server.
+//!
+//! ```no_run
+//! use redis::AsyncCommands;
+//! use tower::ServiceBuilder;
+//! use tower_redial::redis::{MakeRedis, RedisManager};
+//! use tower_redial::{ReconnectLayer, ReconnectPolicy};
+//!
+//! // Code written for ConnectionManager: nothing here changes.
+//! async fn visit<C>(con: &C) -> redis::RedisResult<(i64, Option<String>)>
+//! where
+//!     C: redis::aio::ConnectionLike + Clone + Send + Sync,
+//! {
+//!     let mut con = con.clone();
+//!     let visits: i64 = con.incr("visits", 1).await?;
+//!     let () = con.set_ex("last", "now", 60).await?;
+//!     let (n, last): (i64, Option<String>) = redis::pipe()
+//!         .atomic()
+//!         .incr("visits", 1)
+//!         .get("last")
+//!         .query_async(&mut con)
+//!         .await?;
+//!     Ok((visits.max(n), last))
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> redis::RedisResult<()> {
+//! // Instead of `redis::Client::open(url)?.get_connection_manager().await?`:
+//! let make = ServiceBuilder::new()
+//!     .layer(ReconnectLayer::new(ReconnectPolicy::default()))
+//!     .service(MakeRedis::new());
+//! let con = RedisManager::new(&make, "redis://127.0.0.1:6379/")?;
+//! let (visits, last) = visit(&con).await?;
+//! # let _ = (visits, last);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! What changes is what happens when the server goes away: the client's
+//! rules, below, instead of `ConnectionManager`'s (see
+//! [Compared with redis-rs's `ConnectionManager`](#compared-with-redis-rss-connectionmanager)).
+//! A pipeline is one request of the client: sent whole on one connection,
+//! and re-sent whole, only if the server refused all of it unrun, or not at
+//! all. What does not carry over: `ConnectionManager`'s inherent methods
+//! (its RESP3 `subscribe` and the like; see [Pub/sub](#pubsub)), and its
+//! reconnect settings, which the [`ReconnectPolicy`](crate::ReconnectPolicy)
+//! replaces.
+//!
+//! # Errors of the drop-in
+//!
+//! redis-rs's `ConnectionLike` returns a [`::redis::RedisError`], so a
+//! [`RedisManager`] turns each error into one. redis-rs's own errors come
+//! as redis-rs made them; the client's come inside an IO `RedisError` whose
+//! IO kind says what redis-rs's checks should say, shown as the client's
+//! error, with the client's error's `source()` chain after it.
+//! [`client_error`] finds the client's error in it.
+//!
+//! | the client's error | the `RedisError` | `is_io_error` | `is_connection_dropped` | `is_timeout` | did it run? |
+//! |---|---|---|---|---|---|
+//! | an error reply (`WRONGTYPE`, …), a parse error | itself: `kind()`, `code()`, `detail()` as redis-rs gives them | no | no | no | it reached the server |
+//! | a transport failure (reset, broken pipe, response timeout, refused) | itself, as redis-rs made it | yes | as redis-rs says | for a timeout | it may have |
+//! | [`Unavailable`](crate::error::Unavailable): no connection within the wait limit | IO, `NotConnected` | yes | yes | no | no |
+//! | [`NotSent`]: handed back unsent, its re-sends spent | IO, `NotConnected` | yes | yes | no | no |
+//! | [`Closed`](crate::error::Closed): the client gave up for good | IO, `ConnectionAborted` | yes | yes | no | no |
+//! | [`ResponseTimeout`](crate::error::ResponseTimeout): the policy's response timeout | IO, `TimedOut` | yes | no | yes | it may have |
+//! | [`ConnectionLost`](crate::error::ConnectionLost) | IO, the kind of the IO error in its chain (`ConnectionReset` if none) | yes | for a drop's kind | for `TimedOut` | it may have |
+//! | anything else ([`Overloaded`](crate::error::Overloaded), [`Panicked`](crate::error::Panicked), …) | IO, `Other` | yes | no | no | see [`error`](crate::error) |
+//!
+//! So a redis-rs retry loop that re-sends on `is_connection_dropped()`
+//! re-sends what failed fast, which never ran; to tell "never ran" from "may
+//! have run", ask [`client_error`]:
+//!
+//! ```
+//! use tower_redial::error::{NotSent, Unavailable};
+//! use tower_redial::redis::client_error;
+//!
+//! /// Whether the command surely did not run.
+//! fn never_ran(error: &redis::RedisError) -> bool {
+//!     client_error(error).is_some_and(|e| e.is::<Unavailable>() || NotSent::is_in(e))
+//! }
+//! # assert!(!never_ran(&redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe))));
+//! ```
+//!
+//! # Pub/sub
+//!
+//! A [`RedisManager`] refuses `SUBSCRIBE`, `PSUBSCRIBE`, `SSUBSCRIBE`, their
+//! `UNSUBSCRIBE`s and `MONITOR`, alone or in a pipeline, before sending
+//! anything: the `RedisError` is of kind [`Client`](::redis::ErrorKind::Client),
+//! with the command's name as its `detail()`. Its connection is shared by
+//! every clone and every caller, and over RESP2 a subscribed connection
+//! refuses every other command; subscriptions would also be lost, unseen, at
+//! each redial. Use redis-rs's own [`PubSub`](::redis::aio::PubSub)
+//! (`redis::Client::get_async_pubsub`), a connection of its own, to
+//! subscribe; `PUBLISH` is an ordinary command and works on the drop-in.
+//!
+//! # Example of the tower form
 //!
 //! ```no_run
 //! use redis::Cmd;
@@ -173,7 +285,7 @@
 //! | error | when | what to do with it |
 //! |---|---|---|
 //! | [`::redis::RedisError`] | the server answered with an error (`WRONGTYPE`, `BUSY`, `READONLY`, …), or the reply could not be parsed | the command reached the server; the connection stays |
-//! | [`io::Error`] with the `RedisError` inside ([`get_ref`](io::Error::get_ref)) | the transport failed: reset, closed, refused, timed out | the command may have run; the connection is redialed |
+//! | [`io::Error`] with the `RedisError` inside ([`get_ref`](std::io::Error::get_ref)) | the transport failed: reset, closed, refused, timed out | the command may have run; the connection is redialed |
 //! | [`NotSent`], [`Unavailable`](crate::error::Unavailable), [`Closed`](crate::error::Closed) | see [`error`](crate::error) | |
 //! | [`NotServing`] | a dial's error (so the `source()` of [`Unavailable`](crate::error::Unavailable)), or the `source()` of a [`NotSent`] whose re-sends are spent: the server is up but not serving (`LOADING`, `MASTERDOWN`) | nothing ran; see [Replies that mean "not run"](#replies-that-mean-not-run) |
 //!
@@ -206,168 +318,89 @@
 //! TCP (`redis://`) and Unix-socket (`redis+unix://`) addresses are dialed
 //! here, with the address's TCP settings, and watched as described above.
 //! Host names are resolved with the system resolver; a resolver set in the
-//! `AsyncConnectionConfig` is not used. Any other address (TLS, which needs
-//! one of redis-rs's TLS features) is dialed by redis-rs itself; such a
-//! connection cannot be watched, so it is found dead only when a command
-//! fails on it with a transport error.
+//! `AsyncConnectionConfig` is not used. Any other address (TLS, see
+//! below) is dialed by redis-rs itself; such a connection cannot be
+//! watched, so it is found dead only when a command fails on it with a
+//! transport error.
+//!
+//! # TLS
+//!
+//! With the `redis-tls` feature, `rediss://` targets are dialed through
+//! redis-rs's rustls support (its `tokio-rustls-comp` feature), with
+//! rustls's `ring` crypto provider (should your build also enable rustls's
+//! `aws-lc-rs`, rustls asks you to install a process-wide provider first).
+//! The server's certificate is checked
+//! against the system's roots; for roots of your own, or a client
+//! certificate, build the target with redis-rs's
+//! [`Client::build_with_tls`](https://docs.rs/redis/latest/redis/struct.Client.html#method.build_with_tls)
+//! and pass its [`ConnectionInfo`]:
+//!
+//! ```no_run
+//! # #[cfg(feature = "redis-tls")]
+//! # fn main() -> redis::RedisResult<()> {
+//! use redis::TlsCertificates;
+//!
+//! let certificates = TlsCertificates {
+//!     client_tls: None,
+//!     root_cert: Some(std::fs::read("ca.crt")?),
+//! };
+//! let target = redis::Client::build_with_tls("rediss://cache.internal:6380/", certificates)?
+//!     .get_connection_info()
+//!     .clone();
+//! # let _ = target;
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "redis-tls"))]
+//! # fn main() {}
+//! ```
+//!
+//! Every dial is a new TLS handshake: a server restarted with a new
+//! certificate is checked afresh on the redial. A certificate that fails the
+//! check fails the dial, so past the wait limit requests fail with
+//! [`Unavailable`](crate::error::Unavailable) whose `source()` shows
+//! rustls's error as rustls shows it (`invalid peer certificate:
+//! UnknownIssuer`), with the [`rustls::Error`] itself in its chain (inside
+//! the `io::Error` that redis-rs wraps it in). These are tested in
+//! `tests/interop/tests/redis/tls.rs` against `redis-server --tls-port`.
+//!
+//! A TLS connection is not watched (see [Targets](#targets)): a server's
+//! death is seen when a command fails on the connection with a transport
+//! error, which may be the first command after a quiet spell.
+//!
+//! [`rustls::Error`]: https://docs.rs/rustls/latest/rustls/enum.Error.html
 //!
 //! [`MultiplexedConnection`]: ::redis::aio::MultiplexedConnection
+//! [`ConnectionInfo`]: ::redis::ConnectionInfo
+//! [`IntoConnectionInfo`]: ::redis::IntoConnectionInfo
+//! [`AsyncConnectionConfig`]: ::redis::AsyncConnectionConfig
+//! [`io::Error`]: std::io::Error
 //! [`Pipeline`]: ::redis::Pipeline
 //! [`ServerErrorKind`]: ::redis::ServerErrorKind
 //! [`NotSent`]: crate::error::NotSent
 
-use std::fmt;
-use std::io;
-use std::task::{Context, Poll};
+use ::redis::{Cmd, Value};
 
-use ::redis::{
-    AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Value,
-};
-use tokio::net::TcpStream;
-use tower::Service;
-
-use crate::boxed::boxed_future;
-use crate::{BoxError, Client};
+use crate::Client;
 
 mod connection;
 mod errors;
+mod make;
+mod manager;
 mod refusal;
-
-use errors::into_box;
+mod request;
 
 pub use connection::{RedisConnection, ResponseFuture};
-pub use errors::redis_error;
+pub use errors::{client_error, redis_error};
+pub use make::{ConnectFuture, MakeRedis};
+pub use manager::RedisManager;
 pub use refusal::NotServing;
+pub use request::RedisRequest;
 
 /// A reconnecting redis client, as made by
 /// [`ReconnectLayer`](crate::ReconnectLayer) over [`MakeRedis`]: sends a
 /// [`Cmd`], answers with a [`Value`].
 ///
-/// For pipelines, make a `Client<Pipeline, Value>` the same way.
+/// For pipelines, make a `Client<Pipeline, Value>` the same way. For
+/// redis-rs's own API (`AsyncCommands`) on a reconnecting connection, use
+/// [`RedisManager`].
 pub type RedisClient = Client<Cmd, Value>;
-
-/// A connection factory: dials a redis server and makes a
-/// [`RedisConnection`].
-///
-/// As a `Service<T>`, where `T` is a URL or a [`ConnectionInfo`] (anything
-/// [`IntoConnectionInfo`]), it connects, runs redis-rs's handshake (`AUTH`,
-/// `SELECT`, `HELLO` as the target asks), spawns the connection's task, and
-/// sends a `PING`: a server that is up but not serving yet (loading its
-/// dataset, say) fails the dial with [`NotServing`]. See the
-/// [module docs](self) for how to use it and what it does.
-///
-/// # Default
-///
-/// redis-rs's default [`AsyncConnectionConfig`]: a 500 ms response timeout,
-/// no concurrency limit.
-#[derive(Clone, Default)]
-pub struct MakeRedis {
-    config: AsyncConnectionConfig,
-}
-
-impl MakeRedis {
-    /// A factory with redis-rs's default connection config.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// A factory whose connections use `config`: its response timeout,
-    /// pipeline buffer size, concurrency limit and push sender. Its
-    /// connection timeout and DNS resolver are not used (see the
-    /// [module docs](self#timeouts)).
-    pub fn with_config(config: AsyncConnectionConfig) -> Self {
-        Self { config }
-    }
-}
-
-impl fmt::Debug for MakeRedis {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MakeRedis")
-            .field("config", &self.config)
-            .finish()
-    }
-}
-
-impl<T> Service<T> for MakeRedis
-where
-    T: IntoConnectionInfo,
-{
-    type Response = RedisConnection;
-    type Error = BoxError;
-    type Future = ConnectFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, target: T) -> Self::Future {
-        let info = target.into_connection_info();
-        let config = self.config.clone();
-        ConnectFuture::new(async move {
-            let info = info.map_err(into_box)?;
-            connect(info, config).await
-        })
-    }
-}
-
-boxed_future! {
-    /// The future of a [`MakeRedis`] dial.
-    pub struct ConnectFuture => Result<RedisConnection, BoxError>;
-}
-
-/// Dials `info`, and checks that the server serves commands.
-async fn connect(
-    info: ConnectionInfo,
-    config: AsyncConnectionConfig,
-) -> Result<RedisConnection, BoxError> {
-    let connection = dial(info, config).await?;
-    connection.check_serving().await?;
-    Ok(connection)
-}
-
-/// Dials `info`: TCP and Unix sockets here, watched; anything else through
-/// redis-rs.
-async fn dial(
-    info: ConnectionInfo,
-    config: AsyncConnectionConfig,
-) -> Result<RedisConnection, BoxError> {
-    match info.addr() {
-        ConnectionAddr::Tcp(host, port) => {
-            let stream = TcpStream::connect((host.as_str(), *port)).await?;
-            apply_tcp_settings(&stream, info.tcp_settings())?;
-            RedisConnection::handshake(stream, &info, config).await
-        }
-        #[cfg(unix)]
-        ConnectionAddr::Unix(path) => {
-            let stream = tokio::net::UnixStream::connect(path).await?;
-            RedisConnection::handshake(stream, &info, config).await
-        }
-        _ => {
-            // Our connect timeout bounds the dial.
-            let config = config.set_connection_timeout(None);
-            let connection = ::redis::Client::open(info)
-                .map_err(into_box)?
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-                .map_err(into_box)?;
-            Ok(RedisConnection::unwatched(connection))
-        }
-    }
-}
-
-/// Applies the address's TCP settings, as redis-rs does.
-fn apply_tcp_settings(
-    stream: &TcpStream,
-    settings: &::redis::io::tcp::TcpSettings,
-) -> io::Result<()> {
-    use ::redis::io::tcp::socket2::SockRef;
-
-    stream.set_nodelay(settings.nodelay())?;
-    let socket = SockRef::from(stream);
-    if let Some(keepalive) = settings.keepalive() {
-        socket.set_tcp_keepalive(keepalive)?;
-    }
-    #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
-    socket.set_tcp_user_timeout(settings.user_timeout())?;
-    Ok(())
-}

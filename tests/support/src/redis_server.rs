@@ -50,6 +50,19 @@ pub struct RedisServer {
     answering_is_ready: bool,
     child: Option<Child>,
     starts: u32,
+    /// The TLS port, for a server started with [`RedisServer::start_tls`].
+    tls_port: Option<u16>,
+}
+
+/// The files of a TLS server: its certificate chain and key, and the CA
+/// certificate it would check clients against (it does not ask them for
+/// one). PEM files, read at each start: replace them between a kill and a
+/// restart to restart with a new certificate.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 impl RedisServer {
@@ -150,6 +163,52 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Starts a server without persistence that also serves TLS, on a port
+    /// of its own ([`tls_url`](Self::tls_url)), with `files`; the plain port
+    /// stays for the helpers (`raw`, `counter`, the start's `PING`).
+    ///
+    /// # Panics
+    ///
+    /// If `redis-server` is missing, was built without TLS, or does not
+    /// start.
+    pub async fn start_tls(files: &TlsFiles) -> Self {
+        let tls_port = free_port().expect("a free port");
+        let (port, cert, key, ca) = (
+            tls_port.to_string(),
+            files.cert.display().to_string(),
+            files.key.display().to_string(),
+            files.ca.display().to_string(),
+        );
+        let args = [
+            "--tls-port",
+            &port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ];
+        let mut server = Self::try_start_with(false, &args, false)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        server.tls_port = Some(tls_port);
+        server
+    }
+
+    /// `rediss://127.0.0.1:tls-port/`, for a server started with
+    /// [`start_tls`](Self::start_tls).
+    ///
+    /// # Panics
+    ///
+    /// If the server does not serve TLS.
+    pub fn tls_url(&self) -> String {
+        let port = self.tls_port.expect("a server started with start_tls");
+        format!("rediss://127.0.0.1:{port}/")
+    }
+
     /// Starts a server on a free port, with a clear error if `redis-server`
     /// is not installed.
     pub async fn try_start(durable: bool) -> io::Result<Self> {
@@ -170,6 +229,7 @@ impl RedisServer {
             answering_is_ready,
             child: None,
             starts: 0,
+            tls_port: None,
         };
         // Another process may take the free port before the server binds it:
         // then try another one.
