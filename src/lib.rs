@@ -141,6 +141,8 @@
 //! | `hyper` | `hyper`: HTTP/1 and HTTP/2 connections over hyper's `client::conn` (and, through them, tonic) |
 //! | `redis` | `redis`: the `redis` crate's multiplexed connection as a connection service |
 //! | `postgres` | `postgres`: a `tokio-postgres` client as a connection service |
+//! | `tls` | `tls`: TLS over any connector with rustls (its `ring` provider), roots from `webpki-roots` or your own, client certificates |
+//! | `tls-native-roots` | `tls`, and the platform's root certificates (`rustls-native-certs`) |
 //!
 //! None is on by default.
 //!
@@ -204,6 +206,9 @@ mod redact;
 pub mod redis;
 pub mod retry;
 pub mod state;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub mod tls;
 mod sync;
 mod timer;
 
