@@ -1,0 +1,112 @@
+//! A TLS failure is a dial failure: it is retried by the backoff, and once
+//! past the wait limit, requests fail with `Unavailable` whose `source()`
+//! is the `HandshakeError`, whose own `source()` is rustls's error.
+
+use std::error::Error;
+use std::time::Duration;
+
+use rustls::CertificateError;
+use support::policy::quick_redial;
+use tower_redial::error::Unavailable;
+use tower_redial::tls::{HandshakeError, InvalidServerName, TlsConfig};
+use tower_redial::ReconnectPolicy;
+use tower_redial_interop::tls::{Ca, TlsServer};
+
+use super::{connector, get, http1, HttpClient, GUARD};
+
+/// Short enough to fail fast within the test.
+fn policy() -> ReconnectPolicy {
+    quick_redial()
+        .wait_limit(Duration::from_millis(100))
+        .build()
+        .unwrap()
+}
+
+/// Requests until one fails with an `Unavailable` after at least
+/// `attempts` dials, and that error: more than one dial shows the backoff
+/// retried the failure.
+async fn unavailable(client: &HttpClient, uri: &str, attempts: u32) -> Unavailable {
+    tokio::time::timeout(GUARD, async {
+        loop {
+            let error = get(client, uri).await.expect_err("the dial must fail");
+            let unavailable = error
+                .downcast_ref::<Unavailable>()
+                .unwrap_or_else(|| panic!("not Unavailable: {error:?}"))
+                .clone();
+            if unavailable.attempts() >= attempts {
+                return unavailable;
+            }
+        }
+    })
+    .await
+    .expect("the dials were not retried")
+}
+
+/// The certificate problem under an `Unavailable`, reached by `source()`
+/// alone and downcast verbatim.
+fn certificate_error(unavailable: &Unavailable) -> &CertificateError {
+    let handshake = unavailable
+        .source()
+        .and_then(|e| e.downcast_ref::<HandshakeError>())
+        .expect("the source is the HandshakeError");
+    match handshake.source().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(problem)) => problem,
+        other => panic!("not a certificate error: {other:?}"),
+    }
+}
+
+/// A certificate from a CA the client does not trust fails every dial; the
+/// dial is retried, and the requests fail fast with rustls's `UnknownIssuer`
+/// under `Unavailable`.
+#[tokio::test]
+async fn an_untrusted_certificate_is_a_dial_failure_under_unavailable() {
+    let theirs = Ca::new("their ca");
+    let server = TlsServer::hello(theirs.server(&["localhost"]).server_config(None), "one");
+    let port = server.addr().port();
+    let ours = Ca::new("our ca");
+    let tls = TlsConfig::builder().root_der(ours.der()).build().unwrap();
+    let client = http1(connector(tls), format!("localhost:{port}"), policy());
+
+    let unavailable = unavailable(&client, &format!("http://localhost:{port}/"), 3).await;
+    assert_eq!(certificate_error(&unavailable), &CertificateError::UnknownIssuer);
+    let handshake = unavailable.source().unwrap().downcast_ref::<HandshakeError>().unwrap();
+    assert_eq!(handshake.server_name(), "localhost");
+    assert_eq!(handshake.to_string(), "tls handshake with localhost failed");
+}
+
+/// A trusted certificate for another name fails the dial with rustls's
+/// name mismatch.
+#[tokio::test]
+async fn a_certificate_for_another_host_is_a_dial_failure() {
+    let ca = Ca::new("test ca");
+    let server = TlsServer::hello(ca.server(&["other.test"]).server_config(None), "one");
+    let port = server.addr().port();
+    let tls = TlsConfig::builder().root_der(ca.der()).build().unwrap();
+    let client = http1(connector(tls), format!("localhost:{port}"), policy());
+
+    let unavailable = unavailable(&client, &format!("http://localhost:{port}/"), 2).await;
+    let problem = certificate_error(&unavailable);
+    assert!(
+        matches!(
+            problem,
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+        ),
+        "{problem:?}"
+    );
+}
+
+/// A target with no valid server name fails the dial with
+/// `InvalidServerName`, before anything is dialed.
+#[tokio::test]
+async fn a_target_with_no_server_name_is_a_dial_failure() {
+    let ca = Ca::new("test ca");
+    let tls = TlsConfig::builder().root_der(ca.der()).build().unwrap();
+    let client = http1(connector(tls), ("bad_name!", 1), policy());
+
+    let unavailable = unavailable(&client, "http://localhost:1/", 1).await;
+    let invalid = unavailable
+        .source()
+        .and_then(|e| e.downcast_ref::<InvalidServerName>())
+        .expect("the source is the InvalidServerName");
+    assert_eq!(invalid.name(), "bad_name!");
+}
