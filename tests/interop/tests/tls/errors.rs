@@ -3,9 +3,12 @@
 //! is the `HandshakeError`, whose own `source()` is rustls's error.
 
 use std::error::Error;
+use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::CertificateError;
+use rustls::{AlertDescription, CertificateError, ServerConfig};
+use tokio::net::TcpListener;
 use support::policy::quick_redial;
 use tower_redial::error::Unavailable;
 use tower_redial::tls::{HandshakeError, InvalidServerName, TlsConfig};
@@ -109,4 +112,96 @@ async fn a_target_with_no_server_name_is_a_dial_failure() {
         .and_then(|e| e.downcast_ref::<InvalidServerName>())
         .expect("the source is the InvalidServerName");
     assert_eq!(invalid.name(), "bad_name!");
+}
+
+/// An expired certificate fails the dial with rustls's `Expired`.
+#[tokio::test]
+async fn an_expired_certificate_is_a_dial_failure() {
+    let ca = Ca::new("test ca");
+    let server = TlsServer::hello(ca.expired_server(&["localhost"]).server_config(None), "one");
+    let port = server.addr().port();
+    let tls = TlsConfig::builder().root_der(ca.der()).build().unwrap();
+    let client = http1(connector(tls), format!("localhost:{port}"), policy());
+
+    let unavailable = unavailable(&client, &format!("http://localhost:{port}/"), 2).await;
+    let problem = certificate_error(&unavailable);
+    assert!(
+        matches!(
+            problem,
+            CertificateError::Expired | CertificateError::ExpiredContext { .. }
+        ),
+        "{problem:?}"
+    );
+}
+
+/// An alert the server sends during the handshake (here: no protocol in
+/// common by ALPN) is rustls's `AlertReceived` under the `HandshakeError`.
+#[tokio::test]
+async fn an_alert_from_the_server_is_a_dial_failure() {
+    let ca = Ca::new("test ca");
+    let mut config = ServerConfig::clone(&ca.server(&["localhost"]).server_config(None));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let server = TlsServer::hello(Arc::new(config), "one");
+    let port = server.addr().port();
+    let tls = TlsConfig::builder().root_der(ca.der()).alpn_h2().build().unwrap();
+    let client = http1(connector(tls), format!("localhost:{port}"), policy());
+
+    let unavailable = unavailable(&client, &format!("http://localhost:{port}/"), 2).await;
+    let handshake = unavailable.source().unwrap().downcast_ref::<HandshakeError>().unwrap();
+    assert_eq!(
+        handshake.source().unwrap().downcast_ref::<rustls::Error>(),
+        Some(&rustls::Error::AlertReceived(
+            AlertDescription::NoApplicationProtocol
+        ))
+    );
+}
+
+/// A connection that breaks during the handshake: the `HandshakeError`'s
+/// `source()` is the `io::Error`.
+#[tokio::test]
+async fn a_connection_closed_during_the_handshake_is_a_dial_failure() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closer = AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let (io, _) = listener.accept().await.unwrap();
+            drop(io);
+        }
+    }));
+    let ca = Ca::new("test ca");
+    let tls = TlsConfig::builder().root_der(ca.der()).build().unwrap();
+    let client = http1(connector(tls), addr, policy());
+
+    let unavailable = unavailable(&client, &format!("http://{addr}/"), 2).await;
+    let handshake = unavailable.source().unwrap().downcast_ref::<HandshakeError>().unwrap();
+    let io = handshake.source().unwrap().downcast_ref::<io::Error>();
+    assert!(io.is_some(), "{handshake:?}");
+    drop(closer);
+}
+
+/// The inner connector's error is the dial's error, unchanged: a refused
+/// TCP connection is the `io::Error` itself under `Unavailable`.
+#[tokio::test]
+async fn the_inner_connectors_error_is_the_dial_failure_unchanged() {
+    // A port nobody listens on: bound, then closed.
+    let addr = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let ca = Ca::new("test ca");
+    let tls = TlsConfig::builder().root_der(ca.der()).build().unwrap();
+    let client = http1(connector(tls), addr, policy());
+
+    let unavailable = unavailable(&client, &format!("http://{addr}/"), 2).await;
+    let io = unavailable
+        .source()
+        .and_then(|e| e.downcast_ref::<io::Error>())
+        .expect("the source is the connector's io::Error");
+    assert_eq!(io.kind(), io::ErrorKind::ConnectionRefused);
+}
+
+/// Aborts a task when dropped, so a failed test leaves no server behind.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -44,7 +44,6 @@ async fn a_missing_client_certificate_is_refused() {
     let client = http1(connector(tls), format!("localhost:{port}"), quick_redial().build().unwrap());
 
     let error = get(&client, &format!("http://localhost:{port}/")).await.unwrap_err();
-    eprintln!("{error:?}");
     assert_eq!(
         rustls_error(&*error),
         Some(&rustls::Error::AlertReceived(
