@@ -7,6 +7,7 @@ mod errors;
 mod grpc;
 mod http;
 mod mtls;
+mod roots;
 mod rotate;
 
 use std::error::Error;
