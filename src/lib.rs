@@ -206,11 +206,11 @@ mod redact;
 pub mod redis;
 pub mod retry;
 pub mod state;
+mod sync;
+mod timer;
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub mod tls;
-mod sync;
-mod timer;
 
 pub use crate::backoff::{Backoff, Jitter};
 pub use crate::client::Client;

@@ -95,7 +95,10 @@ impl fmt::Debug for TlsConfig {
             .collect();
         f.debug_struct("TlsConfig")
             .field("alpn", &alpn)
-            .field("client_auth", &self.inner.client_auth_cert_resolver.has_certs())
+            .field(
+                "client_auth",
+                &self.inner.client_auth_cert_resolver.has_certs(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -178,7 +181,10 @@ impl TlsConfigBuilder {
     /// Trusts one DER-encoded certificate.
     pub fn root_der(mut self, der: impl Into<CertificateDer<'static>>) -> Self {
         if let Err(error) = self.roots.add(der.into()) {
-            self.fail(ConfigError::with_source("a root certificate is invalid", error));
+            self.fail(ConfigError::with_source(
+                "a root certificate is invalid",
+                error,
+            ));
         }
         self
     }
@@ -255,9 +261,9 @@ impl TlsConfigBuilder {
             .map_err(|e| ConfigError::with_source("no protocol version", e))?
             .with_root_certificates(self.roots);
         let mut config = match self.client_auth {
-            Some((chain, key)) => builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| ConfigError::with_source("the client certificate or key is invalid", e))?,
+            Some((chain, key)) => builder.with_client_auth_cert(chain, key).map_err(|e| {
+                ConfigError::with_source("the client certificate or key is invalid", e)
+            })?,
             None => builder.with_no_client_auth(),
         };
         config.alpn_protocols = self.alpn;
@@ -285,7 +291,9 @@ fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, 
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ConfigError::with_source(format!("the {what} PEM does not parse"), e))?;
     if certs.is_empty() {
-        return Err(ConfigError::new(format!("no certificate in the {what} PEM")));
+        return Err(ConfigError::new(format!(
+            "no certificate in the {what} PEM"
+        )));
     }
     Ok(certs)
 }

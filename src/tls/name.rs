@@ -194,7 +194,10 @@ mod tests {
     fn a_target_with_no_host_is_refused_by_name() {
         for bad in ["db.example", ":80", "db.example:http", "a b:1", "[::1:1"] {
             let error = bad.server_name().unwrap_err();
-            assert!(error.to_string().contains("is not a valid tls server name"), "{bad}");
+            assert!(
+                error.to_string().contains("is not a valid tls server name"),
+                "{bad}"
+            );
         }
         assert_eq!(("a b", 1).server_name().unwrap_err().name(), "a b");
     }

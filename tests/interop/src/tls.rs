@@ -91,7 +91,9 @@ impl Ca {
     fn params(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> CertificateParams {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names.clone()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, &names[0]);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, &names[0]);
         params.extended_key_usages = vec![usage];
         params
     }
@@ -195,8 +197,16 @@ impl TlsServer {
         let current = config.clone();
         let service = Arc::new(service);
         let server = Restartable::start(move |listener, shutdown| {
-            let config = current.lock().unwrap_or_else(PoisonError::into_inner).clone();
-            serve(listener, shutdown, TlsAcceptor::from(config), service.clone())
+            let config = current
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            serve(
+                listener,
+                shutdown,
+                TlsAcceptor::from(config),
+                service.clone(),
+            )
         });
         Self { server, config }
     }
@@ -232,8 +242,12 @@ impl TlsServer {
     }
 }
 
-async fn serve<S, F, B>(listener: TcpListener, mut shutdown: Shutdown, tls: TlsAcceptor, service: Arc<F>)
-where
+async fn serve<S, F, B>(
+    listener: TcpListener,
+    mut shutdown: Shutdown,
+    tls: TlsAcceptor,
+    service: Arc<F>,
+) where
     F: Fn(Seen) -> S + Send + Sync + 'static,
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone

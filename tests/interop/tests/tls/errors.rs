@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::{AlertDescription, CertificateError, ServerConfig};
-use tokio::net::TcpListener;
 use support::policy::quick_redial;
+use tokio::net::TcpListener;
 use tower_redial::error::Unavailable;
 use tower_redial::tls::{HandshakeError, InvalidServerName, TlsConfig};
 use tower_redial::ReconnectPolicy;
@@ -52,7 +52,10 @@ fn certificate_error(unavailable: &Unavailable) -> &CertificateError {
         .source()
         .and_then(|e| e.downcast_ref::<HandshakeError>())
         .expect("the source is the HandshakeError");
-    match handshake.source().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+    match handshake
+        .source()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
         Some(rustls::Error::InvalidCertificate(problem)) => problem,
         other => panic!("not a certificate error: {other:?}"),
     }
@@ -71,8 +74,15 @@ async fn an_untrusted_certificate_is_a_dial_failure_under_unavailable() {
     let client = http1(connector(tls), format!("localhost:{port}"), policy());
 
     let unavailable = unavailable(&client, &format!("http://localhost:{port}/"), 3).await;
-    assert_eq!(certificate_error(&unavailable), &CertificateError::UnknownIssuer);
-    let handshake = unavailable.source().unwrap().downcast_ref::<HandshakeError>().unwrap();
+    assert_eq!(
+        certificate_error(&unavailable),
+        &CertificateError::UnknownIssuer
+    );
+    let handshake = unavailable
+        .source()
+        .unwrap()
+        .downcast_ref::<HandshakeError>()
+        .unwrap();
     assert_eq!(handshake.server_name(), "localhost");
     assert_eq!(handshake.to_string(), "tls handshake with localhost failed");
 }
@@ -143,11 +153,19 @@ async fn an_alert_from_the_server_is_a_dial_failure() {
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let server = TlsServer::hello(Arc::new(config), "one");
     let port = server.addr().port();
-    let tls = TlsConfig::builder().root_der(ca.der()).alpn_h2().build().unwrap();
+    let tls = TlsConfig::builder()
+        .root_der(ca.der())
+        .alpn_h2()
+        .build()
+        .unwrap();
     let client = http1(connector(tls), format!("localhost:{port}"), policy());
 
     let unavailable = unavailable(&client, &format!("http://localhost:{port}/"), 2).await;
-    let handshake = unavailable.source().unwrap().downcast_ref::<HandshakeError>().unwrap();
+    let handshake = unavailable
+        .source()
+        .unwrap()
+        .downcast_ref::<HandshakeError>()
+        .unwrap();
     assert_eq!(
         handshake.source().unwrap().downcast_ref::<rustls::Error>(),
         Some(&rustls::Error::AlertReceived(
@@ -173,7 +191,11 @@ async fn a_connection_closed_during_the_handshake_is_a_dial_failure() {
     let client = http1(connector(tls), addr, policy());
 
     let unavailable = unavailable(&client, &format!("http://{addr}/"), 2).await;
-    let handshake = unavailable.source().unwrap().downcast_ref::<HandshakeError>().unwrap();
+    let handshake = unavailable
+        .source()
+        .unwrap()
+        .downcast_ref::<HandshakeError>()
+        .unwrap();
     let io = handshake.source().unwrap().downcast_ref::<io::Error>();
     assert!(io.is_some(), "{handshake:?}");
     drop(closer);
@@ -184,7 +206,11 @@ async fn a_connection_closed_during_the_handshake_is_a_dial_failure() {
 #[tokio::test]
 async fn the_inner_connectors_error_is_the_dial_failure_unchanged() {
     // A port nobody listens on: bound, then closed.
-    let addr = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let ca = Ca::new("test ca");
     let tls = TlsConfig::builder().root_der(ca.der()).build().unwrap();
     let client = http1(connector(tls), addr, policy());

@@ -24,12 +24,19 @@ async fn tonic_over_tls() {
     let handshakes: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let record = handshakes.clone();
     let server = TlsServer::start(ca.server(&["localhost"]).server_config(None), move |seen| {
-        record.lock().unwrap_or_else(PoisonError::into_inner).push(seen);
+        record
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(seen);
         health.clone()
     });
     let port = server.addr().port();
 
-    let tls = TlsConfig::builder().root_der(ca.der()).alpn_h2().build().unwrap();
+    let tls = TlsConfig::builder()
+        .root_der(ca.der())
+        .alpn_h2()
+        .build()
+        .unwrap();
     let transport = ServiceBuilder::new()
         .layer(ReconnectLayer::new(quick_redial().build().unwrap()))
         .service(Handshake::new(
@@ -47,7 +54,10 @@ async fn tonic_over_tls() {
             .unwrap();
         assert_eq!(reply.into_inner().status(), ServingStatus::Serving);
     }
-    let handshakes = handshakes.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let handshakes = handshakes
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     assert_eq!(handshakes.len(), 1, "one connection for every call");
     assert_eq!(handshakes[0].alpn.as_deref(), Some("h2"));
     assert_eq!(handshakes[0].sni.as_deref(), Some("localhost"));

@@ -21,9 +21,15 @@ async fn http1_over_tls_agrees_http11_by_alpn() {
         .alpn_http1()
         .build()
         .unwrap();
-    let client = http1(connector(tls), format!("localhost:{port}"), quick_redial().build().unwrap());
+    let client = http1(
+        connector(tls),
+        format!("localhost:{port}"),
+        quick_redial().build().unwrap(),
+    );
 
-    let body = get(&client, &format!("http://localhost:{port}/")).await.unwrap();
+    let body = get(&client, &format!("http://localhost:{port}/"))
+        .await
+        .unwrap();
     assert_eq!(body, "one alpn=http/1.1 sni=localhost HTTP/1.1");
 }
 
@@ -38,10 +44,16 @@ async fn http2_over_tls_agrees_h2_by_alpn() {
         .alpn_h2()
         .build()
         .unwrap();
-    let client = http2(connector(tls), ("localhost", port), quick_redial().build().unwrap());
+    let client = http2(
+        connector(tls),
+        ("localhost", port),
+        quick_redial().build().unwrap(),
+    );
 
     for _ in 0..3 {
-        let body = get(&client, &format!("https://localhost:{port}/")).await.unwrap();
+        let body = get(&client, &format!("https://localhost:{port}/"))
+            .await
+            .unwrap();
         assert_eq!(body, "one alpn=h2 sni=localhost HTTP/2.0");
     }
 }
@@ -66,11 +78,17 @@ async fn an_address_target_is_checked_against_the_ip_address() {
 async fn server_name_overrides_the_targets_name() {
     let ca = Ca::new("test ca");
     let server = TlsServer::hello(ca.server(&["api.test"]).server_config(None), "one");
-    let tls = TlsConfig::builder().root_der(ca.der()).alpn_h2().build().unwrap();
+    let tls = TlsConfig::builder()
+        .root_der(ca.der())
+        .alpn_h2()
+        .build()
+        .unwrap();
     let addr = server.addr();
     let connector = connector(tls).server_name("api.test").unwrap();
     let client = http2(connector, addr, quick_redial().build().unwrap());
 
-    let body = get(&client, &format!("https://api.test:{}/", addr.port())).await.unwrap();
+    let body = get(&client, &format!("https://api.test:{}/", addr.port()))
+        .await
+        .unwrap();
     assert_eq!(body, "one alpn=h2 sni=api.test HTTP/2.0");
 }

@@ -12,7 +12,10 @@ use super::{connector, get, http1, rustls_error};
 async fn a_required_client_certificate_is_accepted() {
     let ca = Ca::new("server ca");
     let clients = Ca::new("client ca");
-    let server = TlsServer::hello(ca.server(&["localhost"]).server_config(Some(&clients)), "one");
+    let server = TlsServer::hello(
+        ca.server(&["localhost"]).server_config(Some(&clients)),
+        "one",
+    );
     let port = server.addr().port();
     let me = clients.client("client-1");
     let tls = TlsConfig::builder()
@@ -21,9 +24,15 @@ async fn a_required_client_certificate_is_accepted() {
         .alpn_http1()
         .build()
         .unwrap();
-    let client = http1(connector(tls), format!("localhost:{port}"), quick_redial().build().unwrap());
+    let client = http1(
+        connector(tls),
+        format!("localhost:{port}"),
+        quick_redial().build().unwrap(),
+    );
 
-    let body = get(&client, &format!("http://localhost:{port}/")).await.unwrap();
+    let body = get(&client, &format!("http://localhost:{port}/"))
+        .await
+        .unwrap();
     assert_eq!(body, "one alpn=http/1.1 sni=localhost HTTP/1.1");
 }
 
@@ -34,16 +43,25 @@ async fn a_required_client_certificate_is_accepted() {
 async fn a_missing_client_certificate_is_refused() {
     let ca = Ca::new("server ca");
     let clients = Ca::new("client ca");
-    let server = TlsServer::hello(ca.server(&["localhost"]).server_config(Some(&clients)), "one");
+    let server = TlsServer::hello(
+        ca.server(&["localhost"]).server_config(Some(&clients)),
+        "one",
+    );
     let port = server.addr().port();
     let tls = TlsConfig::builder()
         .root_pem(ca.pem().as_bytes())
         .alpn_http1()
         .build()
         .unwrap();
-    let client = http1(connector(tls), format!("localhost:{port}"), quick_redial().build().unwrap());
+    let client = http1(
+        connector(tls),
+        format!("localhost:{port}"),
+        quick_redial().build().unwrap(),
+    );
 
-    let error = get(&client, &format!("http://localhost:{port}/")).await.unwrap_err();
+    let error = get(&client, &format!("http://localhost:{port}/"))
+        .await
+        .unwrap_err();
     assert_eq!(
         rustls_error(&*error),
         Some(&rustls::Error::AlertReceived(

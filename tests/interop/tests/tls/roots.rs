@@ -44,7 +44,9 @@ async fn native_roots_are_the_platforms() {
     std::env::set_var("SSL_CERT_FILE", &empty.0);
     let error = TlsConfig::builder().native_roots().build().unwrap_err();
     assert!(
-        error.to_string().starts_with("no platform root certificate could be loaded"),
+        error
+            .to_string()
+            .starts_with("no platform root certificate could be loaded"),
         "{error}"
     );
 
@@ -52,8 +54,14 @@ async fn native_roots_are_the_platforms() {
     std::env::set_var("SSL_CERT_FILE", &file.0);
     let tls = TlsConfig::builder().native_roots().build().unwrap();
     std::env::remove_var("SSL_CERT_FILE");
-    let client = http1(connector(tls), format!("localhost:{port}"), quick_redial().build().unwrap());
-    let body = get(&client, &format!("http://localhost:{port}/")).await.unwrap();
+    let client = http1(
+        connector(tls),
+        format!("localhost:{port}"),
+        quick_redial().build().unwrap(),
+    );
+    let body = get(&client, &format!("http://localhost:{port}/"))
+        .await
+        .unwrap();
     assert_eq!(body, "one alpn=- sni=localhost HTTP/1.1");
 }
 
@@ -64,9 +72,18 @@ async fn every_root_of_a_pem_is_trusted() {
     let server = TlsServer::hello(second.server(&["localhost"]).server_config(None), "one");
     let port = server.addr().port();
     let pem = first.pem() + &second.pem();
-    let tls = TlsConfig::builder().root_pem(pem.as_bytes()).build().unwrap();
-    let client = http1(connector(tls), format!("localhost:{port}"), quick_redial().build().unwrap());
-    assert!(get(&client, &format!("http://localhost:{port}/")).await.is_ok());
+    let tls = TlsConfig::builder()
+        .root_pem(pem.as_bytes())
+        .build()
+        .unwrap();
+    let client = http1(
+        connector(tls),
+        format!("localhost:{port}"),
+        quick_redial().build().unwrap(),
+    );
+    assert!(get(&client, &format!("http://localhost:{port}/"))
+        .await
+        .is_ok());
 }
 
 /// The connector on its own: its IO is the TLS stream, which tells what
@@ -75,12 +92,20 @@ async fn every_root_of_a_pem_is_trusted() {
 async fn the_stream_tells_the_agreed_protocol() {
     let ca = Ca::new("test ca");
     let server = TlsServer::hello(ca.server(&["localhost"]).server_config(None), "one");
-    let tls = TlsConfig::builder().root_der(ca.der()).alpn_h2().alpn_http1().build().unwrap();
-    let target = format!("localhost:{}", server.addr().port());
-    let stream = tokio::time::timeout(GUARD, TlsConnector::new(TcpConnector::new(), tls).oneshot(target))
-        .await
-        .expect("the dial hung")
+    let tls = TlsConfig::builder()
+        .root_der(ca.der())
+        .alpn_h2()
+        .alpn_http1()
+        .build()
         .unwrap();
+    let target = format!("localhost:{}", server.addr().port());
+    let stream = tokio::time::timeout(
+        GUARD,
+        TlsConnector::new(TcpConnector::new(), tls).oneshot(target),
+    )
+    .await
+    .expect("the dial hung")
+    .unwrap();
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
 }
 
@@ -103,7 +128,10 @@ fn a_bad_client_key_fails_the_build() {
         .client_auth_pem(me.pem().as_bytes(), other.key_pem().as_bytes())
         .build()
         .unwrap_err();
-    assert_eq!(error.to_string(), "the client certificate or key is invalid");
+    assert_eq!(
+        error.to_string(),
+        "the client certificate or key is invalid"
+    );
     assert!(std::error::Error::source(&error).is_some());
 
     let error = TlsConfig::builder()

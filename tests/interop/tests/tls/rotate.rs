@@ -29,9 +29,9 @@ impl ServerCertVerifier for Recording {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let verified = self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
+        let verified =
+            self.inner
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
         if verified.is_ok() {
             self.seen
                 .lock()
@@ -101,7 +101,10 @@ async fn a_restart_with_a_new_certificate_is_verified_on_the_redial() {
     let uri = format!("https://localhost:{port}/");
     let seen = move || seen.lock().unwrap_or_else(PoisonError::into_inner).clone();
 
-    assert_eq!(get(&client, &uri).await.unwrap(), "server alpn=h2 sni=localhost HTTP/2.0");
+    assert_eq!(
+        get(&client, &uri).await.unwrap(),
+        "server alpn=h2 sni=localhost HTTP/2.0"
+    );
     assert_eq!(seen(), [old.der()]);
 
     server.restart(new.server_config(None)).await;
