@@ -19,8 +19,7 @@ use rustls::RootCertStore;
 ///
 /// # Clone
 ///
-/// Cloning is cheap: the clones share one `ClientConfig`, and with it its
-/// session cache, so a redial may resume the last session.
+/// Cloning is cheap: the clones share one `ClientConfig` (an `Arc`).
 ///
 /// # Example
 ///
@@ -344,5 +343,43 @@ impl fmt::Display for ConfigError {
 impl Error for ConfigError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         self.source.as_deref().map(|e| e as &(dyn Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_error_given_is_reported() {
+        let error = TlsConfig::builder()
+            .root_pem(b"no pem")
+            .client_auth_pem(b"", b"")
+            .webpki_roots()
+            .build()
+            .unwrap_err();
+        assert_eq!(error.to_string(), "no certificate in the root PEM");
+
+        let error = TlsConfig::builder()
+            .webpki_roots()
+            .client_auth_pem(b"", b"")
+            .root_der(CertificateDer::from(vec![1, 2, 3]))
+            .build()
+            .unwrap_err();
+        assert_eq!(error.to_string(), "no certificate in the client PEM");
+    }
+
+    #[test]
+    fn webpki_roots_and_alpn_in_order() {
+        let config = TlsConfig::builder()
+            .webpki_roots()
+            .alpn_h2()
+            .alpn_http1()
+            .alpn(b"x")
+            .build()
+            .unwrap();
+        let alpn = &config.client_config().alpn_protocols;
+        assert_eq!(alpn, &[b"h2".to_vec(), b"http/1.1".to_vec(), b"x".to_vec()]);
+        assert!(format!("{config:?}").contains(r#"alpn: ["h2", "http/1.1", "x"]"#));
     }
 }

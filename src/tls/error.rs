@@ -19,9 +19,12 @@ use rustls::pki_types::ServerName;
 ///
 /// ```
 /// use std::error::Error;
-/// use tower_redial::tls::HandshakeError;
+/// use tower_redial::tls::{rustls, HandshakeError};
 ///
-/// fn certificate_problem(error: &(dyn Error + 'static)) -> Option<&rustls::CertificateError> {
+/// // What was wrong with the server's certificate, if that failed the dial.
+/// fn certificate_problem<'a>(
+///     error: &'a (dyn Error + 'static),
+/// ) -> Option<&'a rustls::CertificateError> {
 ///     let handshake = error.downcast_ref::<HandshakeError>()?;
 ///     match handshake.source()?.downcast_ref::<rustls::Error>()? {
 ///         rustls::Error::InvalidCertificate(problem) => Some(problem),

@@ -5,7 +5,7 @@
 //! [`TlsConnector`] wraps a raw connector, such as
 //! [`TcpConnector`](crate::connect::TcpConnector), and runs a TLS client
 //! handshake over each connection it makes: its IO is a
-//! [`TlsStream`](tokio_rustls::client::TlsStream) of the inner IO. Hand it to
+//! [`TlsStream`] of the inner IO. Hand it to
 //! [`Handshake`](crate::connect::Handshake) as you would the bare connector,
 //! and the protocol's handshake (hyper's, tonic's, a line codec) runs over
 //! TLS. Every dial makes a fresh TLS connection and checks the server's
@@ -67,10 +67,9 @@
 //! [`hyper::http1`](crate::hyper::http1)
 //! ([`alpn_h2`](TlsConfigBuilder::alpn_h2),
 //! [`alpn_http1`](TlsConfigBuilder::alpn_http1),
-//! [`TlsConfig::with_alpn`]). A server that speaks both picks by ALPN, and
-//! may fall back to HTTP/1.1 when nothing is offered. What was agreed is on
-//! the stream, for a handshake of your own that chooses:
-//! `stream.get_ref().1.alpn_protocol()`.
+//! [`TlsConfig::with_alpn`]). A server that offers none of them refuses
+//! the handshake (see below). What was agreed is on the stream, for a
+//! handshake of your own that chooses: `stream.get_ref().1.alpn_protocol()`.
 //!
 //! # Errors
 //!
@@ -79,7 +78,7 @@
 //! | what failed | the dial's error | its `source()` |
 //! |---|---|---|
 //! | the inner connector (a refused connection, a DNS failure) | the connector's own error, unchanged | — |
-//! | the handshake: a certificate not trusted, for another name, expired; an alert from the server | [`HandshakeError`] | the [`rustls::Error`] itself, as rustls reported it |
+//! | the handshake: a certificate not trusted, for another name, expired; an alert from the server (no ALPN protocol in common) | [`HandshakeError`] | the [`rustls::Error`] itself, as rustls reported it |
 //! | the handshake: the connection broke during it | [`HandshakeError`] | the `io::Error` |
 //! | the target has no valid server name | [`InvalidServerName`] | — |
 //!
@@ -87,7 +86,9 @@
 //! [`Unavailable`](crate::error::Unavailable), whose `source()` is that
 //! dial error; walk `source()` to reach rustls's error and match on it.
 //!
-//! **Such a dial is retried by the backoff**, as every dial failure is. A
+//! **Such a dial is retried by the backoff**, as every dial failure is,
+//! until the policy's attempt or time limit, if set, closes the client
+//! ([`Closed`](crate::error::Closed), with the same `source()`). A
 //! certificate error is not taken as fatal, for two reasons. It is often
 //! transient: a server restarted with a renewed certificate, a rotated CA
 //! that clients are being given, or a load balancer whose backends are
@@ -95,8 +96,8 @@
 //! the certificate afresh; gRPC likewise treats a failed TLS handshake as
 //! a transient failure and keeps reconnecting. And a misconfiguration
 //! stays visible: requests fail fast with the certificate error past the
-//! wait limit, and the policy's attempt or time limit (off by default)
-//! closes the client for good where that is wanted.
+//! wait limit, and an attempt or time limit (off by default) closes the
+//! client for good where that is wanted.
 //!
 //! # Client certificates
 //!
@@ -110,9 +111,12 @@
 //!
 //! # Certificate rotation
 //!
-//! Nothing is cached across dials but rustls's session tickets, which a
-//! restarted server does not accept: when a server comes back with a new
-//! certificate, the redial verifies the new certificate.
+//! Each dial makes a new TLS connection, and a full handshake verifies the
+//! certificate the server presents then: a server restarted with a new
+//! certificate (renewed, or from a rotated CA the client trusts) is
+//! verified on the redial, with nothing to reload in the client. (A
+//! handshake that resumes an earlier session skips the check; a restarted
+//! server does not resume sessions it did not issue.)
 
 mod config;
 mod error;

@@ -183,7 +183,8 @@ mod tests {
         assert_eq!(name("[::1]:1"), "::1");
         assert_eq!(name(SocketAddr::from(([10, 0, 0, 1], 1))), "10.0.0.1");
         assert_eq!(name((Ipv6Addr::LOCALHOST, 1)), "::1");
-        assert_eq!(name(&&"a.b:1"), "a.b");
+        let target = String::from("a.b:1");
+        assert_eq!(name(&target), "a.b");
         assert!(matches!(
             "127.0.0.1:1".server_name().unwrap(),
             ServerName::IpAddress(_)

@@ -10,9 +10,9 @@ use std::time::Duration;
 use rustls::{AlertDescription, CertificateError, ServerConfig};
 use support::policy::quick_redial;
 use tokio::net::TcpListener;
-use tower_redial::error::Unavailable;
+use tower_redial::error::{Closed, Unavailable};
 use tower_redial::tls::{HandshakeError, InvalidServerName, TlsConfig};
-use tower_redial::ReconnectPolicy;
+use tower_redial::{Backoff, ReconnectPolicy};
 use tower_redial_interop::tls::{Ca, TlsServer};
 
 use super::{connector, get, http1, HttpClient, GUARD};
@@ -230,4 +230,42 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// With an attempt limit, a certificate error closes the client once the
+/// limit is reached: `Closed`, with the `HandshakeError` as its `source()`.
+#[tokio::test]
+async fn an_attempt_limit_closes_the_client_on_certificate_errors() {
+    let theirs = Ca::new("their ca");
+    let server = TlsServer::hello(theirs.server(&["localhost"]).server_config(None), "one");
+    let port = server.addr().port();
+    let ours = Ca::new("our ca");
+    let tls = TlsConfig::builder().root_der(ours.der()).build().unwrap();
+    let policy = quick_redial()
+        .backoff(
+            Backoff::exponential(Duration::from_millis(1), 2.0, Duration::from_millis(4))
+                .max_attempts(3),
+        )
+        .build()
+        .unwrap();
+    let client = http1(connector(tls), format!("localhost:{port}"), policy);
+
+    let error = get(&client, &format!("http://localhost:{port}/"))
+        .await
+        .unwrap_err();
+    let closed = error
+        .downcast_ref::<Closed>()
+        .unwrap_or_else(|| panic!("not Closed: {error:?}"));
+    assert_eq!(closed.attempts(), 3);
+    let handshake = closed
+        .source()
+        .unwrap()
+        .downcast_ref::<HandshakeError>()
+        .unwrap();
+    assert!(matches!(
+        handshake.source().unwrap().downcast_ref::<rustls::Error>(),
+        Some(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer
+        ))
+    ));
 }
