@@ -47,8 +47,13 @@
 //! # }
 //! ```
 //!
-//! The crate's `tls` example runs the same against a local server with a
-//! certificate made at run time.
+//! `examples/tls.rs` (`cargo run -p tower-redial-interop --example tls`)
+//! runs the same against a local server, with certificates made at run
+//! time, across a certificate rotation.
+//!
+//! hyper-util's legacy `Client` keeps its own pool and takes connectors
+//! whose IO is hyper's, not tokio's: for it, use `hyper-rustls`'s
+//! `HttpsConnector` (over a [`DialLayer`](crate::dial::DialLayer)).
 //!
 //! # The server's name
 //!
@@ -67,7 +72,7 @@
 //! [`hyper::http1`](crate::hyper::http1)
 //! ([`alpn_h2`](TlsConfigBuilder::alpn_h2),
 //! [`alpn_http1`](TlsConfigBuilder::alpn_http1),
-//! [`TlsConfig::with_alpn`]). A server that offers none of them refuses
+//! [`TlsConfig::with_alpn`]). A server that supports none of them refuses
 //! the handshake (see below). What was agreed is on the stream, for a
 //! handshake of your own that chooses: `stream.get_ref().1.alpn_protocol()`.
 //!
@@ -106,8 +111,9 @@
 //! checks the client's certificate after the client has finished its
 //! handshake, so a server that refuses it (or its absence) does so on the
 //! first read: the dial succeeds, and the first request fails with the
-//! server's alert (`CertificateRequired`, `UnknownCA`) in its `source()`
-//! chain, wrapped in an `io::Error`.
+//! server's alert (`CertificateRequired` when none was sent) in its
+//! `source()` chain, as a [`rustls::Error`] inside an `io::Error` (reach it
+//! with `io::Error::get_ref`).
 //!
 //! # Certificate rotation
 //!
