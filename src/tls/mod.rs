@@ -53,7 +53,7 @@
 //!
 //! hyper-util's legacy `Client` keeps its own pool and takes connectors
 //! whose IO is hyper's, not tokio's: for it, use `hyper-rustls`'s
-//! `HttpsConnector` (over a [`DialLayer`](crate::dial::DialLayer)).
+//! `HttpsConnector`.
 //!
 //! # The server's name
 //!
