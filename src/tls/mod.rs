@@ -110,9 +110,9 @@
 //! it is presented when the server asks for one. Under TLS 1.3 a server
 //! checks the client's certificate after the client has finished its
 //! handshake, so a server that refuses it (or its absence) does so on the
-//! first read: the dial succeeds, and the first request fails with the
-//! server's alert (`CertificateRequired` when none was sent) in its
-//! `source()` chain, as a [`rustls::Error`] inside an `io::Error` (reach it
+//! first read: the dial succeeds, and the request fails with the server's
+//! alert (`CertificateRequired` when none was sent) in its `source()`
+//! chain, as a [`rustls::Error`] inside an `io::Error` (reach it
 //! with `io::Error::get_ref`).
 //!
 //! # Certificate rotation
