@@ -142,6 +142,8 @@
 //! | `redis` | `redis`: the `redis` crate's multiplexed connection as a connection service, and `RedisManager`, the drop-in for its `ConnectionManager` |
 //! | `redis-tls` | `rediss://` targets for `redis`, through redis-rs's rustls support (ring provider) |
 //! | `postgres` | `postgres`: a `tokio-postgres` client as a connection service |
+//! | `tls` | `tls`: TLS over any connector with rustls (its `ring` provider), roots from `webpki-roots` or your own, client certificates |
+//! | `tls-native-roots` | `tls`, and the platform's root certificates (`rustls-native-certs`) |
 //!
 //! None is on by default.
 //!
@@ -207,6 +209,9 @@ pub mod retry;
 pub mod state;
 mod sync;
 mod timer;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub mod tls;
 
 pub use crate::backoff::{Backoff, Jitter};
 pub use crate::client::Client;

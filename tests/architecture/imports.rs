@@ -12,7 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["error"],
     &["backoff", "classify", "panic", "state"],
     &["health", "policy", "failfast"],
-    &["connect"],
+    &["connect", "tls"],
     &["lane"],
     &["reconnect"],
     &["retry"],

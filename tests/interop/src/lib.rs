@@ -5,11 +5,13 @@
 //! compiled and run as doc tests here with every feature on. The library
 //! holds what those tests and the benchmarks share: the redis books, and
 //! the benchmarks' report (`report`: the machine, the sections and goals of
-//! `docs/BENCHMARKS.md`) and recovery plot (`plot`).
+//! `docs/BENCHMARKS.md`) and recovery plot (`plot`), and the certificates
+//! and TLS servers of the TLS tests and example (`tls`).
 
 pub mod plot;
 pub mod redis_books;
 pub mod report;
+pub mod tls;
 
 use std::net::SocketAddr;
 
