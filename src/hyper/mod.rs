@@ -217,7 +217,7 @@ use std::task::{Context, Poll};
 use ::hyper::body::{Body, Incoming};
 use ::hyper::client::conn::{http1 as h1, http2 as h2, TrySendError};
 use http::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Service;
 
@@ -230,8 +230,12 @@ use crate::error::ConnectionLost;
 use crate::error::NotSent;
 use crate::BoxError;
 
+mod grpc;
+mod options;
 mod refused;
 
+pub use grpc::{grpc, Grpc, InvalidOrigin};
+pub use options::{Http2, Http2Handshaking};
 pub use refused::Resendable;
 use refused::{is_go_away, is_refused, Spare};
 
@@ -286,10 +290,7 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let (sender, connection) = h2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
-    let closed = CloseWatch::new();
-    tokio::spawn(watch(connection, closed.clone(), "HTTP/2"));
-    Ok(Http2Connection::new(sender).with_close_watch(closed))
+    Http2::new().connect(io).await
 }
 
 /// Drives a connection, and closes `closed` when it ends: the client then
