@@ -261,3 +261,43 @@ boxed_future! {
     /// connection, or hyper's error.
     pub struct Http2Handshaking<B> => Result<Http2Connection<B>, ::hyper::Error>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every option lands in hyper's builder (read from its `Debug`), the
+    /// ones not seen on the wire too.
+    #[test]
+    fn every_option_reaches_hypers_builder() {
+        let http2 = Http2::new()
+            .keep_alive_interval(Duration::from_secs(7))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(100_000)
+            .initial_connection_window_size(300_000)
+            .initial_max_send_streams(2)
+            .max_frame_size(32_768)
+            .max_header_list_size(8_192)
+            .header_table_size(1_024)
+            .max_concurrent_reset_streams(9);
+        let debug = format!("{http2:?}");
+        for field in [
+            "keep_alive_interval: Some(7s)",
+            "keep_alive_timeout: 3s",
+            "keep_alive_while_idle: true",
+            "initial_stream_window_size: 100000",
+            "initial_conn_window_size: 300000",
+            "adaptive_window: false",
+            "initial_max_send_streams: 2",
+            "max_frame_size: Some(32768)",
+            "max_header_list_size: 8192",
+            "header_table_size: Some(1024)",
+            "max_concurrent_reset_streams: Some(9)",
+        ] {
+            assert!(debug.contains(field), "{field} in {debug}");
+        }
+        let adaptive = format!("{:?}", http2.adaptive_window(true));
+        assert!(adaptive.contains("adaptive_window: true"), "{adaptive}");
+    }
+}

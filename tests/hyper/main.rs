@@ -3,5 +3,6 @@
 mod abuse;
 mod conn;
 mod connector;
+mod grpc_builder;
 mod http2_options;
 mod raw_peer;

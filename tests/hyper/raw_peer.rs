@@ -3,7 +3,7 @@
 //! come off the wire, and a peer that stops answering pings.
 //!
 //! It reads the client's preface, then every frame, and reports each one
-//! (with the connection's number) on a channel. It answers as told: its own
+//! on a channel. It answers as told: its own
 //! `SETTINGS` at once or later, `PING` acknowledgements or silence, and a
 //! `200` with no body to the requests it is told to answer.
 
@@ -35,13 +35,10 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// One frame from the client.
 #[derive(Clone, Debug)]
 pub struct Frame {
-    /// Which connection, counted from 0 in the order accepted.
-    pub connection: usize,
     pub kind: u8,
     pub flags: u8,
     pub stream: u32,
     pub payload: Vec<u8>,
-    pub at: tokio::time::Instant,
 }
 
 impl Frame {
@@ -102,7 +99,7 @@ impl RawPeer {
             let (writers, answer) = (writers.clone(), answer.clone());
             async move {
                 let mut tasks = Vec::new();
-                for connection in 0.. {
+                loop {
                     let Ok((io, _)) = listener.accept().await else {
                         break;
                     };
@@ -118,7 +115,7 @@ impl RawPeer {
                         if behaviour.settings_at_once {
                             send(&write, SETTINGS, 0, 0, &[]).await;
                         }
-                        while let Some(frame) = read_frame(&mut read, connection).await {
+                        while let Some(frame) = read_frame(&mut read).await {
                             // Reported before it is answered: whatever the
                             // client saw come back, the test sees here.
                             if report.send(frame.clone()).is_err() {
@@ -203,19 +200,17 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn read_frame(read: &mut tokio::net::tcp::OwnedReadHalf, connection: usize) -> Option<Frame> {
+async fn read_frame(read: &mut tokio::net::tcp::OwnedReadHalf) -> Option<Frame> {
     let mut head = [0; 9];
     read.read_exact(&mut head).await.ok()?;
     let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
     let mut payload = vec![0; len];
     read.read_exact(&mut payload).await.ok()?;
     Some(Frame {
-        connection,
         kind: head[3],
         flags: head[4],
         stream: u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff,
         payload,
-        at: tokio::time::Instant::now(),
     })
 }
 
