@@ -6,6 +6,7 @@
 //! on a channel. It answers as told: its own
 //! `SETTINGS` at once or later, `PING` acknowledgements or silence, and a
 //! `200` with no body to the requests it is told to answer.
+#![cfg(feature = "hyper")]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
