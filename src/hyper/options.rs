@@ -119,7 +119,16 @@ impl Http2 {
     /// Sends an HTTP/2 `PING` every `interval`, to find a dead peer (see
     /// [Keep-alive and dead peers](Http2#keep-alive-and-dead-peers)).
     /// `None`, the default, sends none.
+    ///
+    /// # Panics
+    ///
+    /// If `interval` is zero: pings would go out back to back.
     pub fn keep_alive_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
+        let interval = interval.into();
+        assert!(
+            interval != Some(Duration::ZERO),
+            "Http2::keep_alive_interval: zero; pass `None` for no pings"
+        );
         self.builder.keep_alive_interval(interval);
         self
     }
@@ -127,7 +136,15 @@ impl Http2 {
     /// How long a keep-alive `PING` may go unacknowledged before the
     /// connection is closed. Default 20 s; does nothing without
     /// [`keep_alive_interval`](Http2::keep_alive_interval).
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is zero: every ping would time out.
     pub fn keep_alive_timeout(mut self, timeout: Duration) -> Self {
+        assert!(
+            !timeout.is_zero(),
+            "Http2::keep_alive_timeout: zero; every ping would time out"
+        );
         self.builder.keep_alive_timeout(timeout);
         self
     }
@@ -145,7 +162,12 @@ impl Http2 {
     /// response body the server may send before the client has read it
     /// (`SETTINGS_INITIAL_WINDOW_SIZE`). Turns off the
     /// [adaptive window](Http2::adaptive_window).
+    ///
+    /// # Panics
+    ///
+    /// If `size` is above HTTP/2's largest window, 2³¹ - 1.
     pub fn initial_stream_window_size(mut self, size: u32) -> Self {
+        check_window(size, "initial_stream_window_size");
         self.builder.initial_stream_window_size(size);
         self
     }
@@ -153,7 +175,12 @@ impl Http2 {
     /// The flow-control window of the whole connection, in bytes, shared by
     /// its streams (sent as a `WINDOW_UPDATE` on stream 0). Turns off the
     /// [adaptive window](Http2::adaptive_window).
+    ///
+    /// # Panics
+    ///
+    /// If `size` is above HTTP/2's largest window, 2³¹ - 1.
     pub fn initial_connection_window_size(mut self, size: u32) -> Self {
+        check_window(size, "initial_connection_window_size");
         self.builder.initial_connection_window_size(size);
         self
     }
@@ -175,8 +202,17 @@ impl Http2 {
     }
 
     /// The largest frame the client accepts, in bytes
-    /// (`SETTINGS_MAX_FRAME_SIZE`, 16 KiB to 16 MiB - 1). Default 16 KiB.
+    /// (`SETTINGS_MAX_FRAME_SIZE`). Default 16 KiB.
+    ///
+    /// # Panics
+    ///
+    /// If `size` is outside HTTP/2's range, 16 KiB (2¹⁴) to 16 MiB - 1
+    /// (2²⁴ - 1).
     pub fn max_frame_size(mut self, size: u32) -> Self {
+        assert!(
+            (MIN_FRAME_SIZE..=MAX_FRAME_SIZE).contains(&size),
+            "Http2::max_frame_size: {size} is outside HTTP/2's range, {MIN_FRAME_SIZE} to {MAX_FRAME_SIZE}"
+        );
         self.builder.max_frame_size(size);
         self
     }
@@ -243,6 +279,18 @@ impl Http2 {
     }
 }
 
+/// HTTP/2's frame sizes (RFC 9113 §6.5.2) and largest window (§6.9.1).
+const MIN_FRAME_SIZE: u32 = 1 << 14;
+const MAX_FRAME_SIZE: u32 = (1 << 24) - 1;
+const MAX_WINDOW: u32 = (1 << 31) - 1;
+
+fn check_window(size: u32, option: &str) {
+    assert!(
+        size <= MAX_WINDOW,
+        "Http2::{option}: {size} is above HTTP/2's largest window, {MAX_WINDOW}"
+    );
+}
+
 impl Default for Http2 {
     /// The same as [`Http2::new`].
     fn default() -> Self {
@@ -297,7 +345,65 @@ mod tests {
         ] {
             assert!(debug.contains(field), "{field} in {debug}");
         }
-        let adaptive = format!("{:?}", http2.adaptive_window(true));
-        assert!(adaptive.contains("adaptive_window: true"), "{adaptive}");
+        let adaptive = http2.adaptive_window(true);
+        let debug = format!("{adaptive:?}");
+        assert!(debug.contains("adaptive_window: true"), "{debug}");
+        // A window size set afterwards turns it off again.
+        let fixed = format!("{:?}", adaptive.initial_stream_window_size(100_000));
+        assert!(fixed.contains("adaptive_window: false"), "{fixed}");
+    }
+
+    /// HTTP/2's limits, at the edges: accepted on them, refused past them
+    /// with a message that names the option.
+    #[test]
+    fn sizes_within_http2s_limits_are_accepted() {
+        let _ = Http2::new()
+            .keep_alive_interval(None)
+            .keep_alive_interval(Duration::from_nanos(1))
+            .keep_alive_timeout(Duration::from_nanos(1))
+            .max_frame_size(16_384)
+            .max_frame_size(16_777_215)
+            .initial_stream_window_size(2_147_483_647)
+            .initial_connection_window_size(2_147_483_647);
+    }
+
+    #[test]
+    #[should_panic(expected = "Http2::keep_alive_interval: zero; pass `None` for no pings")]
+    fn a_zero_keep_alive_interval_panics() {
+        let _ = Http2::new().keep_alive_interval(Duration::ZERO);
+    }
+
+    #[test]
+    #[should_panic(expected = "Http2::keep_alive_timeout: zero; every ping would time out")]
+    fn a_zero_keep_alive_timeout_panics() {
+        let _ = Http2::new().keep_alive_timeout(Duration::ZERO);
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "Http2::max_frame_size: 16383 is outside HTTP/2's range, 16384 to 16777215"
+    )]
+    fn a_frame_size_below_the_range_panics() {
+        let _ = Http2::new().max_frame_size(16_383);
+    }
+
+    #[test]
+    #[should_panic(expected = "Http2::max_frame_size: 16777216 is outside HTTP/2's range")]
+    fn a_frame_size_above_the_range_panics() {
+        let _ = Http2::new().max_frame_size(16_777_216);
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "Http2::initial_stream_window_size: 2147483648 is above HTTP/2's largest window, 2147483647"
+    )]
+    fn a_stream_window_past_the_limit_panics() {
+        let _ = Http2::new().initial_stream_window_size(1 << 31);
+    }
+
+    #[test]
+    #[should_panic(expected = "Http2::initial_connection_window_size: 2147483648 is above")]
+    fn a_connection_window_past_the_limit_panics() {
+        let _ = Http2::new().initial_connection_window_size(1 << 31);
     }
 }
