@@ -200,8 +200,9 @@ impl<C> Grpc<C> {
     /// # Errors
     ///
     /// An [`InvalidOrigin`] if the origin is not a URI, has a scheme other
-    /// than `http` or `https`, has no host, or has a path or query; or if
-    /// it is `https` and no [`connector`](Grpc::connector) was given.
+    /// than `http` or `https`, has no host, has user info, a port that is
+    /// not a number, or a path or query; or if it is `https` and no
+    /// [`connector`](Grpc::connector) was given.
     ///
     /// # Panics
     ///
@@ -282,14 +283,20 @@ impl Origin {
         if authority.host().is_empty() {
             return Err(invalid("no host"));
         }
+        if authority.as_str().contains('@') {
+            return Err(invalid("an origin has no user info"));
+        }
         if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
             return Err(invalid("an origin has no path or query"));
         }
-        let target = format!(
-            "{}:{}",
-            authority.host(),
-            authority.port_u16().unwrap_or(port)
-        );
+        // What follows the host: nothing, or `:port`.
+        let port = match &authority.as_str()[authority.host().len()..] {
+            "" => port,
+            _ => authority
+                .port_u16()
+                .ok_or_else(|| invalid("the port is not a number from 0 to 65535"))?,
+        };
+        let target = format!("{}:{port}", authority.host());
         let origin = Self {
             scheme: scheme.clone(),
             authority: authority.clone(),
@@ -348,7 +355,8 @@ where
 
 /// The origin given to [`Grpc`] or [`grpc`] cannot be used: it is not a
 /// URI, its scheme is neither `http` nor `https` (or `https` with no TLS
-/// connector), it has no host, or it has a path.
+/// connector), it has no host, it has user info, its port is not a number,
+/// or it has a path or query. See [`Grpc::build`].
 ///
 /// # Example
 ///

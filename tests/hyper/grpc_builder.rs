@@ -80,6 +80,15 @@ async fn unusable_origins_are_refused_with_the_reason() {
             "https://api.example",
             "invalid origin `https://api.example/`: `https` needs a TLS connector: set one with `Grpc::connector`",
         ),
+        ("http://:80", "invalid origin `http://:80/`: no host"),
+        (
+            "http://user@api.example",
+            "invalid origin `http://user@api.example/`: an origin has no user info",
+        ),
+        (
+            "http://api.example:99999",
+            "invalid origin `http://api.example:99999/`: the port is not a number from 0 to 65535",
+        ),
     ] {
         assert_eq!(invalid(origin).to_string(), message);
     }

@@ -95,8 +95,10 @@ async fn the_one_liner_calls_tonic_and_redials_after_a_restart() -> Result<(), B
 /// The builder's HTTP/2 settings reach the connection: with keep-alive
 /// pings while idle, a server gone silent behind a blackhole is found with
 /// no call made, and the transport drops the connection; the one-liner's
-/// default settings send no ping and keep it (the control). Once the path
-/// is back, the next call redials and succeeds.
+/// default settings send no ping and keep it (the control). The proxy
+/// answers TCP itself, so TCP keepalive would see nothing wrong: only the
+/// pings cross it. Once the path is back, the next call redials and
+/// succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_from_the_builder_finds_a_blackholed_server() -> Result<(), BoxError> {
     let server = health_server();
