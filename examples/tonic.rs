@@ -21,12 +21,14 @@
 //! # Why this path
 //!
 //! A generated tonic client takes any tower service from `http::Request` to
-//! `http::Response` as its transport. Here that service is a [`Client`] made
-//! by [`ReconnectLayer`] over [`Handshake`] with [`TcpConnector`] and
-//! `tower_redial::hyper::http2`: one HTTP/2 connection that this crate
-//! dials, watches and redials. So this crate owns the reconnect, with its
-//! backoff, its queue, its wait limit and its safe re-sends, and tonic adds
-//! only the gRPC framing.
+//! `http::Response` as its transport. Here that service is made in one line
+//! by `tower_redial::hyper::Grpc` (or `tower_redial::hyper::grpc`): a
+//! [`Client`] over one HTTP/2 connection that this crate dials, watches and
+//! redials, which puts the origin on tonic's path-only requests. So this
+//! crate owns the reconnect, with its backoff, its queue, its wait limit and
+//! its safe re-sends, and tonic adds only the gRPC framing. `Grpc`'s
+//! `http2` setting takes HTTP/2 keep-alive pings, which find a server that
+//! vanished without a word.
 //!
 //! The other paths are tonic's own `Channel`, or
 //! `Endpoint::connect_with_connector` with a reconnecting connector. Both
@@ -53,11 +55,9 @@ use tokio::time::{sleep, Instant};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-use tower::ServiceBuilder;
-use tower_redial::connect::Handshake;
-use tower_redial::connect::TcpConnector;
+use tower_redial::hyper::Grpc;
 use tower_redial::state::{Phase, Snapshot};
-use tower_redial::{Backoff, BoxError, Client, ReconnectLayer, ReconnectPolicy};
+use tower_redial::{Backoff, BoxError, Client, ReconnectPolicy};
 
 type Transport = Client<http::Request<tonic::body::Body>, http::Response<hyper::body::Incoming>>;
 
@@ -79,15 +79,11 @@ async fn main() -> Result<(), BoxError> {
         ))
         .wait_limit(Duration::from_secs(5))
         .build()?;
-    let transport: Transport = ServiceBuilder::new()
-        .layer(ReconnectLayer::new(policy))
-        .service(Handshake::new(
-            TcpConnector::new(),
-            tower_redial::hyper::http2::<tonic::body::Body>,
-        ))
-        .multiplexed(addr);
-    // HTTP/2 requests carry the scheme and authority: give tonic the origin.
-    let health = HealthClient::with_origin(transport.clone(), format!("http://{addr}").parse()?);
+    // The transport, in one line; it puts the origin on every call.
+    let transport: Transport = Grpc::builder(format!("http://{addr}"))
+        .policy(policy)
+        .build()?;
+    let health = HealthClient::new(transport.clone());
 
     println!("tower-redial + tonic: a gRPC client that rides through a server crash\n");
     println!(

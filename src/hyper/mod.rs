@@ -57,7 +57,11 @@
 //!
 //! For HTTP/2, hand [`http2`] to the [`Handshake`](crate::connect::Handshake)
 //! instead, and give requests an absolute URI (`http://host:port/path`):
-//! HTTP/2 sends the scheme and authority in every request.
+//! HTTP/2 sends the scheme and authority in every request. For HTTP/2
+//! settings (keep-alive pings, windows, streams), hand it
+//! [`Http2::handshake`] instead of [`http2`]. For a client to one origin
+//! that puts the origin on path-only requests, as tonic sends them, in one
+//! line, use [`grpc`] or [`Grpc`].
 //!
 //! # HTTP/1 or HTTP/2
 //!
@@ -145,7 +149,8 @@
 //!
 //! # Your own hyper settings
 //!
-//! [`http1`] and [`http2`] use hyper's defaults. For other settings, write the
+//! [`http1`] and [`http2`] use hyper's defaults; [`Http2`] carries hyper's
+//! HTTP/2 settings. For other settings, write the
 //! handshake function yourself with hyper's builder, spawn the connection,
 //! and wrap the sender with [`Http1Connection::new`] or
 //! [`Http2Connection::new`] (whose body type is [`Resendable`]; its docs
@@ -173,14 +178,20 @@
 //! # With tonic
 //!
 //! A generated tonic client takes any service from `http::Request` to
-//! `http::Response` as its transport. An HTTP/2 client from this module is
-//! one, so tonic gets this crate's reconnect, queue and fail-fast in place
-//! of its own `Channel`, and no codegen or extra feature is needed: bind
-//! `Handshake::new(TcpConnector::new(), http2::<tonic::body::Body>)` with
-//! `multiplexed(addr)`, and give the generated client the origin
-//! (`HealthClient::with_origin(client, "http://127.0.0.1:50051".parse()?)`),
-//! as HTTP/2 requests carry the scheme and authority. The README's "With
-//! tonic" section is the whole program, run as a doc test.
+//! `http::Response` as its transport. [`grpc`] makes one in a line: an
+//! HTTP/2 client bound to the origin, which puts the origin's scheme and
+//! authority on tonic's path-only requests. So tonic gets this crate's
+//! reconnect, queue and fail-fast in place of its own `Channel`, with no
+//! codegen or extra feature:
+//!
+//! ```text
+//! let health = HealthClient::new(tower_redial::hyper::grpc("http://127.0.0.1:50051", ReconnectPolicy::grpc())?);
+//! ```
+//!
+//! [`Grpc`] is the same with settings: the policy, [`Http2`] (keep-alive
+//! pings among them) and the connector (one that adds TLS for an `https`
+//! origin). The README's "Using it with tonic" section is a whole program,
+//! run as a doc test.
 //!
 //! Why not tonic's `Channel`, or `Endpoint::connect_with_connector`? Both
 //! leave the reconnect to the `Channel`, which, when connected lazily,
@@ -217,7 +228,7 @@ use std::task::{Context, Poll};
 use ::hyper::body::{Body, Incoming};
 use ::hyper::client::conn::{http1 as h1, http2 as h2, TrySendError};
 use http::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Service;
 
@@ -230,8 +241,12 @@ use crate::error::ConnectionLost;
 use crate::error::NotSent;
 use crate::BoxError;
 
+mod grpc;
+mod options;
 mod refused;
 
+pub use grpc::{grpc, Grpc, InvalidOrigin};
+pub use options::{Http2, Http2Handshaking};
 pub use refused::Resendable;
 use refused::{is_go_away, is_refused, Spare};
 
@@ -271,6 +286,9 @@ where
 /// request body type, as in `tower_redial::hyper::http2::<Full<Bytes>>`.
 /// Requests need an absolute URI. See the [module docs](self).
 ///
+/// hyper's default settings, with no keep-alive pings: the same as
+/// `Http2::new().handshake()`. [`Http2`] sets them.
+///
 /// # Errors
 ///
 /// hyper's error if the handshake fails.
@@ -286,10 +304,7 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let (sender, connection) = h2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
-    let closed = CloseWatch::new();
-    tokio::spawn(watch(connection, closed.clone(), "HTTP/2"));
-    Ok(Http2Connection::new(sender).with_close_watch(closed))
+    Http2::new().connect(io).await
 }
 
 /// Drives a connection, and closes `closed` when it ends: the client then

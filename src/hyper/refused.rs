@@ -62,7 +62,8 @@ pub(crate) fn is_go_away(error: &(dyn Error + 'static)) -> bool {
 /// # Example
 ///
 /// An HTTP/2 handshake with hyper's own builder, here for keep-alive pings
-/// (which need hyper's timer). A [`CloseWatch`](crate::connect::CloseWatch)
+/// (which need hyper's timer), as [`Http2`](super::Http2) would make it; write
+/// one only for a setting `Http2` does not carry. A [`CloseWatch`](crate::connect::CloseWatch)
 /// closed when the connection's driver ends lets an idle connection's end
 /// be noticed at once:
 ///

@@ -1,4 +1,6 @@
-//! tonic: gRPC calls through a reconnecting HTTP/2 client, across server crashes and graceful restarts.
+//! tonic: gRPC calls through a reconnecting HTTP/2 client, across server crashes and graceful restarts; the one-line transport; keep-alive pings finding a blackholed server.
 
+mod blackhole;
 mod client;
+mod one_line;
 mod restart;
