@@ -33,7 +33,8 @@
 //! Run with `cargo bench -p tower-redial-interop --bench real`; it prints a
 //! markdown section. With `-- --write PATH` it also puts the section between
 //! `<!-- real:start -->` and `<!-- real:end -->` in `PATH`. `REAL_ROUNDS`
-//! and `REAL_WINDOW_MS` override the rounds and the window.
+//! and `REAL_WINDOW_MS` override the rounds and the window; `REAL_ONLY=redis`
+//! (any part of a comparison's name) runs only the comparisons that match.
 
 use tower_redial_interop::report as common;
 use tower_redial_interop::report::{Goal, Verdict};
@@ -560,6 +561,8 @@ fn main() -> Result<(), BoxError> {
     let load_before = load_average();
     let rounds = env_or("REAL_ROUNDS", ROUNDS).max(1);
     let window = Duration::from_millis(env_or("REAL_WINDOW_MS", WINDOW.as_millis() as u64));
+    // Only the comparisons whose name contains this, e.g. `REAL_ONLY=redis`.
+    let only: String = env_or("REAL_ONLY", String::new());
     // The redis server outlives both settings, on a runtime of its own.
     let server_rt = Builder::new_current_thread().enable_all().build()?;
     let redis = server_rt.block_on(RedisServer::start());
@@ -568,7 +571,7 @@ fn main() -> Result<(), BoxError> {
         let rt = runtime(callers);
         rt.block_on(async {
             let pairs = pairs(&redis).await;
-            for pair in &pairs {
+            for pair in pairs.iter().filter(|p| p.name.contains(&only)) {
                 // Warm-up: connections, allocator, caches.
                 for side in [&pair.bare, &pair.alone, &pair.ours] {
                     run(side, callers, window / 4).await;

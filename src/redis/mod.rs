@@ -382,6 +382,7 @@ use ::redis::{Cmd, Value};
 
 use crate::Client;
 
+mod close;
 mod connection;
 mod errors;
 mod make;
