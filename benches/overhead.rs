@@ -1,6 +1,6 @@
 //! Per-request overhead on an in-process echo connection (issue 6, item 1).
 //!
-//! Six stacks, each answering `u64 -> u64` with the same echo connection:
+//! Seven stacks, each answering `u64 -> u64` with the same echo connection:
 //!
 //! - `a_bare`: the echo service called directly;
 //! - `b_buffer`: tower's `Buffer` over it;
@@ -13,7 +13,11 @@
 //!   own clone of it directly (the direct lane);
 //! - `f_redial_queue`: the same bound with `MakeReconnect::client`, so every
 //!   request crosses the queue to the worker task (`Retry` over `Buffer` over
-//!   `Reconnect`), as for a connection that is not `Clone`.
+//!   `Reconnect`), as for a connection that is not `Clone`;
+//! - `g_buffer_boxed`: tower's `Buffer` over the echo with its response
+//!   future boxed, as (f)'s must be: `Client<Req, Res>` names only the
+//!   request and the response, so the connection's future type is erased.
+//!   (g) against (b) is what that one allocation costs, whoever queues.
 //!
 //! Every request is `ready().await` then `call().await` on a clone held by
 //! the caller (clones are made outside the timed loop). Connections are
@@ -26,7 +30,7 @@
 //!
 //! `scripts/bench` runs this and writes the tables in `docs/BENCHMARKS.md`.
 //!
-//! Profiling: `OVERHEAD_PROFILE=<a|b|c|d|e|f> OVERHEAD_N=<requests>` runs that
+//! Profiling: `OVERHEAD_PROFILE=<a|b|c|d|e|f|g> OVERHEAD_N=<requests>` runs that
 //! stack's one-caller loop `N` times without criterion, for
 //! `valgrind --tool=callgrind`.
 
@@ -88,7 +92,7 @@ where
     response
 }
 
-/// The five stacks, built inside `rt` (their worker tasks live there), and
+/// The stacks, built inside `rt` (their worker tasks live there), and
 /// warmed up with one request each so that the connection is up.
 fn with_stacks(rt: &Runtime, mut each: impl FnMut(&'static str, Stack)) {
     let _guard = rt.enter();
@@ -129,6 +133,13 @@ fn with_stacks(rt: &Runtime, mut each: impl FnMut(&'static str, Stack)) {
                     .client(()),
             ),
         ),
+        (
+            "g_buffer_boxed",
+            Stack::G(Buffer::new(
+                echo().map_future(|future| Box::pin(future) as BoxedEcho),
+                QUEUE,
+            )),
+        ),
     ];
     for (name, mut stack) in stacks {
         rt.block_on(stack.warm_up());
@@ -140,6 +151,9 @@ type BufferB = Buffer<u64, Ready<Result<u64, Infallible>>>;
 type BufferC = Buffer<u64, <tower::reconnect::Reconnect<MakeEcho, ()> as Service<u64>>::Future>;
 type ResilienceD = tower_resilience::reconnect::ReconnectService<MakeEcho, ()>;
 type RedialE = tower_redial::Client<u64, u64>;
+type BoxedEcho =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, Infallible>> + Send>>;
+type BufferG = Buffer<u64, BoxedEcho>;
 
 enum Stack {
     A(Echo),
@@ -148,6 +162,7 @@ enum Stack {
     D(ResilienceD),
     E(RedialE),
     F(RedialE),
+    G(BufferG),
 }
 
 /// Calls `$f` with the concrete service inside `$stack`.
@@ -160,6 +175,7 @@ macro_rules! dispatch {
             Stack::D($s) => $body,
             Stack::E($s) => $body,
             Stack::F($s) => $body,
+            Stack::G($s) => $body,
         }
     };
 }
@@ -289,7 +305,7 @@ fn profile(which: &str) {
             elapsed / n.max(1) as u32
         );
     });
-    assert!(found, "OVERHEAD_PROFILE must be one of a, b, c, d, e, f");
+    assert!(found, "OVERHEAD_PROFILE must be one of a, b, c, d, e, f, g");
 }
 
 fn main() {
