@@ -4,8 +4,11 @@
 //! (observed and expected behaviour in their comments); the others pin down
 //! behaviour that held up.
 
+mod grpc;
 mod pg_prepared;
 mod pg_transaction;
+mod redis_manager;
+mod tls;
 
 use std::future::Future;
 use std::time::Duration;
