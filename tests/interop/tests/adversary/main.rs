@@ -5,6 +5,7 @@
 //! behaviour that held up.
 
 mod grpc;
+mod pg_cancel;
 mod pg_prepared;
 mod pg_transaction;
 mod redis_manager;

@@ -16,7 +16,7 @@ use tower_redial::BoxError;
 use crate::{pg_client, within};
 
 /// A plain tokio-postgres session beside the client, to look at the books.
-async fn observer(server: &PgServer) -> tokio_postgres::Client {
+pub(crate) async fn observer(server: &PgServer) -> tokio_postgres::Client {
     let (client, connection) = within(
         "observer",
         server
@@ -31,7 +31,7 @@ async fn observer(server: &PgServer) -> tokio_postgres::Client {
     client
 }
 
-async fn create(observer: &tokio_postgres::Client) {
+pub(crate) async fn create(observer: &tokio_postgres::Client) {
     within(
         "create",
         observer.batch_execute(
