@@ -208,3 +208,24 @@ async fn a_selected_database_is_not_silently_lost_at_a_redial() {
         "the write meant for database 5 went to database 0: {after:?}, EXISTS in db 0: {in_db0:?}"
     );
 }
+
+/// The database in the URL (`redis://host:port/3`) is selected on every
+/// connection: after the connection is killed, commands still run on
+/// database 3, and `get_db()` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_urls_database_holds_across_a_redial() {
+    let server = RedisServer::start().await;
+    let mut con = ours(&format!("{}3", server.url()));
+    assert_eq!(redis::aio::ConnectionLike::get_db(&con), 3);
+    let _: () = within("SET", con.set("before", 1)).await.unwrap();
+    server.raw(&["CLIENT", "KILL", "TYPE", "normal"]).await;
+    dropped(&con).await;
+    let _: () = within("SET after", con.set("after", 1)).await.unwrap();
+    assert_eq!(
+        server.raw(&["EXISTS", "after"]).await,
+        ":0\r\n",
+        "not in db 0"
+    );
+    let in_3: i64 = within("EXISTS", con.exists("after")).await.unwrap();
+    assert_eq!(in_3, 1);
+}
