@@ -1,6 +1,6 @@
-//! What happens on the server to a statement whose caller stopped waiting:
-//! the policy's response timeout, or the caller's own timeout around a
-//! transaction.
+//! What is left on the server: a statement whose caller stopped waiting
+//! (the policy's response timeout, or the caller's own timeout around a
+//! transaction), and the session of a client that is dropped.
 
 use std::time::Duration;
 
@@ -120,4 +120,57 @@ async fn an_abandoned_transaction_with_a_running_statement_frees_its_locks() {
         update.is_ok(),
         "the abandoned transaction still holds its row lock: {update:?}"
     );
+}
+
+/// Sessions other than the observer's.
+async fn other_sessions(observer: &tokio_postgres::Client) -> i64 {
+    let row = within(
+        "pg_stat_activity",
+        observer.query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+            &[],
+        ),
+    )
+    .await
+    .unwrap();
+    row.get(0)
+}
+
+/// Dropping every clone of the client ends its session on the server: no
+/// backend is left behind, after plain queries, a prepared one and a
+/// transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_client_ends_its_backend() {
+    let server = PgServer::start().await;
+    let observer = observer(&server).await;
+    create(&observer).await;
+    let client = pg_client(&server, quick_redial().build().unwrap());
+    within("a query", client.clone().oneshot(Query::new("SELECT 1")))
+        .await
+        .unwrap();
+    within(
+        "a prepared query",
+        client.clone().oneshot(Query::new("SELECT 2").prepared()),
+    )
+    .await
+    .unwrap();
+    within(
+        "a transaction",
+        client.transaction(|tx| async move {
+            tx.query(Query::new("UPDATE t SET v = 1 WHERE id = 1"))
+                .await?;
+            Ok::<_, BoxError>(())
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(other_sessions(&observer).await, 1);
+    drop(client);
+    within("the backend ends", async {
+        while other_sessions(&observer).await > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 }

@@ -110,10 +110,12 @@ async fn blpop_needs_the_response_timeout_raised() {
 }
 
 /// A pipeline far too big for the 500 ms response timeout (300 000
-/// `INCR`s, plain and atomic) fails with a timeout, but runs exactly once
-/// on the server: it is never re-sent.
+/// `INCR`s, plain and atomic) fails with a timeout (or, on a fast
+/// machine, succeeds), but never runs more than once: the plain one ran
+/// at most once per command (the connection may be dropped part way
+/// through writing it), and the atomic one all or nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_huge_pipeline_past_the_response_timeout_runs_once() {
+async fn a_huge_pipeline_past_the_response_timeout_runs_at_most_once() {
     const N: i64 = 300_000;
     let server = RedisServer::start().await;
     let mut con = ours(&server.url());
@@ -130,15 +132,24 @@ async fn a_huge_pipeline_past_the_response_timeout_runs_once() {
         if let Err(error) = &result {
             assert!(error.is_timeout(), "{error:?}");
         }
-        within("the pipeline runs to its end", async {
-            while server.counter(key).await < N {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        // Until the counter stops moving: two reads 500 ms apart agree.
+        let settled = within("the counter settles", async {
+            let mut last = server.counter(key).await;
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let now = server.counter(key).await;
+                if now == last {
+                    return now;
+                }
+                last = now;
             }
         })
         .await;
-        // An absence over a window: no second run arrives.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(server.counter(key).await, N, "{key}: run twice");
+        println!("{key}: {result:?}, {settled} of {N} ran");
+        if result.is_ok() || atomic {
+            assert!(settled == N || (atomic && settled == 0), "{key}: {settled}");
+        }
+        assert!(settled <= N, "{key}: ran more than once: {settled}");
     }
 }
 
