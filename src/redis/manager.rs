@@ -33,8 +33,9 @@ use crate::{Client, MakeReconnect};
 /// Errors are [`RedisError`]s: see
 /// [Errors of the drop-in](super#errors-of-the-drop-in) for the mapping,
 /// and [`client_error`](super::client_error) to reach the client's own
-/// error. Pub/sub commands are refused: see
-/// [Pub/sub](super#pubsub).
+/// error. Pub/sub commands, `SELECT` and `RESET`, and a transaction's
+/// commands sent one by one are refused: see [Pub/sub](super#pubsub) and
+/// [Connection state](super#connection-state).
 ///
 /// # Example
 ///
@@ -122,7 +123,7 @@ impl RedisManager {
 impl ConnectionLike for RedisManager {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            refuse_pubsub(cmd)?;
+            refuse(cmd, false)?;
             self.send(RedisRequest::Cmd(cmd.clone())).await
         })
     }
@@ -134,7 +135,7 @@ impl ConnectionLike for RedisManager {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
-            pipeline.cmd_iter().try_for_each(refuse_pubsub)?;
+            pipeline.cmd_iter().try_for_each(|cmd| refuse(cmd, true))?;
             let request = RedisRequest::Pipeline {
                 pipeline: pipeline.clone(),
                 offset,
@@ -157,7 +158,7 @@ impl ConnectionLike for RedisManager {
 }
 
 /// The commands that turn a connection into a subscriber (or a monitor),
-/// which a shared connection cannot be.
+/// which a shared connection cannot be: refused alone and in a pipeline.
 const PUBSUB: [&[u8]; 7] = [
     b"SUBSCRIBE",
     b"PSUBSCRIBE",
@@ -168,22 +169,41 @@ const PUBSUB: [&[u8]; 7] = [
     b"MONITOR",
 ];
 
-/// Refuses, before anything is sent, a command that would make the shared
-/// connection a subscriber: see [Pub/sub](super#pubsub).
-fn refuse_pubsub(cmd: &Cmd) -> RedisResult<()> {
+/// The commands that change the connection's state for whatever is sent
+/// after them: on a connection that every clone shares and that a redial
+/// replaces, that state would reach other callers' commands, or be lost
+/// unseen. Refused alone and in a pipeline.
+const STATE: [&[u8]; 2] = [b"SELECT", b"RESET"];
+
+/// The commands of a transaction (`MULTI` … `EXEC`, and `WATCH`): refused
+/// alone, where the commands between them could go to another connection
+/// after a redial and run outside the transaction; allowed in a pipeline,
+/// which is sent whole on one connection.
+const TRANSACTION: [&[u8]; 5] = [b"MULTI", b"EXEC", b"DISCARD", b"WATCH", b"UNWATCH"];
+
+/// Refuses, before anything is sent, a command that a shared, redialed
+/// connection cannot carry: see [Pub/sub](super#pubsub) and
+/// [Connection state](super#connection-state).
+fn refuse(cmd: &Cmd, in_pipeline: bool) -> RedisResult<()> {
     let Some(::redis::Arg::Simple(name)) = cmd.args_iter().next() else {
         return Ok(());
     };
-    if !PUBSUB
-        .iter()
-        .any(|pubsub| name.eq_ignore_ascii_case(pubsub))
-    {
+    let is = |names: &[&[u8]]| names.iter().any(|n| name.eq_ignore_ascii_case(n));
+    let why = if is(&PUBSUB) {
+        "pub/sub needs a connection of its own: use redis-rs's PubSub \
+         (redis::Client::get_async_pubsub)"
+    } else if is(&STATE) {
+        "the connection is shared by every clone and replaced at each redial: \
+         give the database in the URL (redis://host/5), or use a connection of your own"
+    } else if is(&TRANSACTION) && !in_pipeline {
+        "a transaction sent command by command could be split by a redial: \
+         send it whole, as redis::pipe().atomic()"
+    } else {
         return Ok(());
-    }
+    };
     Err(RedisError::from((
         ErrorKind::Client,
-        "pub/sub needs a connection of its own: use redis-rs's PubSub \
-         (redis::Client::get_async_pubsub)",
+        why,
         String::from_utf8_lossy(name).into_owned(),
     )))
 }

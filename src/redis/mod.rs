@@ -121,6 +121,22 @@
 //! (`redis::Client::get_async_pubsub`), a connection of its own, to
 //! subscribe; `PUBLISH` is an ordinary command and works on the drop-in.
 //!
+//! # Connection state
+//!
+//! The drop-in's connection is shared by every clone and replaced at each
+//! redial, so it carries no state of one caller's from one command to the
+//! next. It refuses, before sending anything, with a `RedisError` of kind
+//! [`Client`](::redis::ErrorKind::Client) naming the command:
+//!
+//! | command | refused | instead |
+//! |---|---|---|
+//! | `SELECT`, `RESET` | alone and in a pipeline | the database in the URL (`redis://host/5`): it is selected on every new connection |
+//! | `MULTI`, `EXEC`, `DISCARD`, `WATCH`, `UNWATCH` | alone | `redis::pipe().atomic()`, or these commands in one pipeline: a pipeline is sent whole, on one connection |
+//!
+//! Sent one by one, a transaction's commands could be split by a redial:
+//! those after it would go to the new connection, where no `MULTI` is open,
+//! and run at once.
+//!
 //! # Example of the tower form
 //!
 //! ```no_run

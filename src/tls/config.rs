@@ -65,9 +65,19 @@ impl TlsConfig {
     /// assert!(config.client_config().alpn_protocols.is_empty());
     /// # Ok::<(), tower_redial::tls::ConfigError>(())
     /// ```
+    ///
+    /// # Panics
+    ///
+    /// If a protocol name is empty or longer than 255 bytes, which TLS
+    /// cannot carry (RFC 7301).
     pub fn with_alpn(&self, protocols: impl IntoIterator<Item = Vec<u8>>) -> Self {
         let mut config = ClientConfig::clone(&self.inner);
         config.alpn_protocols = protocols.into_iter().collect();
+        for protocol in &config.alpn_protocols {
+            if let Err(error) = check_alpn(protocol) {
+                panic!("TlsConfig::with_alpn: {error}");
+            }
+        }
         Self::from(config)
     }
 }
@@ -234,7 +244,13 @@ impl TlsConfigBuilder {
     }
 
     /// Offers `protocol` by ALPN, after any protocol offered before.
+    ///
+    /// A name must be 1 to 255 bytes long (RFC 7301); [`build`](Self::build)
+    /// refuses any other with a [`ConfigError`].
     pub fn alpn(mut self, protocol: &[u8]) -> Self {
+        if let Err(error) = check_alpn(protocol) {
+            self.fail(error);
+        }
         self.alpn.push(protocol.to_vec());
         self
     }
@@ -243,8 +259,9 @@ impl TlsConfigBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] if no root was added, or if a certificate or key
-    /// given did not parse, or the client key does not fit its certificate.
+    /// [`ConfigError`] if no root was added, if a certificate or key given
+    /// did not parse, if the client key does not fit its certificate, or if
+    /// an ALPN protocol name is empty or longer than 255 bytes.
     pub fn build(self) -> Result<TlsConfig, ConfigError> {
         if let Some(error) = self.error {
             return Err(error);
@@ -282,6 +299,18 @@ impl fmt::Debug for TlsConfigBuilder {
             .field("error", &self.error)
             .finish_non_exhaustive()
     }
+}
+
+/// An ALPN protocol name is 1 to 255 bytes long (RFC 7301): its length
+/// goes in one byte, and an empty one is not allowed.
+fn check_alpn(protocol: &[u8]) -> Result<(), ConfigError> {
+    if (1..=255).contains(&protocol.len()) {
+        return Ok(());
+    }
+    Err(ConfigError::new(format!(
+        "an ALPN protocol name is 1 to 255 bytes long, not {}",
+        protocol.len()
+    )))
 }
 
 /// The `CERTIFICATE` blocks of `pem`; at least one.
@@ -367,6 +396,13 @@ mod tests {
             .build()
             .unwrap_err();
         assert_eq!(error.to_string(), "no certificate in the client PEM");
+    }
+
+    #[test]
+    #[should_panic(expected = "an ALPN protocol name is 1 to 255 bytes long, not 0")]
+    fn with_alpn_refuses_an_empty_name() {
+        let config = TlsConfig::builder().webpki_roots().build().unwrap();
+        let _ = config.with_alpn([Vec::new()]);
     }
 
     #[test]

@@ -8,8 +8,6 @@ mod grpc;
 mod pg_cancel;
 mod pg_prepared;
 mod pg_transaction;
-mod redis_manager;
-mod tls;
 
 use std::future::Future;
 use std::time::Duration;

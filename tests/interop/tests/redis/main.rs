@@ -2,6 +2,7 @@
 
 mod client;
 mod drop_in;
+mod drop_in_misuse;
 mod drop_in_outage;
 mod restart;
 mod tls;

@@ -6,6 +6,7 @@
 mod errors;
 mod grpc;
 mod http;
+mod misbehaving;
 mod mtls;
 mod roots;
 mod rotate;
