@@ -245,7 +245,7 @@ mod grpc;
 mod options;
 mod refused;
 
-pub use grpc::{grpc, Grpc, InvalidOrigin};
+pub use grpc::{grpc, Grpc, GrpcBody, GrpcClient, GrpcFuture, InvalidOrigin};
 pub use options::{Http2, Http2Handshaking};
 pub use refused::Resendable;
 use refused::{is_go_away, is_refused, Spare};
