@@ -37,6 +37,15 @@ pub fn grpc_client(addr: SocketAddr, policy: ReconnectPolicy) -> (GrpcClient, Tr
     (HealthClient::new(transport.clone()), transport)
 }
 
+/// Which of the crate's errors failed a call, as the `Grpc` transport
+/// names it in the `Status`'s metadata (`tower-redial-error`), if one did.
+pub fn redial_error(status: &tonic::Status) -> Option<&str> {
+    status
+        .metadata()
+        .get("tower-redial-error")
+        .and_then(|kind| kind.to_str().ok())
+}
+
 /// The README's code blocks, compiled and run as doc tests.
 #[doc = include_str!("../../../README.md")]
 #[cfg(doctest)]
