@@ -82,10 +82,7 @@ use origin::{Dialer, Origin, WithOrigin};
 /// # Panics
 ///
 /// If called outside a tokio runtime, as the client's task is spawned here.
-pub fn grpc<U, B>(
-    origin: U,
-    policy: ReconnectPolicy,
-) -> Result<GrpcClient<B>, InvalidOrigin>
+pub fn grpc<U, B>(origin: U, policy: ReconnectPolicy) -> Result<GrpcClient<B>, InvalidOrigin>
 where
     U: TryInto<Uri>,
     U::Error: Into<BoxError>,
@@ -329,4 +326,3 @@ impl<C: fmt::Debug> fmt::Debug for Grpc<C> {
             .finish()
     }
 }
-

@@ -247,9 +247,15 @@ async fn a_closed_client_answers_unavailable() {
             .expect("hung")
             .expect("a Trailers-Only answer");
         let (code, kind, message) = status_of(response).await;
-        assert_eq!((code.as_str(), kind.as_str()), ("14", "closed"), "{message}");
+        assert_eq!(
+            (code.as_str(), kind.as_str()),
+            ("14", "closed"),
+            "{message}"
+        );
         assert!(
-            message.starts_with(&format!("reconnect to \"{addr}\" gave up after 2 dial attempts")),
+            message.starts_with(&format!(
+                "reconnect to \"{addr}\" gave up after 2 dial attempts"
+            )),
             "{message}"
         );
     }
@@ -259,7 +265,8 @@ async fn a_closed_client_answers_unavailable() {
 /// (`overloaded`), at once.
 #[tokio::test]
 async fn a_shed_call_answers_resource_exhausted() {
-    let never = service_fn(|_: String| std::future::pending::<Result<tokio::net::TcpStream, BoxError>>());
+    let never =
+        service_fn(|_: String| std::future::pending::<Result<tokio::net::TcpStream, BoxError>>());
     let policy = ReconnectPolicy::builder()
         .queue_capacity(1)
         .load_shed(true)
@@ -315,6 +322,13 @@ async fn a_panicking_dial_answers_unavailable() {
         .expect("hung")
         .expect("a Trailers-Only answer");
     let (code, kind, message) = status_of(response).await;
-    assert_eq!((code.as_str(), kind.as_str()), ("14", "unavailable"), "{message}");
-    assert!(message.contains("panicked: the connector broke"), "{message}");
+    assert_eq!(
+        (code.as_str(), kind.as_str()),
+        ("14", "unavailable"),
+        "{message}"
+    );
+    assert!(
+        message.contains("panicked: the connector broke"),
+        "{message}"
+    );
 }

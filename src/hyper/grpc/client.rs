@@ -90,7 +90,9 @@ type Inner<B> = Client<Request<B>, Response<Incoming>>;
 /// let headers = response.headers();
 /// assert_eq!(headers["grpc-status"], "14"); // UNAVAILABLE
 /// assert_eq!(headers["tower-redial-error"], "unavailable");
-/// assert!(headers["grpc-message"].to_str()?.starts_with("connection to 127.0.0.1:1 unavailable"));
+/// // The crate's error, then its source (the last dial error).
+/// let message = headers["grpc-message"].to_str()?;
+/// assert!(message.starts_with(r#"connection to "127.0.0.1:1" unavailable for "#), "{message}");
 /// # Ok(())
 /// # }
 /// ```

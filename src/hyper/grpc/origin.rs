@@ -51,11 +51,9 @@ impl Origin {
             }
             "http" => 80,
             "https" if dialer != Dialer::Tcp => 443,
-            "https" => {
-                return Err(invalid(
-                    "`https` needs TLS: set it with `Grpc::tls`, or a connector with `Grpc::connector`",
-                ))
-            }
+            "https" => return Err(invalid(
+                "`https` needs TLS: set it with `Grpc::tls`, or a connector with `Grpc::connector`",
+            )),
             _ => return Err(invalid("the scheme is neither `http` nor `https`")),
         };
         let authority = uri.authority().ok_or_else(|| invalid("no host"))?;

@@ -114,7 +114,10 @@ mod tests {
             code(ConnectionLost::new("broken pipe").into()),
             Some(("14", "connection-lost"))
         );
-        assert_eq!(code(Closed::new(target, 3, None).into()), Some(("14", "closed")));
+        assert_eq!(
+            code(Closed::new(target, 3, None).into()),
+            Some(("14", "closed"))
+        );
         assert_eq!(
             code(Panicked::new("the dial", &"boom").into()),
             Some(("13", "panicked"))
@@ -146,7 +149,10 @@ mod tests {
         let wrapped = Wrapper(ResponseTimeout::new(Duration::from_secs(1)));
         assert_eq!(code_of(&wrapped), Some(("4", "response-timeout")));
         let response = trailers_only(&wrapped).unwrap();
-        assert_eq!(response.headers()["grpc-message"], "wrapped: no response within 1s");
+        assert_eq!(
+            response.headers()["grpc-message"],
+            "wrapped: no response within 1s"
+        );
     }
 
     #[test]
@@ -158,6 +164,7 @@ mod tests {
     fn the_response_is_trailers_only() {
         let response = trailers_only(&Overloaded::new()).expect("one of the crate's");
         let headers = response.headers();
+        assert_eq!(response.status(), http::StatusCode::OK);
         assert_eq!(headers["content-type"], "application/grpc");
         assert_eq!(headers["grpc-status"], "8");
         assert_eq!(headers["grpc-message"], "request queue is full");

@@ -130,7 +130,10 @@ async fn check(mut health: HealthClient<Transport>) -> Status {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_cut_by_a_crash_is_unavailable() {
     let server = StuckServer::start().await;
-    let health = client(server.addr, support::policy::quick_redial().build().unwrap());
+    let health = client(
+        server.addr,
+        support::policy::quick_redial().build().unwrap(),
+    );
     let call = tokio::spawn(check(health));
     tokio::time::timeout(GUARD, server.running.notified())
         .await
@@ -156,7 +159,11 @@ async fn a_response_timeout_is_deadline_exceeded() {
         .unwrap();
     let status = check(client(server.addr, policy)).await;
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    assert_eq!(redial_error(&status), Some("response-timeout"), "{status:?}");
+    assert_eq!(
+        redial_error(&status),
+        Some("response-timeout"),
+        "{status:?}"
+    );
     assert_eq!(status.message(), "no response within 100ms");
 }
 
