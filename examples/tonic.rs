@@ -23,7 +23,7 @@
 //! A generated tonic client takes any tower service from `http::Request` to
 //! `http::Response` as its transport. Here that service is made in one line
 //! by `tower_redial::hyper::Grpc` (or `tower_redial::hyper::grpc`): a
-//! [`Client`] over one HTTP/2 connection that this crate dials, watches and
+//! `GrpcClient` over one HTTP/2 connection that this crate dials, watches and
 //! redials, which puts the origin on tonic's path-only requests. So this
 //! crate owns the reconnect, with its backoff, its queue, its wait limit and
 //! its safe re-sends, and tonic adds only the gRPC framing. `Grpc`'s
@@ -42,7 +42,10 @@
 //! gRPC request bodies stream, so requests are not `Clone`: a call that
 //! hyper handed back unsent is re-sent on the next connection, but a call
 //! that may have reached the server comes back as an error `Status`, and the
-//! application decides whether to call again.
+//! application decides whether to call again. The crate's own failures come
+//! with gRPC's codes: a call cut by the crash is `Unavailable` ("connection
+//! lost", and `tower-redial-error: connection-lost` in its metadata: it may
+//! have run), as is a call that failed fast past the wait limit.
 
 use std::net::{Shutdown, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -55,11 +58,11 @@ use tokio::time::{sleep, Instant};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-use tower_redial::hyper::Grpc;
+use tower_redial::hyper::{Grpc, GrpcClient};
 use tower_redial::state::{Phase, Snapshot};
-use tower_redial::{Backoff, BoxError, Client, ReconnectPolicy};
+use tower_redial::{Backoff, BoxError, ReconnectPolicy};
 
-type Transport = Client<http::Request<tonic::body::Body>, http::Response<hyper::body::Incoming>>;
+type Transport = GrpcClient<tonic::body::Body>;
 
 const WORKERS: usize = 4;
 /// How often each worker calls.
@@ -127,7 +130,16 @@ async fn main() -> Result<(), BoxError> {
                 }
                 Err(status) => {
                     lost += 1;
-                    failure.get_or_insert(format!("{:?}: {}", status.code(), status.message()));
+                    failure.get_or_insert(format!(
+                        "{:?} ({}): {}",
+                        status.code(),
+                        status
+                            .metadata()
+                            .get("tower-redial-error")
+                            .and_then(|kind| kind.to_str().ok())
+                            .unwrap_or("not the crate's"),
+                        status.message()
+                    ));
                 }
             }
         }

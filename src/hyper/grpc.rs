@@ -4,18 +4,28 @@
 use std::error::Error;
 use std::fmt;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use ::hyper::body::{Body, Incoming};
-use http::uri::{Authority, Scheme, Uri};
-use http::{Request, Response};
+use ::hyper::body::Body;
+use http::uri::Uri;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::make::MakeConnection;
-use tower::{Layer, Service};
+use tower::Layer;
 
-use super::{Http2, Http2Connection, ResponseFuture};
+use super::Http2;
 use crate::connect::{Handshake, TcpConnector};
-use crate::{BoxError, Client, ReconnectLayer, ReconnectPolicy};
+#[cfg(feature = "tls")]
+use crate::tls::{TlsConfig, TlsConnector};
+use crate::{BoxError, ReconnectLayer, ReconnectPolicy};
+
+mod body;
+mod client;
+mod origin;
+mod status;
+
+pub use body::GrpcBody;
+pub use client::{GrpcClient, GrpcFuture};
+pub use origin::InvalidOrigin;
+use origin::{Dialer, Origin, WithOrigin};
 
 /// A reconnecting HTTP/2 client to `origin`, with `policy` and the default
 /// [`Http2`] settings, over plain TCP: [`Grpc::builder`]`(origin).policy(policy).build()`.
@@ -67,15 +77,12 @@ use crate::{BoxError, Client, ReconnectLayer, ReconnectPolicy};
 /// # Errors
 ///
 /// An [`InvalidOrigin`] if `origin` is not `http://host[:port]` (or
-/// `https://`, which needs a TLS connector: see [`Grpc::connector`]).
+/// `https://`, which needs TLS: see `Grpc::tls`).
 ///
 /// # Panics
 ///
 /// If called outside a tokio runtime, as the client's task is spawned here.
-pub fn grpc<U, B>(
-    origin: U,
-    policy: ReconnectPolicy,
-) -> Result<Client<Request<B>, Response<Incoming>>, InvalidOrigin>
+pub fn grpc<U, B>(origin: U, policy: ReconnectPolicy) -> Result<GrpcClient<B>, InvalidOrigin>
 where
     U: TryInto<Uri>,
     U::Error: Into<BoxError>,
@@ -89,14 +96,18 @@ where
 /// Builds a reconnecting HTTP/2 client to one origin: what a tonic client
 /// needs as its transport, without a `ServiceBuilder` stack.
 ///
-/// The client is this crate's [`multiplexed`](crate::MakeReconnect::multiplexed)
-/// [`Client`] over [`Http2`] connections made by
+/// The client, a [`GrpcClient`], is this crate's
+/// [`multiplexed`](crate::MakeReconnect::multiplexed)
+/// [`Client`](crate::Client) over [`Http2`] connections made by
 /// [`Handshake`](crate::connect::Handshake): it dials lazily, redials with
 /// the policy's backoff, holds calls in its queue while it redials, and
 /// fails them fast with [`Unavailable`](crate::error::Unavailable) past the
 /// wait limit. Each request whose URI has no scheme and authority, as
 /// tonic's generated clients send them (`/package.Service/Method`), gets
-/// the origin's; a request with an absolute URI keeps its own.
+/// the origin's; a request with an absolute URI keeps its own. The crate's
+/// own failures reach the gRPC caller with a gRPC code (`UNAVAILABLE` for
+/// an outage, a lost connection; `DEADLINE_EXCEEDED` for a response
+/// timeout): see [`GrpcClient`](GrpcClient#errors-as-grpc-statuses).
 ///
 /// It does not depend on tonic: the client is a
 /// `Service<http::Request<B>>` for any body `B` hyper can send, and tonic's
@@ -107,6 +118,7 @@ where
 /// | [`policy`](Grpc::policy) | [`ReconnectPolicy::grpc`] |
 /// | [`http2`](Grpc::http2) | [`Http2::new`]: hyper's defaults, no keep-alive |
 /// | [`connector`](Grpc::connector) | [`TcpConnector::new`] |
+/// | `tls` (the `tls` feature) | none: plain TCP, for an `http` origin; `Grpc::tls(config)` for `https` |
 ///
 /// # Example
 ///
@@ -142,7 +154,7 @@ pub struct Grpc<C = TcpConnector> {
     policy: ReconnectPolicy,
     http2: Http2,
     connector: C,
-    own_connector: bool,
+    dialer: Dialer,
 }
 
 impl Grpc {
@@ -160,7 +172,68 @@ impl Grpc {
             policy: ReconnectPolicy::grpc(),
             http2: Http2::new(),
             connector: TcpConnector::new(),
-            own_connector: false,
+            dialer: Dialer::Tcp,
+        }
+    }
+}
+
+#[cfg(feature = "tls")]
+impl Grpc<TcpConnector> {
+    /// TLS to an `https` origin, in one call: the client dials through a
+    /// [`TlsConnector`] over the [`TcpConnector`] (the default, or one set
+    /// with [`connector`](Grpc::connector)), with `config`'s roots and
+    /// client certificate, and ALPN `h2` only, whatever `config` offers
+    /// (gRPC needs HTTP/2). The server's certificate is checked for the
+    /// origin's host, sent as SNI.
+    ///
+    /// *Needs the `tls` feature.*
+    ///
+    /// Each redial makes a new TLS connection and verifies the certificate
+    /// the server presents then, so a server restarted with a renewed
+    /// certificate is picked up with nothing to reload (see
+    /// [`tls`](crate::tls#certificate-rotation)). A failed handshake fails
+    /// the dial, and is retried by the backoff like a refused connection.
+    ///
+    /// ```no_run
+    /// use tower_redial::hyper::Grpc;
+    /// use tower_redial::tls::TlsConfig;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_redial::BoxError> {
+    /// let tls = TlsConfig::builder().webpki_roots().build()?;
+    /// let transport = Grpc::builder("https://grpc.example.com").tls(tls).build()?;
+    /// // With tonic: `let health = HealthClient::new(transport);`
+    /// # let _: tower_redial::hyper::GrpcClient<String> = transport;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// [`build`](Grpc::build) refuses an `http` origin with TLS set, as
+    /// `http` says plain text:
+    ///
+    /// ```
+    /// use tower_redial::hyper::Grpc;
+    /// use tower_redial::tls::TlsConfig;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_redial::BoxError> {
+    /// let tls = TlsConfig::builder().webpki_roots().build()?;
+    /// let error = Grpc::builder("http://127.0.0.1:50051").tls(tls).build::<String>().unwrap_err();
+    /// assert_eq!(
+    ///     error.to_string(),
+    ///     "invalid origin `http://127.0.0.1:50051/`: `Grpc::tls` needs an `https` origin: write `https://host:port`"
+    /// );
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn tls(self, config: impl Into<TlsConfig>) -> Grpc<TlsConnector<TcpConnector>> {
+        let config = config.into().with_alpn([b"h2".to_vec()]);
+        Grpc {
+            origin: self.origin,
+            policy: self.policy,
+            http2: self.http2,
+            connector: TlsConnector::new(self.connector, config),
+            dialer: Dialer::Tls,
         }
     }
 }
@@ -179,17 +252,18 @@ impl<C> Grpc<C> {
     }
 
     /// The connector that dials the origin, given `"host:port"` as a
-    /// `String`: a [`TcpConnector`] with settings of your own, or one that
-    /// wraps a TCP connector in TLS (which an `https` origin needs). Its
-    /// IO carries HTTP/2 from the first byte: with TLS, the connector
-    /// negotiates ALPN `h2`.
+    /// `String`: a [`TcpConnector`] with settings of your own, or one of
+    /// your own making. Its IO carries HTTP/2 from the first byte: with
+    /// TLS, the connector negotiates ALPN `h2`. For TLS over TCP,
+    /// `Grpc::tls` (the `tls` feature) does it in one call; a
+    /// [`TcpConnector`] set here is the one it wraps.
     pub fn connector<D>(self, connector: D) -> Grpc<D> {
         Grpc {
             origin: self.origin,
             policy: self.policy,
             http2: self.http2,
             connector,
-            own_connector: true,
+            dialer: Dialer::Own,
         }
     }
 
@@ -201,14 +275,15 @@ impl<C> Grpc<C> {
     ///
     /// An [`InvalidOrigin`] if the origin is not a URI, has a scheme other
     /// than `http` or `https`, has no host, has user info, a port that is
-    /// not a number, or a path or query; or if it is `https` and no
-    /// [`connector`](Grpc::connector) was given.
+    /// not a number, or a path or query; if it is `https` with neither
+    /// `Grpc::tls` nor a [`connector`](Grpc::connector) set; or if it is
+    /// `http` with `Grpc::tls` set.
     ///
     /// # Panics
     ///
     /// If called outside a tokio runtime, as the client's task is spawned
     /// here.
-    pub fn build<B>(self) -> Result<Client<Request<B>, Response<Incoming>>, InvalidOrigin>
+    pub fn build<B>(self) -> Result<GrpcClient<B>, InvalidOrigin>
     where
         C: MakeConnection<String> + Clone + Send + 'static,
         C::Connection: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -223,7 +298,7 @@ impl<C> Grpc<C> {
             reason: "not a URI",
             source: Some(source),
         })?;
-        let (origin, target) = Origin::parse(&origin, self.own_connector)?;
+        let (origin, target) = Origin::parse(&origin, self.dialer)?;
         let http2 = self.http2;
         let handshake = move |io: C::Connection| {
             let origin = origin.clone();
@@ -234,9 +309,10 @@ impl<C> Grpc<C> {
             }
         };
         let make = Handshake::new(self.connector, handshake);
-        Ok(ReconnectLayer::new(self.policy)
+        let client = ReconnectLayer::new(self.policy)
             .layer(make)
-            .multiplexed(target))
+            .multiplexed(target);
+        Ok(GrpcClient::new(client))
     }
 }
 
@@ -248,148 +324,5 @@ impl<C: fmt::Debug> fmt::Debug for Grpc<C> {
             .field("http2", &self.http2)
             .field("connector", &self.connector)
             .finish()
-    }
-}
-
-/// The scheme and authority put on each request.
-#[derive(Clone, Debug)]
-struct Origin {
-    scheme: Scheme,
-    authority: Authority,
-}
-
-impl Origin {
-    /// The origin of `uri`, and the `host:port` to dial.
-    fn parse(uri: &Uri, tls_ready: bool) -> Result<(Self, String), InvalidOrigin> {
-        let invalid = |reason: &'static str| InvalidOrigin {
-            origin: Some(uri.to_string()),
-            reason,
-            source: None,
-        };
-        let scheme = uri
-            .scheme()
-            .ok_or_else(|| invalid("no scheme: write `http://host:port`"))?;
-        let port = match scheme.as_str() {
-            "http" => 80,
-            "https" if tls_ready => 443,
-            "https" => {
-                return Err(invalid(
-                    "`https` needs a TLS connector: set one with `Grpc::connector`",
-                ))
-            }
-            _ => return Err(invalid("the scheme is neither `http` nor `https`")),
-        };
-        let authority = uri.authority().ok_or_else(|| invalid("no host"))?;
-        if authority.host().is_empty() {
-            return Err(invalid("no host"));
-        }
-        if authority.as_str().contains('@') {
-            return Err(invalid("an origin has no user info"));
-        }
-        if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
-            return Err(invalid("an origin has no path or query"));
-        }
-        // What follows the host: nothing, or `:port`.
-        let port = match &authority.as_str()[authority.host().len()..] {
-            "" => port,
-            _ => authority
-                .port_u16()
-                .ok_or_else(|| invalid("the port is not a number from 0 to 65535"))?,
-        };
-        let target = format!("{}:{port}", authority.host());
-        let origin = Self {
-            scheme: scheme.clone(),
-            authority: authority.clone(),
-        };
-        Ok((origin, target))
-    }
-
-    /// Puts the scheme and authority on a request that has none.
-    fn apply<B>(&self, request: &mut Request<B>) {
-        let uri = request.uri();
-        if uri.scheme().is_some() || uri.authority().is_some() {
-            return;
-        }
-        let mut parts = std::mem::take(request.uri_mut()).into_parts();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        if parts.path_and_query.is_none() {
-            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-        }
-        *request.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path make a URI");
-    }
-}
-
-/// An [`Http2Connection`] that puts the origin on each request.
-struct WithOrigin<B> {
-    connection: Http2Connection<B>,
-    origin: Origin,
-}
-
-impl<B> Clone for WithOrigin<B> {
-    fn clone(&self) -> Self {
-        Self {
-            connection: self.connection.clone(),
-            origin: self.origin.clone(),
-        }
-    }
-}
-
-impl<B> Service<Request<B>> for WithOrigin<B>
-where
-    B: Body + Send + Unpin + 'static,
-{
-    type Response = Response<Incoming>;
-    type Error = BoxError;
-    type Future = ResponseFuture<B>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.connection.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        self.origin.apply(&mut request);
-        self.connection.call(request)
-    }
-}
-
-/// The origin given to [`Grpc`] or [`grpc`] cannot be used: it is not a
-/// URI, its scheme is neither `http` nor `https` (or `https` with no TLS
-/// connector), it has no host, it has user info, its port is not a number,
-/// or it has a path or query. See [`Grpc::build`].
-///
-/// # Example
-///
-/// ```
-/// use tower_redial::hyper::Grpc;
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// let error = Grpc::builder("127.0.0.1:50051").build::<String>().unwrap_err();
-/// assert_eq!(
-///     error.to_string(),
-///     "invalid origin `127.0.0.1:50051`: no scheme: write `http://host:port`"
-/// );
-/// # }
-/// ```
-#[derive(Debug)]
-pub struct InvalidOrigin {
-    origin: Option<String>,
-    reason: &'static str,
-    source: Option<Arc<dyn Error + Send + Sync>>,
-}
-
-impl fmt::Display for InvalidOrigin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.origin {
-            Some(origin) => write!(f, "invalid origin `{origin}`: {}", self.reason),
-            None => write!(f, "invalid origin: {}", self.reason),
-        }
-    }
-}
-
-impl Error for InvalidOrigin {
-    fn source(&self) -> Option<&(dyn Error + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn Error + 'static))
     }
 }

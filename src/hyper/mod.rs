@@ -178,20 +178,30 @@
 //! # With tonic
 //!
 //! A generated tonic client takes any service from `http::Request` to
-//! `http::Response` as its transport. [`grpc`] makes one in a line: an
-//! HTTP/2 client bound to the origin, which puts the origin's scheme and
-//! authority on tonic's path-only requests. So tonic gets this crate's
-//! reconnect, queue and fail-fast in place of its own `Channel`, with no
-//! codegen or extra feature:
+//! `http::Response` as its transport. [`grpc`] makes one in a line, a
+//! [`GrpcClient`]: an HTTP/2 client bound to the origin, which puts the
+//! origin's scheme and authority on tonic's path-only requests. So tonic
+//! gets this crate's reconnect, queue and fail-fast in place of its own
+//! `Channel`, with no codegen or extra feature:
 //!
 //! ```text
 //! let health = HealthClient::new(tower_redial::hyper::grpc("http://127.0.0.1:50051", ReconnectPolicy::grpc())?);
 //! ```
 //!
 //! [`Grpc`] is the same with settings: the policy, [`Http2`] (keep-alive
-//! pings among them) and the connector (one that adds TLS for an `https`
-//! origin). The README's "Using it with tonic" section is a whole program,
-//! run as a doc test.
+//! pings among them), TLS for an `https` origin in one call (`Grpc::tls`,
+//! the `tls` feature), or a connector of your own. The README's "Using it
+//! with tonic" section is a whole program, run as a doc test.
+//!
+//! The crate's own failures reach the caller as gRPC codes: the client
+//! answers them with a gRPC "Trailers-Only" response, which tonic reads as
+//! the call's `Status` (`UNAVAILABLE` for an outage or a lost connection,
+//! `DEADLINE_EXCEEDED` for a response timeout, the crate's error in the
+//! message and in the `tower-redial-error` metadata). tonic alone would
+//! call them `Unknown`. The table, and why not an error of tonic's making:
+//! [`GrpcClient`](GrpcClient#errors-as-grpc-statuses). A transport built
+//! by hand (a [`ReconnectLayer`](crate::ReconnectLayer) over [`http2`])
+//! returns the crate's errors as they are, and tonic calls them `Unknown`.
 //!
 //! Why not tonic's `Channel`, or `Endpoint::connect_with_connector`? Both
 //! leave the reconnect to the `Channel`, which, when connected lazily,
@@ -204,14 +214,18 @@
 //! `tonic` example shows a server crash ridden through.
 //!
 //! In a graceful restart (tonic's `serve_with_shutdown`), two failures
-//! reach gRPC callers, and neither call is sent again:
+//! reach gRPC callers through [`GrpcClient`], and neither call is sent
+//! again:
 //!
-//! - a call whose stream the server refused fails with `Unavailable`. It
-//!   never ran, but hyper had already read its body, so it cannot be
-//!   rebuilt;
-//! - a call caught by the server's GOAWAY fails with `Internal`, tonic's
-//!   code for a GOAWAY with `NO_ERROR`. It may be one the server never saw,
-//!   or one it ran: hyper reports both the same way.
+//! - a call whose stream the server refused fails with `Unavailable`
+//!   (`tower-redial-error: not-sent`). It never ran, but hyper had already
+//!   read its body, so it cannot be rebuilt;
+//! - a call caught by the server's GOAWAY, or by the socket closing as the
+//!   server ends its shutdown, fails with `Unavailable`
+//!   (`connection-lost`; tonic alone says `Internal` for the GOAWAY, tonic's
+//!   code for one with `NO_ERROR`, and `Unknown` for the closed socket). It
+//!   may be one the server never saw, or one it ran: hyper reports both the
+//!   same way.
 //!
 //! # Tasks
 //!
@@ -245,7 +259,7 @@ mod grpc;
 mod options;
 mod refused;
 
-pub use grpc::{grpc, Grpc, InvalidOrigin};
+pub use grpc::{grpc, Grpc, GrpcBody, GrpcClient, GrpcFuture, InvalidOrigin};
 pub use options::{Http2, Http2Handshaking};
 pub use refused::Resendable;
 use refused::{is_go_away, is_refused, Spare};

@@ -1,6 +1,7 @@
-//! `hyper::Grpc`: the origin it checks, dials and puts on requests, and the
-//! connector it dials with. (Against tonic itself: `tests/interop`'s `grpc`
-//! suite.)
+//! `hyper::Grpc`: the origin it checks, dials and puts on requests, the
+//! connector it dials with, and the gRPC statuses its client answers the
+//! crate's failures with where no server is needed to reach them. (Against
+//! tonic itself: `tests/interop`'s `grpc` and `tls` suites.)
 #![cfg(feature = "hyper")]
 
 use std::convert::Infallible;
@@ -19,8 +20,8 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tower::{service_fn, ServiceExt};
 use tower_redial::connect::TcpConnector;
-use tower_redial::hyper::{Grpc, InvalidOrigin};
-use tower_redial::BoxError;
+use tower_redial::hyper::{Grpc, GrpcBody, InvalidOrigin};
+use tower_redial::{Backoff, BoxError, ReconnectPolicy};
 
 const GUARD: Duration = Duration::from_secs(20);
 
@@ -78,7 +79,7 @@ async fn unusable_origins_are_refused_with_the_reason() {
         ),
         (
             "https://api.example",
-            "invalid origin `https://api.example/`: `https` needs a TLS connector: set one with `Grpc::connector`",
+            "invalid origin `https://api.example/`: `https` needs TLS: set it with `Grpc::tls`, or a connector with `Grpc::connector`",
         ),
         ("http://:80", "invalid origin `http://:80/`: no host"),
         (
@@ -168,7 +169,7 @@ async fn only_requests_without_an_authority_get_the_origins() {
 
 async fn call<F>(response: F) -> String
 where
-    F: std::future::Future<Output = Result<http::Response<Incoming>, BoxError>>,
+    F: std::future::Future<Output = Result<http::Response<GrpcBody>, BoxError>>,
 {
     let response = timeout(GUARD, response)
         .await
@@ -176,4 +177,158 @@ where
         .expect("answered");
     let body = response.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8(body.to_vec()).unwrap()
+}
+
+/// `Grpc::tls` refuses an `http` origin, and makes an `https` one valid.
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn tls_needs_an_https_origin() {
+    use tower_redial::tls::TlsConfig;
+    let tls = || TlsConfig::builder().webpki_roots().build().unwrap();
+    let error = Grpc::builder("http://api.example")
+        .tls(tls())
+        .build::<Full<Bytes>>()
+        .map(drop)
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "invalid origin `http://api.example/`: `Grpc::tls` needs an `https` origin: write `https://host:port`"
+    );
+    // A TCP connector of one's own is the one `tls` wraps.
+    let client = Grpc::builder("https://api.example")
+        .connector(TcpConnector::new())
+        .tls(tls())
+        .build::<Full<Bytes>>();
+    assert!(client.is_ok());
+}
+
+/// A request for the status tests: `Health/Check`, empty.
+fn check() -> Request<Full<Bytes>> {
+    Request::post("/grpc.health.v1.Health/Check")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// The gRPC headers of a Trailers-Only answer: `grpc-status`, the crate's
+/// error kind, `grpc-message`; and its body is empty.
+async fn status_of(response: http::Response<GrpcBody>) -> (String, String, String) {
+    let header = |name: &str| response.headers()[name].to_str().unwrap().to_string();
+    assert_eq!(response.headers()["content-type"], "application/grpc");
+    let status = (
+        header("grpc-status"),
+        header("tower-redial-error"),
+        header("grpc-message"),
+    );
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.is_empty(), "{body:?}");
+    status
+}
+
+/// A client that gave up for good answers `UNAVAILABLE` (`closed`), also
+/// when `poll_ready` is the one that finds it closed.
+#[tokio::test]
+async fn a_closed_client_answers_unavailable() {
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let policy = ReconnectPolicy::builder()
+        .backoff(Backoff::fixed(Duration::from_millis(1)).max_attempts(2))
+        .build()
+        .unwrap();
+    let client = Grpc::builder(format!("http://{addr}"))
+        .policy(policy)
+        .build::<Full<Bytes>>()
+        .unwrap();
+    // The first call fails as the client gives up; the second finds it
+    // closed in `poll_ready`.
+    for _ in 0..2 {
+        let response = timeout(GUARD, client.clone().oneshot(check()))
+            .await
+            .expect("hung")
+            .expect("a Trailers-Only answer");
+        let (code, kind, message) = status_of(response).await;
+        assert_eq!(
+            (code.as_str(), kind.as_str()),
+            ("14", "closed"),
+            "{message}"
+        );
+        assert!(
+            message.starts_with(&format!(
+                "reconnect to \"{addr}\" gave up after 2 dial attempts"
+            )),
+            "{message}"
+        );
+    }
+}
+
+/// A full queue with load shedding answers `RESOURCE_EXHAUSTED`
+/// (`overloaded`), at once.
+#[tokio::test]
+async fn a_shed_call_answers_resource_exhausted() {
+    let never =
+        service_fn(|_: String| std::future::pending::<Result<tokio::net::TcpStream, BoxError>>());
+    let policy = ReconnectPolicy::builder()
+        .queue_capacity(1)
+        .load_shed(true)
+        .wait_limit(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let client = Grpc::builder("http://127.0.0.1:50051")
+        .policy(policy)
+        .connector(never)
+        .build::<Full<Bytes>>()
+        .unwrap();
+    // Calls wait for a dial that never ends, till the queue is full and
+    // one is shed: it ends at once. (Not within 100 ms on a slow machine?
+    // Then it waits with the others, and the next is shed.)
+    let mut waiting = Vec::new();
+    let response = loop {
+        assert!(waiting.len() < 10, "no call was shed");
+        let mut call = tokio::spawn(client.clone().oneshot(check()));
+        match timeout(Duration::from_millis(100), &mut call).await {
+            Ok(done) => break done.unwrap().expect("a Trailers-Only answer"),
+            Err(_) => waiting.push(call),
+        }
+    };
+    let (code, kind, message) = status_of(response).await;
+    assert_eq!((code.as_str(), kind.as_str()), ("8", "overloaded"));
+    assert_eq!(message, "request queue is full");
+    waiting.iter().for_each(JoinHandle::abort);
+}
+
+/// A dial that panics fails the dial: past the wait limit, the call
+/// answers `UNAVAILABLE`, and the panic is in the message.
+/// (`INTERNAL`, for a panic under the call itself, is unit-tested: in
+/// `Grpc`'s client, the connection is hyper's, with no user code in it.)
+#[tokio::test]
+async fn a_panicking_dial_answers_unavailable() {
+    let panics = service_fn(|_: String| async {
+        panic!("the connector broke");
+        #[allow(unreachable_code)]
+        Ok::<tokio::net::TcpStream, BoxError>(unreachable!())
+    });
+    let client = Grpc::builder("http://127.0.0.1:50051")
+        .policy(
+            quick_redial()
+                .wait_limit(Duration::from_millis(100))
+                .build()
+                .unwrap(),
+        )
+        .connector(panics)
+        .build::<Full<Bytes>>()
+        .unwrap();
+    let response = timeout(GUARD, client.oneshot(check()))
+        .await
+        .expect("hung")
+        .expect("a Trailers-Only answer");
+    let (code, kind, message) = status_of(response).await;
+    assert_eq!(
+        (code.as_str(), kind.as_str()),
+        ("14", "unavailable"),
+        "{message}"
+    );
+    assert!(
+        message.contains("panicked: the connector broke"),
+        "{message}"
+    );
 }

@@ -16,34 +16,34 @@ pub mod tls;
 use std::net::SocketAddr;
 
 use tonic_health::pb::health_client::HealthClient;
-use tower::ServiceBuilder;
-use tower_redial::connect::{Handshake, TcpConnector};
-use tower_redial::hyper::http2;
-use tower_redial::{Client, ReconnectLayer, ReconnectPolicy};
+use tower_redial::hyper::Grpc;
+use tower_redial::ReconnectPolicy;
 
-/// The reconnecting HTTP/2 client that carries gRPC calls.
-pub type Transport =
-    Client<http::Request<tonic::body::Body>, http::Response<hyper::body::Incoming>>;
+/// The reconnecting HTTP/2 client that carries gRPC calls: `Grpc`'s, which
+/// answers the crate's own failures with gRPC codes.
+pub type Transport = tower_redial::hyper::GrpcClient<tonic::body::Body>;
 
 /// A generated tonic client over a [`Transport`].
 pub type GrpcClient = HealthClient<Transport>;
 
 /// A generated tonic client whose transport is a reconnecting HTTP/2
-/// client bound to `addr` with `policy`, and that transport.
+/// client bound to `addr` with `policy` ([`Grpc`], over plain TCP), and
+/// that transport.
 pub fn grpc_client(addr: SocketAddr, policy: ReconnectPolicy) -> (GrpcClient, Transport) {
-    let transport = ServiceBuilder::new()
-        .layer(ReconnectLayer::new(policy))
-        .service(Handshake::new(
-            TcpConnector::new(),
-            http2::<tonic::body::Body>,
-        ))
-        .multiplexed(addr);
-    // HTTP/2 requests carry the scheme and authority: give tonic the origin.
-    let origin = format!("http://{addr}").parse().expect("a valid origin");
-    (
-        HealthClient::with_origin(transport.clone(), origin),
-        transport,
-    )
+    let transport = Grpc::builder(format!("http://{addr}"))
+        .policy(policy)
+        .build()
+        .expect("a valid origin");
+    (HealthClient::new(transport.clone()), transport)
+}
+
+/// Which of the crate's errors failed a call, as the `Grpc` transport
+/// names it in the `Status`'s metadata (`tower-redial-error`), if one did.
+pub fn redial_error(status: &tonic::Status) -> Option<&str> {
+    status
+        .metadata()
+        .get("tower-redial-error")
+        .and_then(|kind| kind.to_str().ok())
 }
 
 /// The README's code blocks, compiled and run as doc tests.

@@ -18,7 +18,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tower_redial::hyper::hyper_error;
 use tower_redial::state::Phase;
 use tower_redial::{Backoff, BoxError, ReconnectPolicy};
-use tower_redial_interop::{GrpcClient, Transport};
+use tower_redial_interop::{redial_error, GrpcClient, Transport};
 
 // ---------------------------------------------------------------------------
 // A tonic health server that can crash and restart on the same port
@@ -147,9 +147,16 @@ async fn check(mut health: GrpcClient) -> Result<(), BoxError> {
 }
 
 /// How a check ended: hyper's own error anywhere in the chain (a stream
-/// cut short, which no connection sees) also makes it ambiguous.
+/// cut short, which no connection sees) also makes it ambiguous, as does a
+/// `Status` the transport made of the crate's `ConnectionLost`.
 fn outcome(result: &Result<(), BoxError>) -> Outcome {
-    Outcome::of_with(result, |error| hyper_error(error).is_some())
+    Outcome::of_with(result, |error| {
+        hyper_error(error).is_some()
+            || error
+                .downcast_ref::<tonic::Status>()
+                .and_then(redial_error)
+                .is_some_and(|kind| kind == "connection-lost")
+    })
 }
 
 /// A hang guard, far longer than the test needs.

@@ -21,11 +21,10 @@ use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-use tower_redial::error::Unavailable;
 use tower_redial::hyper::{grpc, Grpc, Http2};
 use tower_redial::state::Phase;
 use tower_redial::{Backoff, BoxError, ReconnectPolicy};
-use tower_redial_interop::Transport;
+use tower_redial_interop::{redial_error, Transport};
 
 /// A hang guard, far longer than any wait here needs.
 const GUARD: Duration = Duration::from_secs(30);
@@ -138,9 +137,9 @@ async fn keep_alive_from_the_builder_finds_a_blackholed_server() -> Result<(), B
 }
 
 /// The builder's policy is the transport's: with a short wait limit, a call
-/// to a server that is down fails fast with the crate's `Unavailable`. tonic
-/// maps only its own and hyper's errors to codes, so the caller gets
-/// `Code::Unknown`, with the crate's error in the `Status`'s source chain.
+/// to a server that is down fails fast with the crate's `Unavailable`,
+/// which reaches the caller as `Code::Unavailable`, what gRPC retry rules
+/// key on, with the crate's error named in the message and the metadata.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_policy_from_the_builder_fails_calls_fast() -> Result<(), BoxError> {
     let closed: SocketAddr = {
@@ -157,15 +156,15 @@ async fn the_policy_from_the_builder_fails_calls_fast() -> Result<(), BoxError> 
     let status = check(&mut HealthClient::new(transport.clone()))
         .await
         .expect_err("nothing listens");
-    assert_eq!(status.code(), Code::Unknown, "{status:?}");
-    let mut chain =
-        std::iter::successors(Some(&status as &(dyn std::error::Error + 'static)), |e| {
-            e.source()
-        });
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(redial_error(&status), Some("unavailable"), "{status:?}");
+    // The crate's `Unavailable`, then the last dial error.
+    let message = status.message();
     assert!(
-        chain.any(|e| e.is::<Unavailable>()),
-        "the crate's Unavailable under {status:?}"
+        message.starts_with(&format!("connection to \"{closed}\" unavailable for ")),
+        "{status:?}"
     );
+    assert!(message.contains("Connection refused"), "{status:?}");
     assert!(transport.stats().fail_fast >= 1);
     Ok(())
 }

@@ -10,14 +10,15 @@
 //! opted in to re-sending: only what hyper hands back unsent goes again.
 //! The books, printed and asserted: no call runs twice; a call fails unrun
 //! only when the connection broke under it: by the server's GOAWAY, which
-//! hyper also reports on a stream it had just opened and which tonic turns
-//! into `Code::Internal`, not `Unavailable`, or by the socket closing as
-//! the server finishes its shutdown (`Code::Unknown`); and the client never
-//! gives up.
+//! hyper also reports on a stream it had just opened, or by the socket
+//! closing as the server finishes its shutdown; the transport (`Grpc`'s)
+//! answers both with `Code::Unavailable` and `tower-redial-error:
+//! connection-lost` (tonic alone would say `Internal` and `Unknown`); and
+//! the client never gives up.
 //!
 //! Last, a stream the server refuses: hyper reads a gRPC body as it opens
 //! the stream, so a refused call cannot come back whole and is not sent
-//! again; its caller gets `Unavailable`.
+//! again; its caller gets `Unavailable` (`not-sent`).
 
 use support::listen;
 use support::listen::{Restartable, Shutdown};
@@ -39,8 +40,7 @@ use tonic::{Code, Request, Response, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
-use tower_redial::error::{Closed, ConnectionLost, NotSent, Unavailable};
-use tower_redial_interop::{GrpcClient, Transport};
+use tower_redial_interop::{redial_error, GrpcClient, Transport};
 
 /// Restarts per run.
 const CYCLES: usize = 10;
@@ -167,21 +167,24 @@ fn grpc_client(addr: SocketAddr) -> (GrpcClient, Transport) {
     tower_redial_interop::grpc_client(addr, quick_redial().build().unwrap())
 }
 
-/// How a failed call failed, read from the `Status` its caller got.
+/// How a failed call failed, read from the `Status` its caller got: the
+/// crate's error from its metadata (`tower-redial-error`), and hyper's and
+/// h2's from its message (the crate's error and its `source()` chain) or,
+/// for an error of hyper's own, its chain.
 #[derive(Debug)]
 struct Failure {
     code: Code,
-    /// The server's HTTP/2 GOAWAY is in the `source()` chain.
+    /// The server's HTTP/2 GOAWAY: h2's "connection error received".
     go_away: bool,
-    /// The server's `REFUSED_STREAM` is in the chain.
+    /// The server's `REFUSED_STREAM`.
     refused: bool,
-    /// A [`NotSent`] is in the chain: the call came back unsent and was not
-    /// sent again.
+    /// The crate's `NotSent`: the call came back unsent and was not sent
+    /// again.
     not_sent: bool,
     /// The client's own answer: it failed fast, or was closed.
     given_up: bool,
-    /// A [`ConnectionLost`] is in the chain: the connection broke under the
-    /// call, which may have run.
+    /// The crate's `ConnectionLost`: the connection broke under the call,
+    /// which may have run.
     lost: bool,
     status: String,
 }
@@ -208,15 +211,17 @@ async fn call(mut health: GrpcClient, id: u64) -> Result<(), Failure> {
     };
     let h2 =
         |is: fn(&h2::Error) -> bool| chain().any(|e| e.downcast_ref::<h2::Error>().is_some_and(is));
+    let said = |text: &str| status.message().contains(text);
+    let kind = redial_error(&status);
     Err(Failure {
         code: status.code(),
-        go_away: h2(|e| e.is_go_away() && e.is_remote()),
+        go_away: h2(|e| e.is_go_away() && e.is_remote()) || said("connection error received"),
         refused: h2(|e| {
             e.is_reset() && e.is_remote() && e.reason() == Some(h2::Reason::REFUSED_STREAM)
-        }),
-        not_sent: chain().any(|e| e.is::<NotSent>()),
-        given_up: chain().any(|e| e.is::<Unavailable>() || e.is::<Closed>()),
-        lost: chain().any(|e| e.is::<ConnectionLost>()),
+        }) || said("refused stream before processing any application logic"),
+        not_sent: kind == Some("not-sent"),
+        given_up: matches!(kind, Some("unavailable" | "closed")),
+        lost: kind == Some("connection-lost"),
         status: format!("{status:?}"),
     })
 }
@@ -329,14 +334,14 @@ async fn rolling_restarts(tasks: usize) {
         // What failed unrun failed only because the connection broke under
         // the call, which the crate cannot tell from a call that ran: the
         // server's GOAWAY, which hyper also reports on a stream it had just
-        // opened (hyper #2500), and which tonic maps to `Internal` (a caller
-        // that retries on `Unavailable` alone does not retry these); or,
-        // when the client had not yet read the GOAWAY, the socket closing
-        // under the call as the server finished its shutdown (`Unknown`,
-        // "connection lost").
+        // opened (hyper #2500); or, when the client had not yet read the
+        // GOAWAY, the socket closing under the call as the server finished
+        // its shutdown. Both are `Unavailable` (`connection-lost`), as
+        // grpc-go reports a lost connection (tonic alone: `Internal` and
+        // `Unknown`).
         let other: Vec<_> = not_seen
             .iter()
-            .filter(|f| !(f.lost && (f.go_away || f.code == Code::Unknown)))
+            .filter(|f| !(f.lost && f.code == Code::Unavailable))
             .collect();
         assert!(
             other.is_empty(),
