@@ -1,6 +1,7 @@
 //! A reconnecting HTTP/2 client to one origin, in one line: tonic's
 //! transport.
 
+use std::any::TypeId;
 use std::error::Error;
 use std::fmt;
 use std::sync::Arc;
@@ -276,8 +277,10 @@ impl<C> Grpc<C> {
     /// An [`InvalidOrigin`] if the origin is not a URI, has a scheme other
     /// than `http` or `https`, has no host, has user info, a port that is
     /// not a number, or a path or query; if it is `https` with neither
-    /// `Grpc::tls` nor a [`connector`](Grpc::connector) set; or if it is
-    /// `http` with `Grpc::tls` set.
+    /// `Grpc::tls` nor a [`connector`](Grpc::connector) of TLS set (a
+    /// connector whose IO is a bare `TcpStream`, such as a
+    /// [`TcpConnector`], runs no TLS and is refused); or if it is `http`
+    /// with `Grpc::tls` set.
     ///
     /// # Panics
     ///
@@ -298,7 +301,14 @@ impl<C> Grpc<C> {
             reason: "not a URI",
             source: Some(source),
         })?;
-        let (origin, target) = Origin::parse(&origin, self.dialer)?;
+        // A connector of the user's own that gives a bare `TcpStream` runs
+        // no TLS, whatever the origin says: checked as the default is.
+        let plain = TypeId::of::<C::Connection>() == TypeId::of::<tokio::net::TcpStream>();
+        let dialer = match self.dialer {
+            Dialer::Own if plain => Dialer::Tcp,
+            dialer => dialer,
+        };
+        let (origin, target) = Origin::parse(&origin, dialer)?;
         let http2 = self.http2;
         let handshake = move |io: C::Connection| {
             let origin = origin.clone();

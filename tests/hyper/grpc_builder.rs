@@ -4,6 +4,7 @@
 //! tonic itself: `tests/interop`'s `grpc` and `tls` suites.)
 #![cfg(feature = "hyper")]
 
+use futures::TryFutureExt;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -79,7 +80,7 @@ async fn unusable_origins_are_refused_with_the_reason() {
         ),
         (
             "https://api.example",
-            "invalid origin `https://api.example/`: `https` needs TLS: set it with `Grpc::tls`, or a connector with `Grpc::connector`",
+            "invalid origin `https://api.example/`: `https` needs TLS: set it with `Grpc::tls`, or a TLS connector with `Grpc::connector`",
         ),
         ("http://:80", "invalid origin `http://:80/`: no host"),
         (
@@ -101,7 +102,8 @@ async fn unusable_origins_are_refused_with_the_reason() {
 
 /// The client dials with the given connector, at `host:port` with the
 /// scheme's port when none is given: 80 for `http`, 443 for `https` (which
-/// a connector of one's own makes possible).
+/// a connector of one's own makes possible; this one stands for a TLS
+/// connector, its IO not a bare `TcpStream`).
 #[tokio::test]
 async fn the_connector_dials_host_and_port_with_the_schemes_default() {
     let (addr, server) = echo_server().await;
@@ -114,7 +116,9 @@ async fn the_connector_dials_host_and_port_with_the_schemes_default() {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(target);
-            TcpConnector::new().oneshot(addr)
+            TcpConnector::new()
+                .oneshot(addr)
+                .map_ok(tokio::io::BufStream::new)
         }
     });
     for (origin, path) in [
@@ -143,6 +147,19 @@ async fn the_connector_dials_host_and_port_with_the_schemes_default() {
         ]
     );
     server.abort();
+}
+
+/// An `https` origin over a connector of one's own whose IO is a bare
+/// `TcpStream` (a `TcpConnector` with settings, say) is refused at build,
+/// as with no connector: that connector runs no TLS, and the client would
+/// speak cleartext to a server it calls `https`.
+#[test]
+fn an_https_origin_over_a_plain_tcp_connector_is_refused() {
+    let error = Grpc::builder("https://127.0.0.1:50051")
+        .connector(TcpConnector::new())
+        .build::<Full<Bytes>>()
+        .unwrap_err();
+    assert!(error.to_string().contains("`https` needs TLS"), "{error}");
 }
 
 /// A request with a path-only URI gets the origin's authority; one with

@@ -17,7 +17,8 @@ use crate::BoxError;
 /// What dials the origin, as far as the scheme check cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Dialer {
-    /// The default plain TCP connector.
+    /// Plain TCP: the default connector, or one whose IO is a bare
+    /// `TcpStream`.
     Tcp,
     /// A TLS connector set with `Grpc::tls`.
     Tls,
@@ -52,7 +53,7 @@ impl Origin {
             "http" => 80,
             "https" if dialer != Dialer::Tcp => 443,
             "https" => return Err(invalid(
-                "`https` needs TLS: set it with `Grpc::tls`, or a connector with `Grpc::connector`",
+                "`https` needs TLS: set it with `Grpc::tls`, or a TLS connector with `Grpc::connector`",
             )),
             _ => return Err(invalid("the scheme is neither `http` nor `https`")),
         };

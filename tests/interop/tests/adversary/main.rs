@@ -4,7 +4,6 @@
 //! (observed and expected behaviour in their comments); the others pin down
 //! behaviour that held up.
 
-mod grpc;
 mod pg_cancel;
 mod pg_prepared;
 mod pg_transaction;

@@ -5,4 +5,5 @@ mod client;
 mod one_line;
 mod restart;
 mod status;
+mod streams;
 mod tls;

@@ -11,11 +11,10 @@ use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-use tower_redial::connect::TcpConnector;
 use tower_redial::hyper::{Grpc, Http2};
 use tower_redial_interop::Transport;
 
-use crate::within;
+use support::line::deadline as within;
 
 async fn serve(listener: TcpListener, stop: Shutdown) {
     let incoming = futures::stream::unfold(listener, |listener| async move {
@@ -133,26 +132,4 @@ async fn an_origin_with_a_path_is_refused() {
     assert!(error.to_string().contains("no path or query"), "{error}");
     let ok = Grpc::builder("http://[::1]:50051").build::<tonic::body::Body>();
     assert!(ok.is_ok(), "an IPv6 origin: {ok:?}", ok = ok.err());
-}
-
-/// `https` without TLS: `Grpc::build` refuses an `https` origin with no
-/// connector ("`https` needs a TLS connector"), but accepts one with any
-/// connector, a plain [`TcpConnector`] included (a user who only wanted
-/// TCP settings of their own, say `nodelay`).
-///
-/// Observed: `build` succeeds, and the client speaks cleartext HTTP/2 to
-/// the `https` origin, with `:scheme = https` on every request; to a TLS
-/// server the dial fails with an HTTP/2 error that does not mention TLS.
-/// Expected: refused at `build` (or the dial's error says that the
-/// connector did not run TLS), as for an `https` origin with no connector.
-#[tokio::test]
-#[ignore = "defect: Grpc accepts an https origin over a plain TcpConnector and speaks cleartext"]
-async fn an_https_origin_over_a_plain_tcp_connector_is_refused() {
-    let built = Grpc::builder("https://127.0.0.1:50051")
-        .connector(TcpConnector::new())
-        .build::<tonic::body::Body>();
-    assert!(
-        built.is_err(),
-        "an https origin was accepted over plain TCP"
-    );
 }
