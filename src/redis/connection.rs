@@ -36,7 +36,7 @@ use crate::BoxError;
 /// the connection closes fails at once with the transport error. See the
 /// [module docs](super#what-happens-to-a-command-when-the-server-goes-away).
 ///
-/// `poll_ready` also fails, with [`NotServing`], once the server has
+/// `poll_ready` also fails, with [`NotServing`](super::NotServing), once the server has
 /// refused a command because it is not serving (`-LOADING`,
 /// `-MASTERDOWN`): the connection is retired, so that the client redials.
 /// Commands already awaiting their replies on it still get them. See
@@ -141,7 +141,7 @@ impl RedisConnection {
 
     /// Whether the connection is known to be closed: its socket reported
     /// end-of-file or an error, or its task ended; or it was retired
-    /// because the server is not serving (see [`NotServing`]).
+    /// because the server is not serving (see [`NotServing`](super::NotServing)).
     ///
     /// For a connection that cannot be watched (see
     /// [Targets](super#targets)), only a retirement shows.
@@ -151,7 +151,7 @@ impl RedisConnection {
 
     /// Asks the server, with a `PING`, whether it serves commands: one that
     /// refuses it with `-LOADING` or `-MASTERDOWN` fails the dial with
-    /// [`NotServing`], as does a transport failure. Any other answer, an
+    /// [`NotServing`](super::NotServing), as does a transport failure. Any other answer, an
     /// error reply included (a `PING` that the ACL denies, say), passes: the
     /// server is serving.
     pub(super) async fn check_serving(&self) -> Result<(), BoxError> {
