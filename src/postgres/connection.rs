@@ -3,15 +3,14 @@
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::io;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use ::tokio_postgres::error::SqlState;
-use ::tokio_postgres::types::ToSql;
-use ::tokio_postgres::AsyncMessage;
-use futures_core::Stream;
+use ::tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use ::tokio_postgres::{AsyncMessage, NoTls, Socket};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 use tower::Service;
@@ -20,11 +19,13 @@ use crate::boxed::boxed_future;
 use crate::classify;
 use crate::connect::CloseWatch;
 use crate::error::chain;
-use crate::error::{ConnectionLost, NotSent};
+use crate::error::ConnectionLost;
 use crate::BoxError;
 
+use super::cancel::Canceller;
 use super::errors::{is_postgres_transport_error, ConnectionClosed};
-use super::query::{Kind, Param, Query, Rows};
+use super::query::{Kind, Query, Rows};
+use super::run::{run_query, Within};
 use super::statements::Statements;
 use super::transaction;
 
@@ -76,7 +77,9 @@ pub(super) struct Shared {
     /// itself (write), so that no other caller's query runs inside it.
     pub(super) turn: tokio::sync::RwLock<()>,
     /// The statements of `Query::prepared` queries.
-    statements: Statements,
+    pub(super) statements: Statements,
+    /// Cancels the session's statement when the connection is given up.
+    cancel: Canceller,
     /// Dropped with the client: tells the connection's task to wind down.
     _dropped: oneshot::Sender<()>,
 }
@@ -92,11 +95,27 @@ impl PgConnection {
     /// connection's IO task.
     ///
     /// Use this to connect in your own way (a custom socket, TLS setup or
-    /// `connect_raw`); [`MakePostgres`](super::MakePostgres) calls it for you.
+    /// `connect_raw`); [`MakePostgres`](super::MakePostgres) calls
+    /// [`with_tls`](Self::with_tls) for you. A connection made with `new`
+    /// sends its [`CancelRequest`](Self#cancellation) without TLS
+    /// (`NoTls`): for a session opened through TLS, with `sslmode=require`,
+    /// use [`with_tls`](Self::with_tls).
     ///
     /// # Panics
     ///
     /// If called outside a tokio runtime.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use tower_redial::postgres::PgConnection;
+    ///
+    /// # async fn connect() -> Result<PgConnection, tokio_postgres::Error> {
+    /// let config: tokio_postgres::Config = "host=127.0.0.1 user=postgres".parse()?;
+    /// let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    /// Ok(PgConnection::new(client, connection))
+    /// # }
+    /// ```
     pub fn new<S, T>(
         client: ::tokio_postgres::Client,
         connection: ::tokio_postgres::Connection<S, T>,
@@ -104,6 +123,42 @@ impl PgConnection {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        Self::with_tls(client, connection, NoTls)
+    }
+
+    /// As [`new`](Self::new), with the TLS connector `tls` that the session
+    /// was opened with: its [`CancelRequest`](Self#cancellation) dials the
+    /// server through it.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a tokio runtime.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use tower_redial::postgres::PgConnection;
+    ///
+    /// # async fn connect() -> Result<PgConnection, tokio_postgres::Error> {
+    /// let tls = tokio_postgres::NoTls; // or MakeRustlsConnect::new(client_config)
+    /// let config: tokio_postgres::Config = "host=db.example.com sslmode=require".parse()?;
+    /// let (client, connection) = config.connect(tls).await?;
+    /// Ok(PgConnection::with_tls(client, connection, tls))
+    /// # }
+    /// ```
+    pub fn with_tls<S, T, M>(
+        client: ::tokio_postgres::Client,
+        connection: ::tokio_postgres::Connection<S, T>,
+        tls: M,
+    ) -> Self
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        M: MakeTlsConnect<Socket> + Clone + Send + 'static,
+        M::Stream: Send + 'static,
+        M::TlsConnect: Send,
+        <M::TlsConnect as TlsConnect<Socket>>::Future: Send,
     {
         let ended = Arc::new(Ended::default());
         let (dropped_tx, dropped) = oneshot::channel();
@@ -114,6 +169,7 @@ impl PgConnection {
             ended.clone(),
             closed.for_clone(),
         ));
+        let cancel = Canceller::new(client.cancel_token(), tls);
         Self {
             shared: Arc::new(Shared {
                 client,
@@ -121,6 +177,7 @@ impl PgConnection {
                 closed: closed.for_clone(),
                 turn: tokio::sync::RwLock::new(()),
                 statements: Statements::default(),
+                cancel,
                 _dropped: dropped_tx,
             }),
             closed,
@@ -152,14 +209,36 @@ impl Shared {
     /// Boxes a query's error. An error that ends the session first marks
     /// the connection closed, so that nothing more is written to it, and
     /// comes back as a [`ConnectionLost`], so that the client redials
-    /// whatever its classifier.
+    /// whatever its classifier. So does a statement cancelled
+    /// (`57014 query_canceled`) by this connection's own `CancelRequest`:
+    /// it was in flight on a connection being given up.
     pub(super) fn failed(&self, error: ::tokio_postgres::Error) -> BoxError {
         if ends_session(&error) {
             tracing::debug!(%error, "postgres session ended under a query");
             self.closed.close(close_kind(&error));
             return Box::new(ConnectionLost::new(error));
         }
+        if self.cancel.was_sent() && error.code() == Some(&SqlState::QUERY_CANCELED) {
+            tracing::debug!(%error, "postgres statement cancelled with its connection");
+            return Box::new(ConnectionLost::new(error));
+        }
         error.into()
+    }
+
+    /// Gives the connection up because a caller stopped waiting for its
+    /// statement (a dropped future): marks it closed, so that nothing more
+    /// is written to it and the client redials, then sends the server a
+    /// `CancelRequest`, so that the statement stops running (and a
+    /// transaction's statement lets go of its locks). The request cancels
+    /// whatever the backend runs when it arrives; since every query checks
+    /// the close before it writes, that can only be a statement handed to
+    /// this connection before it was given up (the abandoned one, or
+    /// another caller's in flight beside it, which then fails with
+    /// `ConnectionLost`, see [`failed`](Self::failed)), never a later one.
+    pub(super) fn abandon(&self, why: &'static str) {
+        tracing::debug!("{why}; closing its connection and cancelling its statement");
+        self.closed.close(io::ErrorKind::ConnectionAborted);
+        self.cancel.cancel();
     }
 }
 
@@ -280,90 +359,7 @@ async fn run(shared: Arc<Shared>, query: Query) -> Result<Rows, BoxError> {
         return transaction::run(shared, query, body).await;
     }
     let _turn = shared.turn.read().await;
-    run_query(&shared, query).await
-}
-
-/// Hands `query` back as [`NotSent`], with `cause`.
-pub(super) fn not_sent(query: Query, cause: BoxError) -> BoxError {
-    tracing::debug!(error = %cause, "postgres query not executed; handing it back");
-    Box::new(NotSent::with_request(query, cause))
-}
-
-/// Runs one query; see [`PgConnection`]'s `# Errors`.
-///
-/// A query comes back [`NotSent`] only when its statement provably never
-/// ran: the connection was known to be closed before the statement was
-/// handed to it, or the session ended while the statement was being
-/// prepared (`Parse` and `Describe` run nothing). Once the statement (or a
-/// batch) has been handed to the connection, its bytes may have reached the
-/// server, and any failure goes back as it is.
-pub(super) async fn run_query(shared: &Shared, query: Query) -> Result<Rows, BoxError> {
-    let client = &shared.client;
-    // Nothing is written to a connection known to be closed.
-    if shared.is_closed() {
-        return Err(not_sent(query, shared.closed_error()));
-    }
-    match query.kind {
-        Kind::Statement => {}
-        Kind::Batch => {
-            return match client.batch_execute(&query.sql).await {
-                Ok(()) => Ok(Rows::default()),
-                Err(error) => Err(shared.failed(error)),
-            }
-        }
-        Kind::Transaction(_) => {
-            return Err("a transaction cannot run inside a transaction".into());
-        }
-    }
-    let cached = query
-        .prepared
-        .then(|| shared.statements.get(&query.sql))
-        .flatten();
-    let statement = match cached {
-        Some(statement) => statement,
-        None => match client.prepare(&query.sql).await {
-            Ok(statement) => {
-                if query.prepared {
-                    shared.statements.keep(&query.sql, &statement);
-                }
-                statement
-            }
-            Err(error) if ends_session(&error) => {
-                let error = shared.failed(error);
-                return Err(not_sent(query, error));
-            }
-            Err(error) => return Err(error.into()),
-        },
-    };
-    if shared.is_closed() {
-        return Err(not_sent(query, shared.closed_error()));
-    }
-    // From here on the statement may run. Even `57P01 admin_shutdown` does
-    // not say that it did not: the server may have committed it, or an
-    // earlier statement of a batch, before it was told to stop.
-    execute(client, &statement, &query.params)
-        .await
-        .map_err(|error| shared.failed(error))
-}
-
-/// Binds and executes a prepared statement, and collects its rows.
-async fn execute(
-    client: &::tokio_postgres::Client,
-    statement: &::tokio_postgres::Statement,
-    params: &[Param],
-) -> Result<Rows, ::tokio_postgres::Error> {
-    let params = params.iter().map(|p| &**p as &(dyn ToSql + Sync));
-    let stream = client.query_raw(statement, params).await?;
-    let mut stream = pin!(stream);
-    let mut rows = Vec::new();
-    while let Some(row) = poll_fn(|cx| stream.as_mut().poll_next(cx)).await {
-        rows.push(row?);
-    }
-    Ok(Rows {
-        rows,
-        rows_affected: stream.rows_affected().unwrap_or(0),
-        value: None,
-    })
+    run_query(&shared, query, Within::Session).await
 }
 
 /// Whether a query's error means that the session is over: an IO error, or

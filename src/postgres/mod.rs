@@ -285,14 +285,18 @@ use crate::boxed::boxed_future;
 /// returns. See the [module docs](self).
 pub type PgClient = crate::Client<Query, Rows>;
 
+mod cancel;
 mod connection;
 mod errors;
 mod query;
+mod run;
 mod statements;
 mod transaction;
 
 pub use connection::{PgConnection, QueryFuture};
-pub use errors::{classifier, is_postgres_transport_error, postgres_error, ConnectionClosed};
+pub use errors::{
+    classifier, is_postgres_transport_error, postgres_error, ConnectionClosed, RolledBack,
+};
 pub use query::{Query, Rows};
 pub use transaction::{Transaction, TransactionFuture};
 
@@ -383,8 +387,8 @@ where
     fn call(&mut self, config: Config) -> Connecting {
         let tls = self.tls.clone();
         Connecting::new(async move {
-            let (client, connection) = config.connect(tls).await?;
-            Ok(PgConnection::new(client, connection))
+            let (client, connection) = config.connect(tls.clone()).await?;
+            Ok(PgConnection::with_tls(client, connection, tls))
         })
     }
 }

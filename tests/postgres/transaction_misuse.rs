@@ -216,7 +216,6 @@ async fn a_panicking_closure_rolls_back_and_the_client_goes_on() {
 /// (read `COMMIT`'s command tag through `simple_query`, which reports
 /// `ROLLBACK`), so that a success means a commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: transaction returns Ok when COMMIT rolled back an aborted transaction"]
 async fn a_transaction_that_rolled_back_does_not_report_success() {
     let server = PgServer::start().await;
     let observer = observer(&server).await;

@@ -18,7 +18,6 @@ use crate::{pg_client, within};
 /// cache and prepared again (a `26000` at `Bind` ran nothing), or at least
 /// the next run prepares it afresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a prepared query fails forever (26000) after DEALLOCATE ALL / DISCARD ALL"]
 async fn prepared_query_survives_deallocate_all() {
     let server = PgServer::start().await;
     let client = pg_client(&server, quick_redial().build().unwrap());
@@ -57,7 +56,6 @@ async fn prepared_query_survives_deallocate_all() {
 /// 0A000 comes at `Bind`), so the next run, or a transparent re-prepare,
 /// succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a prepared query fails forever (0A000) after its table's column type changes"]
 async fn prepared_query_recovers_after_a_schema_change() {
     let server = PgServer::start().await;
     let client = pg_client(&server, quick_redial().build().unwrap());

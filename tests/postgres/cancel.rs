@@ -11,7 +11,7 @@ use tower_redial::error::ResponseTimeout;
 use tower_redial::postgres::Query;
 use tower_redial::BoxError;
 
-use crate::pg_transaction::{create, observer};
+use crate::transaction_misuse::{create, observer};
 use crate::{pg_client, within};
 
 /// Backends of other sessions still running a `pg_sleep`.
@@ -56,7 +56,6 @@ async fn still_sleeping_after_8s(observer: &tokio_postgres::Client) -> i64 {
 /// `Client::cancel_token().cancel_query(tls)`) for statements still in
 /// flight when it is dropped or a response future is abandoned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a query past the response timeout keeps running on the server (backend leak)"]
 async fn a_timed_out_query_is_cancelled_on_the_server() {
     let server = PgServer::start().await;
     let observer = observer(&server).await;
@@ -94,7 +93,6 @@ async fn a_timed_out_query_is_cancelled_on_the_server() {
 /// Expected: the abandoned transaction's statement is cancelled
 /// (`CancelRequest`), so it rolls back at once and its locks go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: an abandoned transaction keeps its locks while its statement runs on"]
 async fn an_abandoned_transaction_with_a_running_statement_frees_its_locks() {
     let server = PgServer::start().await;
     let observer = observer(&server).await;
