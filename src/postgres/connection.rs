@@ -33,6 +33,10 @@ use super::transaction;
 /// and say goodbye to the server before its IO task is ended anyway.
 const GOODBYE: Duration = Duration::from_secs(5);
 
+/// How often a dropped connection that was given up cancels what its
+/// backend runs, while it says goodbye.
+const CANCEL_AGAIN: Duration = Duration::from_millis(100);
+
 /// One PostgreSQL connection as a `Service<`[`Query`]`>`.
 ///
 /// It owns a `tokio_postgres::Client`, whose connection runs on a spawned
@@ -79,7 +83,7 @@ pub(super) struct Shared {
     /// The statements of `Query::prepared` queries.
     pub(super) statements: Statements,
     /// Cancels the session's statement when the connection is given up.
-    cancel: Canceller,
+    cancel: Arc<Canceller>,
     /// Dropped with the client: tells the connection's task to wind down.
     _dropped: oneshot::Sender<()>,
 }
@@ -163,13 +167,14 @@ impl PgConnection {
         let ended = Arc::new(Ended::default());
         let (dropped_tx, dropped) = oneshot::channel();
         let closed = CloseWatch::new();
+        let cancel = Arc::new(Canceller::new(client.cancel_token(), tls));
         tokio::spawn(drive(
             connection,
             dropped,
             ended.clone(),
             closed.for_clone(),
+            cancel.clone(),
         ));
-        let cancel = Canceller::new(client.cancel_token(), tls);
         Self {
             shared: Arc::new(Shared {
                 client,
@@ -249,6 +254,7 @@ async fn drive<S, T>(
     dropped: oneshot::Receiver<()>,
     ended: Arc<Ended>,
     closed: CloseWatch,
+    cancel: Arc<Canceller>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
@@ -266,7 +272,22 @@ async fn drive<S, T>(
         // The client is gone: the connection finishes the replies in flight,
         // sends `Terminate` and closes, unless the server hangs.
         None => {
-            let goodbye = poll_fn(|cx| poll_connection(&mut connection, &closed, cx));
+            // No one waits for a statement any more. On a connection given
+            // up (a statement was abandoned), one still queued behind
+            // another (whose `CancelRequest` hit that other one) would run
+            // to its end; so every statement left is cancelled, until the
+            // goodbye is done.
+            let mut again = tokio::time::interval(CANCEL_AGAIN);
+            again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let goodbye = poll_fn(|cx| {
+                let result = poll_connection(&mut connection, &closed, cx);
+                if result.is_pending() && cancel.was_sent() {
+                    while again.poll_tick(cx).is_ready() {
+                        cancel.cancel();
+                    }
+                }
+                result
+            });
             match tokio::time::timeout(GOODBYE, goodbye).await {
                 Ok(result) => result,
                 Err(_) => {
