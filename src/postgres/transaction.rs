@@ -52,6 +52,9 @@ impl crate::Client<Query, Rows> {
     /// - the server's error for `BEGIN` or `COMMIT` (such as a deferred
     ///   constraint's violation, or `40001 serialization_failure`): the
     ///   transaction did not commit;
+    /// - [`RolledBack`] if `body` returned `Ok`
+    ///   but a statement in it had failed (its error ignored), so that
+    ///   `COMMIT` rolled back: nothing committed, and it is not run again;
     /// - [`NotSent`](crate::error::NotSent) if the connection died before
     ///   `COMMIT` on every attempt the policy allows, and the client's own
     ///   errors ([`Unavailable`](crate::error::Unavailable),
@@ -161,8 +164,11 @@ impl<T> fmt::Debug for TransactionFuture<T> {
 /// its queries through: they run on the transaction's connection, inside
 /// the transaction.
 ///
-/// It is good for one run of the closure: once the closure has finished,
-/// its queries fail.
+/// It is good for one run of the closure. Moved into a task that the
+/// closure spawns, it still queries inside the transaction: the
+/// transaction waits for the handle's queries started before the closure
+/// returned, before its `COMMIT` or `ROLLBACK`. Once the closure has
+/// finished, new queries fail without being sent.
 ///
 /// # Example
 ///
@@ -199,8 +205,9 @@ impl Transaction {
     /// the client (see [Errors](crate::postgres#errors)), except that
     /// nothing is re-sent: should the connection die, the whole transaction
     /// runs again. Return the error from the closure (with `?`): a failed
-    /// statement aborts a PostgreSQL transaction, and its `COMMIT` would
-    /// roll back.
+    /// statement aborts a PostgreSQL transaction, whose `COMMIT` then rolls
+    /// back, and the transaction fails with
+    /// [`RolledBack`].
     pub async fn query(&self, query: Query) -> Result<Rows, BoxError> {
         let open = self.open.read().await;
         if !*open {
