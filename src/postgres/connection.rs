@@ -49,21 +49,25 @@ use super::transaction;
 ///
 /// # Cancellation
 ///
-/// A query whose future is dropped before it finished (the policy's
-/// response timeout, the caller's own timeout) gives the connection up:
-/// the connection is closed, so that the client redials and nothing more
-/// is written to it, and a PostgreSQL `CancelRequest` is sent on a spawned
-/// task (a fresh socket to the same server, through the TLS connector of
-/// [`with_tls`](Self::with_tls); given up after 5 seconds, its errors
-/// logged at debug), so that the statement stops running on the server
-/// instead of holding a backend, and locks, to its end. A
-/// `CancelRequest` stops whatever the backend runs when it arrives: since
-/// every query checks for the close before it writes, that is the
-/// abandoned statement or
-/// another one already in flight beside it, whose caller then gets
-/// [`ConnectionLost`] with the server's `57014 query_canceled` as its
-/// source; never a later query. Statements still queued on a given-up
-/// connection when it is dropped are cancelled too.
+/// A query whose future is dropped after it started on the session (its
+/// statement being prepared, run, or its rows read) and before it finished
+/// (the policy's response timeout, the caller's own timeout) gives the
+/// connection up. The connection is closed, so that the client redials and
+/// nothing more is written to it, and a PostgreSQL `CancelRequest` is sent
+/// on a spawned task (a fresh socket to the same server, through the TLS
+/// connector of [`with_tls`](Self::with_tls); given up after 5 seconds,
+/// its errors logged at debug), so that the statement stops running on the
+/// server instead of holding a backend, and locks, to its end. (A query
+/// still waiting for a transaction to end has not started: dropping it
+/// does nothing.)
+///
+/// A `CancelRequest` stops whatever the backend runs when it arrives.
+/// Since every query checks for the close before it writes, that is the
+/// abandoned statement or another one already in flight beside it, whose
+/// caller then gets [`ConnectionLost`] with the server's
+/// `57014 query_canceled` as its source; never a later query. Statements
+/// still queued on a given-up connection when it is dropped are cancelled
+/// too.
 ///
 /// # Shutdown
 ///

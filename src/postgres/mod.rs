@@ -258,7 +258,8 @@
 //! A statement keeps running on the server after its caller stops waiting
 //! (and, in a transaction, keeps its locks): PostgreSQL does not notice a
 //! closed socket while it runs a statement. So a query whose future is
-//! dropped before it finished (the policy's
+//! dropped after it started on the session and before it finished (the
+//! policy's
 //! [`response_timeout`](crate::ReconnectPolicyBuilder::response_timeout),
 //! the caller's own timeout) gives its connection up, whatever the policy's
 //! [`cancel_safe`](crate::ReconnectPolicyBuilder::cancel_safe): the
@@ -273,6 +274,30 @@
 //! cancelled as the connection is dropped. A query sent after the give-up
 //! is never cancelled: it goes to the next connection. See
 //! [`PgConnection`]'s [Cancellation](PgConnection#cancellation).
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use tower::ServiceBuilder;
+//! use tower_redial::postgres::{MakePostgres, PgClient};
+//! use tower_redial::{ReconnectLayer, ReconnectPolicy};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_redial::BoxError> {
+//! # let config = tokio_postgres::Config::new();
+//! // A query still running after 5 s fails with `ResponseTimeout`, and is
+//! // cancelled on the server; the client redials for the next one.
+//! let policy = ReconnectPolicy::builder()
+//!     .response_timeout(Duration::from_secs(5))
+//!     .build()?;
+//! let client: PgClient = ServiceBuilder::new()
+//!     .layer(ReconnectLayer::new(policy))
+//!     .service(MakePostgres::new())
+//!     .client(config);
+//! # drop(client);
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # TLS
 //!
