@@ -57,9 +57,7 @@ use super::transaction;
 /// on a spawned task (a fresh socket to the same server, through the TLS
 /// connector of [`with_tls`](Self::with_tls); given up after 5 seconds,
 /// its errors logged at debug), so that the statement stops running on the
-/// server instead of holding a backend, and locks, to its end. (A query
-/// still waiting for a transaction to end has not started: dropping it
-/// does nothing.)
+/// server instead of holding a backend, and locks, to its end.
 ///
 /// A `CancelRequest` stops whatever the backend runs when it arrives.
 /// Since every query checks for the close before it writes, that is the
