@@ -1,17 +1,13 @@
 //! One PostgreSQL session as a tower service.
 
 use std::fmt;
-use std::future::{poll_fn, Future};
 use std::io;
-use std::pin::{pin, Pin};
 use std::sync::{Arc, OnceLock};
-use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::task::{Context, Poll};
 
 use ::tokio_postgres::error::SqlState;
-use ::tokio_postgres::types::ToSql;
-use ::tokio_postgres::AsyncMessage;
-use futures_core::Stream;
+use ::tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use ::tokio_postgres::{NoTls, Socket};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 use tower::Service;
@@ -19,18 +15,16 @@ use tower::Service;
 use crate::boxed::boxed_future;
 use crate::classify;
 use crate::connect::CloseWatch;
-use crate::error::chain;
-use crate::error::{ConnectionLost, NotSent};
+use crate::error::ConnectionLost;
 use crate::BoxError;
 
+use super::cancel::Canceller;
+use super::driver::{close_kind, drive};
 use super::errors::{is_postgres_transport_error, ConnectionClosed};
-use super::query::{Kind, Param, Query, Rows};
+use super::query::{Kind, Query, Rows};
+use super::run::{run_query, Within};
 use super::statements::Statements;
 use super::transaction;
-
-/// How long a dropped connection may take to finish its in-flight replies
-/// and say goodbye to the server before its IO task is ended anyway.
-const GOODBYE: Duration = Duration::from_secs(5);
 
 /// One PostgreSQL connection as a `Service<`[`Query`]`>`.
 ///
@@ -49,9 +43,29 @@ const GOODBYE: Duration = Duration::from_secs(5);
 /// # Errors
 ///
 /// A query on a connection that was already closed, or whose session ended
-/// while it was being prepared, fails with [`NotSent`] carrying the query
+/// while it was being prepared, fails with [`NotSent`](crate::error::NotSent) carrying the query
 /// back; any other failure is the query's `tokio_postgres::Error`. See
 /// [What happens when the server restarts](super#what-happens-when-the-server-restarts).
+///
+/// # Cancellation
+///
+/// A query whose future is dropped after it started on the session (its
+/// statement being prepared, run, or its rows read) and before it finished
+/// (the policy's response timeout, the caller's own timeout) gives the
+/// connection up. The connection is closed, so that the client redials and
+/// nothing more is written to it, and a PostgreSQL `CancelRequest` is sent
+/// on a spawned task (a fresh socket to the same server, through the TLS
+/// connector of [`with_tls`](Self::with_tls); given up after 5 seconds,
+/// its errors logged at debug), so that the statement stops running on the
+/// server instead of holding a backend, and locks, to its end.
+///
+/// A `CancelRequest` stops whatever the backend runs when it arrives.
+/// Since every query checks for the close before it writes, that is the
+/// abandoned statement or another one already in flight beside it, whose
+/// caller then gets [`ConnectionLost`] with the server's
+/// `57014 query_canceled` as its source; never a later query. Statements
+/// still queued on a given-up connection when it is dropped are cancelled
+/// too.
 ///
 /// # Shutdown
 ///
@@ -76,15 +90,17 @@ pub(super) struct Shared {
     /// itself (write), so that no other caller's query runs inside it.
     pub(super) turn: tokio::sync::RwLock<()>,
     /// The statements of `Query::prepared` queries.
-    statements: Statements,
+    pub(super) statements: Statements,
+    /// Cancels the session's statement when the connection is given up.
+    cancel: Arc<Canceller>,
     /// Dropped with the client: tells the connection's task to wind down.
     _dropped: oneshot::Sender<()>,
 }
 
 /// How the connection's task ended.
 #[derive(Default)]
-struct Ended {
-    error: OnceLock<Arc<::tokio_postgres::Error>>,
+pub(super) struct Ended {
+    pub(super) error: OnceLock<Arc<::tokio_postgres::Error>>,
 }
 
 impl PgConnection {
@@ -92,11 +108,27 @@ impl PgConnection {
     /// connection's IO task.
     ///
     /// Use this to connect in your own way (a custom socket, TLS setup or
-    /// `connect_raw`); [`MakePostgres`](super::MakePostgres) calls it for you.
+    /// `connect_raw`); [`MakePostgres`](super::MakePostgres) calls
+    /// [`with_tls`](Self::with_tls) for you. A connection made with `new`
+    /// sends its [`CancelRequest`](Self#cancellation) without TLS
+    /// (`NoTls`): for a session opened through TLS, with `sslmode=require`,
+    /// use [`with_tls`](Self::with_tls).
     ///
     /// # Panics
     ///
     /// If called outside a tokio runtime.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use tower_redial::postgres::PgConnection;
+    ///
+    /// # async fn connect() -> Result<PgConnection, tokio_postgres::Error> {
+    /// let config: tokio_postgres::Config = "host=127.0.0.1 user=postgres".parse()?;
+    /// let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    /// Ok(PgConnection::new(client, connection))
+    /// # }
+    /// ```
     pub fn new<S, T>(
         client: ::tokio_postgres::Client,
         connection: ::tokio_postgres::Connection<S, T>,
@@ -105,14 +137,52 @@ impl PgConnection {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        Self::with_tls(client, connection, NoTls)
+    }
+
+    /// As [`new`](Self::new), with the TLS connector `tls` that the session
+    /// was opened with: its [`CancelRequest`](Self#cancellation) dials the
+    /// server through it.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a tokio runtime.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use tower_redial::postgres::PgConnection;
+    ///
+    /// # async fn connect() -> Result<PgConnection, tokio_postgres::Error> {
+    /// let tls = tokio_postgres::NoTls; // or MakeRustlsConnect::new(client_config)
+    /// let config: tokio_postgres::Config = "host=db.example.com sslmode=require".parse()?;
+    /// let (client, connection) = config.connect(tls).await?;
+    /// Ok(PgConnection::with_tls(client, connection, tls))
+    /// # }
+    /// ```
+    pub fn with_tls<S, T, M>(
+        client: ::tokio_postgres::Client,
+        connection: ::tokio_postgres::Connection<S, T>,
+        tls: M,
+    ) -> Self
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        M: MakeTlsConnect<Socket> + Clone + Send + 'static,
+        M::Stream: Send + 'static,
+        M::TlsConnect: Send,
+        <M::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
         let ended = Arc::new(Ended::default());
         let (dropped_tx, dropped) = oneshot::channel();
         let closed = CloseWatch::new();
+        let cancel = Arc::new(Canceller::new(client.cancel_token(), tls));
         tokio::spawn(drive(
             connection,
             dropped,
             ended.clone(),
             closed.for_clone(),
+            cancel.clone(),
         ));
         Self {
             shared: Arc::new(Shared {
@@ -121,6 +191,7 @@ impl PgConnection {
                 closed: closed.for_clone(),
                 turn: tokio::sync::RwLock::new(()),
                 statements: Statements::default(),
+                cancel,
                 _dropped: dropped_tx,
             }),
             closed,
@@ -152,107 +223,37 @@ impl Shared {
     /// Boxes a query's error. An error that ends the session first marks
     /// the connection closed, so that nothing more is written to it, and
     /// comes back as a [`ConnectionLost`], so that the client redials
-    /// whatever its classifier.
+    /// whatever its classifier. So does a statement cancelled
+    /// (`57014 query_canceled`) by this connection's own `CancelRequest`:
+    /// it was in flight on a connection being given up.
     pub(super) fn failed(&self, error: ::tokio_postgres::Error) -> BoxError {
         if ends_session(&error) {
             tracing::debug!(%error, "postgres session ended under a query");
             self.closed.close(close_kind(&error));
             return Box::new(ConnectionLost::new(error));
         }
+        if self.cancel.was_sent() && error.code() == Some(&SqlState::QUERY_CANCELED) {
+            tracing::debug!(%error, "postgres statement cancelled with its connection");
+            return Box::new(ConnectionLost::new(error));
+        }
         error.into()
     }
-}
 
-/// Runs the connection until it closes, or until the client is dropped and
-/// the connection has said goodbye (or [`GOODBYE`] has passed).
-async fn drive<S, T>(
-    mut connection: ::tokio_postgres::Connection<S, T>,
-    dropped: oneshot::Receiver<()>,
-    ended: Arc<Ended>,
-    closed: CloseWatch,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-    T: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut dropped = dropped;
-    let finished = poll_fn(|cx| {
-        if let Poll::Ready(result) = poll_connection(&mut connection, &closed, cx) {
-            return Poll::Ready(Some(result));
-        }
-        Pin::new(&mut dropped).poll(cx).map(|_| None)
-    })
-    .await;
-    let result = match finished {
-        Some(result) => result,
-        // The client is gone: the connection finishes the replies in flight,
-        // sends `Terminate` and closes, unless the server hangs.
-        None => {
-            let goodbye = poll_fn(|cx| poll_connection(&mut connection, &closed, cx));
-            match tokio::time::timeout(GOODBYE, goodbye).await {
-                Ok(result) => result,
-                Err(_) => {
-                    tracing::debug!("postgres connection did not close in time; dropping it");
-                    Ok(())
-                }
-            }
-        }
-    };
-    match result {
-        Ok(()) => {
-            tracing::debug!("postgres connection closed");
-            closed.close(io::ErrorKind::UnexpectedEof);
-        }
-        Err(error) => {
-            tracing::debug!(%error, "postgres connection ended");
-            let kind = close_kind(&error);
-            let _ = ended.error.set(Arc::new(error));
-            closed.close(kind);
-        }
+    /// Gives the connection up because a caller stopped waiting for its
+    /// statement (a dropped future): marks it closed, so that nothing more
+    /// is written to it and the client redials, then sends the server a
+    /// `CancelRequest`, so that the statement stops running (and a
+    /// transaction's statement lets go of its locks). The request cancels
+    /// whatever the backend runs when it arrives; since every query checks
+    /// the close before it writes, that can only be a statement handed to
+    /// this connection before it was given up (the abandoned one, or
+    /// another caller's in flight beside it, which then fails with
+    /// `ConnectionLost`, see [`failed`](Self::failed)), never a later one.
+    pub(super) fn abandon(&self, why: &'static str) {
+        tracing::debug!("{why}; closing its connection and cancelling its statement");
+        self.closed.close(io::ErrorKind::ConnectionAborted);
+        self.cancel.cancel();
     }
-}
-
-/// Drives the connection until it ends, as its own `Future` does, and reads
-/// the server's notices on the way: a notice that the server is ending the
-/// session closes `closed` at once, before the stream ends.
-fn poll_connection<S, T>(
-    connection: &mut ::tokio_postgres::Connection<S, T>,
-    closed: &CloseWatch,
-    cx: &mut Context<'_>,
-) -> Poll<Result<(), ::tokio_postgres::Error>>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    T: AsyncRead + AsyncWrite + Unpin,
-{
-    loop {
-        match ready!(connection.poll_message(cx)) {
-            None => return Poll::Ready(Ok(())),
-            Some(Err(error)) => return Poll::Ready(Err(error)),
-            Some(Ok(AsyncMessage::Notice(notice))) if ends_session_notice(&notice) => {
-                tracing::debug!(
-                    code = notice.code().code(),
-                    message = notice.message(),
-                    "postgres server is ending the session"
-                );
-                closed.close(io::ErrorKind::ConnectionAborted);
-            }
-            Some(Ok(AsyncMessage::Notice(notice))) => tracing::debug!(
-                severity = notice.severity(),
-                code = notice.code().code(),
-                message = notice.message(),
-                "postgres notice"
-            ),
-            // Notifications: nothing here listens for them.
-            Some(Ok(_)) => {}
-        }
-    }
-}
-
-/// The IO error kind to close a connection's watch with, for the error that
-/// ended it.
-fn close_kind(error: &::tokio_postgres::Error) -> io::ErrorKind {
-    chain(error)
-        .find_map(|e| e.downcast_ref::<io::Error>())
-        .map_or(io::ErrorKind::ConnectionAborted, io::Error::kind)
 }
 
 impl Service<Query> for PgConnection {
@@ -280,104 +281,13 @@ async fn run(shared: Arc<Shared>, query: Query) -> Result<Rows, BoxError> {
         return transaction::run(shared, query, body).await;
     }
     let _turn = shared.turn.read().await;
-    run_query(&shared, query).await
-}
-
-/// Hands `query` back as [`NotSent`], with `cause`.
-pub(super) fn not_sent(query: Query, cause: BoxError) -> BoxError {
-    tracing::debug!(error = %cause, "postgres query not executed; handing it back");
-    Box::new(NotSent::with_request(query, cause))
-}
-
-/// Runs one query; see [`PgConnection`]'s `# Errors`.
-///
-/// A query comes back [`NotSent`] only when its statement provably never
-/// ran: the connection was known to be closed before the statement was
-/// handed to it, or the session ended while the statement was being
-/// prepared (`Parse` and `Describe` run nothing). Once the statement (or a
-/// batch) has been handed to the connection, its bytes may have reached the
-/// server, and any failure goes back as it is.
-pub(super) async fn run_query(shared: &Shared, query: Query) -> Result<Rows, BoxError> {
-    let client = &shared.client;
-    // Nothing is written to a connection known to be closed.
-    if shared.is_closed() {
-        return Err(not_sent(query, shared.closed_error()));
-    }
-    match query.kind {
-        Kind::Statement => {}
-        Kind::Batch => {
-            return match client.batch_execute(&query.sql).await {
-                Ok(()) => Ok(Rows::default()),
-                Err(error) => Err(shared.failed(error)),
-            }
-        }
-        Kind::Transaction(_) => {
-            return Err("a transaction cannot run inside a transaction".into());
-        }
-    }
-    let cached = query
-        .prepared
-        .then(|| shared.statements.get(&query.sql))
-        .flatten();
-    let statement = match cached {
-        Some(statement) => statement,
-        None => match client.prepare(&query.sql).await {
-            Ok(statement) => {
-                if query.prepared {
-                    shared.statements.keep(&query.sql, &statement);
-                }
-                statement
-            }
-            Err(error) if ends_session(&error) => {
-                let error = shared.failed(error);
-                return Err(not_sent(query, error));
-            }
-            Err(error) => return Err(error.into()),
-        },
-    };
-    if shared.is_closed() {
-        return Err(not_sent(query, shared.closed_error()));
-    }
-    // From here on the statement may run. Even `57P01 admin_shutdown` does
-    // not say that it did not: the server may have committed it, or an
-    // earlier statement of a batch, before it was told to stop.
-    execute(client, &statement, &query.params)
-        .await
-        .map_err(|error| shared.failed(error))
-}
-
-/// Binds and executes a prepared statement, and collects its rows.
-async fn execute(
-    client: &::tokio_postgres::Client,
-    statement: &::tokio_postgres::Statement,
-    params: &[Param],
-) -> Result<Rows, ::tokio_postgres::Error> {
-    let params = params.iter().map(|p| &**p as &(dyn ToSql + Sync));
-    let stream = client.query_raw(statement, params).await?;
-    let mut stream = pin!(stream);
-    let mut rows = Vec::new();
-    while let Some(row) = poll_fn(|cx| stream.as_mut().poll_next(cx)).await {
-        rows.push(row?);
-    }
-    Ok(Rows {
-        rows,
-        rows_affected: stream.rows_affected().unwrap_or(0),
-        value: None,
-    })
+    run_query(&shared, query, Within::Session).await
 }
 
 /// Whether a query's error means that the session is over: an IO error, or
 /// what [`is_postgres_transport_error`] finds.
 pub(super) fn ends_session(error: &::tokio_postgres::Error) -> bool {
     is_postgres_transport_error(error) || classify::is_transport_error(error)
-}
-
-/// Whether a notice says that the server is ending the session at once:
-/// `57P01 admin_shutdown` (an immediate shutdown) or `57P02 crash_shutdown`
-/// (another server process crashed). PostgreSQL sends these as `WARNING`s,
-/// and the server process exits right after.
-fn ends_session_notice(notice: &::tokio_postgres::error::DbError) -> bool {
-    [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN].contains(notice.code())
 }
 
 impl fmt::Debug for PgConnection {

@@ -120,3 +120,55 @@ pub fn classifier() -> Classifier {
 pub fn postgres_error<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a ::tokio_postgres::Error> {
     chain(error).find_map(|e| e.downcast_ref::<::tokio_postgres::Error>())
 }
+
+/// A [transaction](crate::Client::transaction) whose closure returned `Ok`
+/// rolled back at `COMMIT`: a statement in it had failed, which aborts a
+/// PostgreSQL transaction, and the closure did not return that error (it
+/// ignored it, as in `tx.query(..).await.ok()`).
+///
+/// Nothing of the transaction committed, and it is not run again: the
+/// crate rolled it back (`ROLLBACK`) and the connection goes on serving.
+/// Its [`source()`](Error::source) is the server's
+/// `25P02 in_failed_sql_transaction` error that gave the abort away.
+///
+/// # Example
+///
+/// ```
+/// use tower_redial::postgres::{PgClient, Query, RolledBack};
+/// use tower_redial::BoxError;
+///
+/// async fn save(client: PgClient) -> Result<(), BoxError> {
+///     let saved = client
+///         .transaction(|tx| async move {
+///             // A failure ignored here aborts the transaction...
+///             let _ = tx.query(Query::new("INSERT INTO log VALUES (1)")).await;
+///             Ok::<_, BoxError>(())
+///         })
+///         .await;
+///     match saved {
+///         // ...and `transaction` says so, instead of `Ok`.
+///         Err(error) if error.is::<RolledBack>() => Err("not saved: it rolled back".into()),
+///         other => other,
+///     }
+/// }
+/// # let _ = save;
+/// ```
+#[derive(Debug)]
+pub struct RolledBack {
+    pub(super) source: ::tokio_postgres::Error,
+}
+
+impl fmt::Display for RolledBack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "postgres transaction rolled back at COMMIT: a statement in it failed \
+             and the closure did not return the error; nothing of it committed",
+        )
+    }
+}
+
+impl Error for RolledBack {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&self.source)
+    }
+}

@@ -2,7 +2,7 @@
 //! the server restarts.
 //!
 //! [`MakePostgres`] is the connection factory. Given a
-//! [`Config`], it connects (without TLS by
+//! [`Config`](::tokio_postgres::Config), it connects (without TLS by
 //! default) and spawns the connection's IO task. Each connection is a
 //! [`PgConnection`]: a `Service<`[`Query`]`>` that answers with [`Rows`].
 //! Wrap the factory in a [`ReconnectLayer`](crate::ReconnectLayer) and bind
@@ -186,6 +186,7 @@
 //! | the connection died while `COMMIT` was in flight | it may have committed, or not | [`ConnectionLost`](crate::error::ConnectionLost), with PostgreSQL's error as its source; not run again |
 //! | the closure returned an error | rolled back (`ROLLBACK`) | the closure's error, as it is; not run again |
 //! | `COMMIT` failed with the server's own error (a deferred constraint, `40001 serialization_failure`) | rolled back | that `tokio_postgres::Error` |
+//! | the closure returned `Ok`, but a statement in it had failed (its error ignored), which aborted the transaction | rolled back (`ROLLBACK`): nothing of it committed | [`RolledBack`]; not run again |
 //!
 //! So the closure may run more than once, but what it does in the database
 //! commits at most once: keep effects outside the database out of it, or
@@ -199,14 +200,22 @@
 //!   queries wait for the transaction to end (a deadlock, until the
 //!   caller's timeout).
 //! - Return the errors of its queries (with `?`). A failed statement aborts
-//!   a PostgreSQL transaction, whose `COMMIT` then rolls back with no error
-//!   that `tokio-postgres` reports.
+//!   a PostgreSQL transaction, whose `COMMIT` then rolls back: the
+//!   transaction fails with [`RolledBack`] instead of returning the
+//!   closure's value.
 //! - Leave `COMMIT` and `ROLLBACK` to the crate.
+//! - A [`Transaction`] handle moved into a task that the closure spawns
+//!   still queries inside the transaction: a query started before the
+//!   closure returns is waited for, before `COMMIT` or `ROLLBACK`; one
+//!   started later fails without being sent.
 //!
-//! A transaction whose future is dropped half way (a caller's timeout)
-//! closes its connection, whatever the policy's
-//! [`cancel_safe`](crate::ReconnectPolicyBuilder::cancel_safe): the server
-//! rolls the transaction back as the session ends, and the client redials.
+//! A transaction whose future is dropped half way (a caller's timeout, the
+//! policy's response timeout) gives its connection up, whatever the
+//! policy's [`cancel_safe`](crate::ReconnectPolicyBuilder::cancel_safe):
+//! the connection is closed, a statement of the transaction still running
+//! is cancelled on the server (see [Queries no one waits
+//! for](self#queries-no-one-waits-for)), the server rolls the transaction
+//! back as the session ends, freeing its locks, and the client redials.
 //!
 //! A [`Query::batch`] such as `"BEGIN; UPDATE ...; COMMIT"` still works,
 //! as one simple-query message: if the connection breaks before the reply,
@@ -231,9 +240,64 @@
 //!
 //! A connection keeps every statement it was asked to keep, until it
 //! closes: mark the queries whose text is fixed, not SQL built from values.
-//! As with any prepared statement, a statement kept across a change to its
-//! tables' columns may fail with `0A000 feature_not_supported` ("cached
-//! plan must not change result type").
+//!
+//! A kept statement can go stale under the connection: `DEALLOCATE ALL` or
+//! `DISCARD ALL` (which a pooler such as PgBouncer sends between clients)
+//! drops it from the session (`26000 invalid_sql_statement_name`), and a
+//! change to its tables' column types makes the server refuse its plan
+//! (`0A000 feature_not_supported`, "cached plan must not change result
+//! type"). Both come when the statement is bound, before anything ran: the
+//! connection then drops the statement from its cache, prepares it again
+//! and runs the query once more, and the caller sees only the result.
+//! Inside a [transaction](self#transactions) the failed statement has
+//! aborted the transaction, so the error goes to the closure (return it,
+//! with `?`); the next run prepares the statement again.
+//!
+//! # Queries no one waits for
+//!
+//! A statement keeps running on the server after its caller stops waiting
+//! (and, in a transaction, keeps its locks): PostgreSQL does not notice a
+//! closed socket while it runs a statement. So a query whose future is
+//! dropped after it started on the session and before it finished (the
+//! policy's
+//! [`response_timeout`](crate::ReconnectPolicyBuilder::response_timeout),
+//! the caller's own timeout) gives its connection up, whatever the policy's
+//! [`cancel_safe`](crate::ReconnectPolicyBuilder::cancel_safe): the
+//! connection is closed, and the client redials; and the server is sent a
+//! `CancelRequest` for it (through the factory's TLS connector, on a
+//! socket of its own), so the statement stops at once. As a
+//! `CancelRequest` stops whatever the backend runs when it arrives, it may
+//! hit another caller's statement in flight on the same connection
+//! instead, which then fails with
+//! [`ConnectionLost`](crate::error::ConnectionLost) (its `source` is the
+//! server's `57014 query_canceled`); the abandoned statement is then
+//! cancelled as the connection is dropped. A query sent after the give-up
+//! is never cancelled: it goes to the next connection. See
+//! [`PgConnection`]'s [Cancellation](PgConnection#cancellation).
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use tower::ServiceBuilder;
+//! use tower_redial::postgres::{MakePostgres, PgClient};
+//! use tower_redial::{ReconnectLayer, ReconnectPolicy};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_redial::BoxError> {
+//! # let config = tokio_postgres::Config::new();
+//! // A query still running after 5 s fails with `ResponseTimeout`, and is
+//! // cancelled on the server; the client redials for the next one.
+//! let policy = ReconnectPolicy::builder()
+//!     .response_timeout(Duration::from_secs(5))
+//!     .build()?;
+//! let client: PgClient = ServiceBuilder::new()
+//!     .layer(ReconnectLayer::new(policy))
+//!     .service(MakePostgres::new())
+//!     .client(config);
+//! # drop(client);
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # TLS
 //!
@@ -269,127 +333,30 @@
 //! - [`NotSent`](crate::error::NotSent), with a [`ConnectionClosed`] or a `tokio_postgres::Error` as
 //!   its source, only once the client's re-send attempts or budget are
 //!   spent;
+//! - for a [transaction](crate::Client::transaction) whose `COMMIT` rolled
+//!   back (a statement in it had failed), [`RolledBack`];
 //! - the client's own errors: [`Unavailable`](crate::error::Unavailable) and
 //!   [`Closed`](crate::error::Closed); see [`error`](crate::error).
-
-use std::task::{Context, Poll};
-
-use ::tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
-use ::tokio_postgres::{Config, NoTls, Socket};
-use tower::Service;
-
-use crate::boxed::boxed_future;
 
 /// A reconnecting PostgreSQL client: what
 /// `ServiceBuilder::new().layer(ReconnectLayer::new(policy)).service(MakePostgres::new()).client(config)`
 /// returns. See the [module docs](self).
 pub type PgClient = crate::Client<Query, Rows>;
 
+mod cancel;
 mod connection;
+mod driver;
 mod errors;
+mod make;
 mod query;
+mod run;
 mod statements;
 mod transaction;
 
 pub use connection::{PgConnection, QueryFuture};
-pub use errors::{classifier, is_postgres_transport_error, postgres_error, ConnectionClosed};
+pub use errors::{
+    classifier, is_postgres_transport_error, postgres_error, ConnectionClosed, RolledBack,
+};
+pub use make::{Connecting, MakePostgres};
 pub use query::{Query, Rows};
 pub use transaction::{Transaction, TransactionFuture};
-
-/// The connection factory: a `Service<`[`Config`]`>`
-/// that connects and returns a [`PgConnection`].
-///
-/// Wrap it in a [`ReconnectLayer`](crate::ReconnectLayer); see the
-/// [module docs](self). Every dial connects with a fresh clone of the config,
-/// so host names are resolved afresh. The config names the connection in
-/// logs; its `Debug` form never shows the password.
-///
-/// The dial error is the `tokio_postgres::Error` of the connect: a refused
-/// or reset connection, an authentication failure, or the server's
-/// `57P03 cannot_connect_now` while it starts up or shuts down.
-///
-/// # TLS
-///
-/// [`MakePostgres::new`] connects without TLS (`NoTls`).
-/// [`MakePostgres::with_tls`] takes any `tokio-postgres` TLS connector, such
-/// as `tokio-postgres-rustls`', `postgres-native-tls`' or
-/// `postgres-openssl`'s; see [TLS](self#tls).
-#[derive(Clone, Debug)]
-pub struct MakePostgres<T = NoTls> {
-    tls: T,
-}
-
-impl MakePostgres {
-    /// A factory that connects without TLS.
-    pub fn new() -> Self {
-        Self { tls: NoTls }
-    }
-}
-
-impl Default for MakePostgres {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<T> MakePostgres<T> {
-    /// A factory that connects through the TLS connector `tls`: any
-    /// `tokio_postgres::tls::MakeTlsConnect`. See [TLS](self#tls).
-    ///
-    /// # Example
-    ///
-    /// With rustls, through the `tokio-postgres-rustls` crate, the
-    /// connector is `MakeRustlsConnect::new(client_config)`; here `NoTls`
-    /// stands in for it:
-    ///
-    /// ```
-    /// use tower::ServiceBuilder;
-    /// use tower_redial::postgres::{MakePostgres, PgClient};
-    /// use tower_redial::{ReconnectLayer, ReconnectPolicy};
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), tower_redial::BoxError> {
-    /// let tls = tokio_postgres::NoTls; // or MakeRustlsConnect::new(client_config)
-    /// let config: tokio_postgres::Config =
-    ///     "host=db.example.com user=app sslmode=require".parse()?;
-    /// let client: PgClient = ServiceBuilder::new()
-    ///     .layer(ReconnectLayer::new(ReconnectPolicy::default()))
-    ///     .service(MakePostgres::with_tls(tls))
-    ///     .client(config);
-    /// # drop(client);
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn with_tls(tls: T) -> Self {
-        Self { tls }
-    }
-}
-
-impl<T> Service<Config> for MakePostgres<T>
-where
-    T: MakeTlsConnect<Socket> + Clone + Send + 'static,
-    T::Stream: Send + 'static,
-    T::TlsConnect: Send,
-    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
-{
-    type Response = PgConnection;
-    type Error = ::tokio_postgres::Error;
-    type Future = Connecting;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, config: Config) -> Connecting {
-        let tls = self.tls.clone();
-        Connecting::new(async move {
-            let (client, connection) = config.connect(tls).await?;
-            Ok(PgConnection::new(client, connection))
-        })
-    }
-}
-
-boxed_future! {
-    /// The future of [`MakePostgres`]: a connect in progress.
-    pub struct Connecting => Result<PgConnection, ::tokio_postgres::Error>;
-}

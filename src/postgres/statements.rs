@@ -30,6 +30,13 @@ impl Statements {
             .or_insert_with(|| statement.clone());
     }
 
+    /// Drops the statement kept for `sql`: the next run prepares it again.
+    /// (Should another run have prepared it again already, that one goes:
+    /// one more prepare, no harm.)
+    pub(super) fn evict(&self, sql: &str) {
+        self.lock().remove(sql);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Statement>> {
         self.by_sql.lock().unwrap_or_else(PoisonError::into_inner)
     }

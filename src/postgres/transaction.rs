@@ -7,19 +7,21 @@ use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+use ::tokio_postgres::error::SqlState;
 use pin_project_lite::pin_project;
+use tokio::sync::RwLock;
 use tower::util::Oneshot;
 use tower::ServiceExt;
 
 use crate::BoxError;
 
-use super::connection::{ends_session, not_sent, run_query, Shared};
-use super::errors::postgres_error;
+use super::connection::{ends_session, Shared};
+use super::errors::{postgres_error, RolledBack};
 use super::query::{Kind, Query, Rows};
+use super::run::{not_sent, run_query, Within};
 
 /// What a transaction's closure hands back, with its value's type erased
 /// so that it can travel as a [`Query`].
@@ -50,6 +52,9 @@ impl crate::Client<Query, Rows> {
     /// - the server's error for `BEGIN` or `COMMIT` (such as a deferred
     ///   constraint's violation, or `40001 serialization_failure`): the
     ///   transaction did not commit;
+    /// - [`RolledBack`] if `body` returned `Ok`
+    ///   but a statement in it had failed (its error ignored), so that
+    ///   `COMMIT` rolled back: nothing committed, and it is not run again;
     /// - [`NotSent`](crate::error::NotSent) if the connection died before
     ///   `COMMIT` on every attempt the policy allows, and the client's own
     ///   errors ([`Unavailable`](crate::error::Unavailable),
@@ -159,8 +164,11 @@ impl<T> fmt::Debug for TransactionFuture<T> {
 /// its queries through: they run on the transaction's connection, inside
 /// the transaction.
 ///
-/// It is good for one run of the closure: once the closure has finished,
-/// its queries fail.
+/// It is good for one run of the closure. Moved into a task that the
+/// closure spawns, it still queries inside the transaction: the
+/// transaction waits for the handle's queries started before the closure
+/// returned, before its `COMMIT` or `ROLLBACK`. Once the closure has
+/// finished, new queries fail without being sent.
 ///
 /// # Example
 ///
@@ -184,8 +192,12 @@ impl<T> fmt::Debug for TransactionFuture<T> {
 /// ```
 pub struct Transaction {
     shared: Arc<Shared>,
-    /// Cleared once the closure has finished.
-    open: Arc<AtomicBool>,
+    /// Cleared once the closure has finished. Each query holds it (read)
+    /// from its check to its end, and the transaction clears it (write)
+    /// before `COMMIT` or `ROLLBACK`: so a query through a handle that
+    /// outlived the closure (moved into a spawned task) either ran whole
+    /// before that, inside the transaction, or fails without being sent.
+    open: Arc<RwLock<bool>>,
 }
 
 impl Transaction {
@@ -193,27 +205,31 @@ impl Transaction {
     /// the client (see [Errors](crate::postgres#errors)), except that
     /// nothing is re-sent: should the connection die, the whole transaction
     /// runs again. Return the error from the closure (with `?`): a failed
-    /// statement aborts a PostgreSQL transaction, and its `COMMIT` would
-    /// roll back.
+    /// statement aborts a PostgreSQL transaction, whose `COMMIT` then rolls
+    /// back, and the transaction fails with
+    /// [`RolledBack`].
     pub async fn query(&self, query: Query) -> Result<Rows, BoxError> {
-        if !self.open.load(Ordering::Acquire) {
+        let open = self.open.read().await;
+        if !*open {
             return Err("the transaction has ended".into());
         }
-        run_query(&self.shared, query).await
+        run_query(&self.shared, query, Within::Transaction).await
     }
 }
 
 impl fmt::Debug for Transaction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Transaction")
-            .field("open", &self.open.load(Ordering::Acquire))
+            .field("open", &self.open.try_read().map(|open| *open).ok())
             .finish_non_exhaustive()
     }
 }
 
-/// Closes the connection if a transaction is abandoned half way (its future
-/// dropped): the server then rolls it back as the session ends, and no
-/// other query runs inside it.
+/// Gives the connection up if a transaction is abandoned half way (its
+/// future dropped): it is closed, so that no other query runs inside the
+/// transaction, and its running statement, if any, is cancelled (see
+/// `Shared::abandon`); the server rolls the transaction back as the
+/// session ends.
 struct Abandoned<'a> {
     shared: &'a Shared,
     armed: bool,
@@ -228,8 +244,7 @@ impl Abandoned<'_> {
 impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
         if self.armed {
-            tracing::debug!("postgres transaction abandoned; closing its connection");
-            self.shared.closed.close(io::ErrorKind::ConnectionAborted);
+            self.shared.abandon("postgres transaction abandoned");
         }
     }
 }
@@ -252,13 +267,15 @@ pub(super) async fn run(shared: Arc<Shared>, query: Query, body: Body) -> Result
         }
         return Err(error.into());
     }
-    let open = Arc::new(AtomicBool::new(true));
+    let open = Arc::new(RwLock::new(true));
     let tx = Transaction {
         shared: shared.clone(),
         open: open.clone(),
     };
     let finished = body(tx).await;
-    open.store(false, Ordering::Release);
+    // Waits for the handle's queries still running (from a task the
+    // closure spawned), and fails the later ones.
+    *open.write().await = false;
     // The session ended before `COMMIT` was sent: the server rolled the
     // transaction back, and the whole of it may run again.
     if session_ended(&shared, &finished) {
@@ -269,30 +286,51 @@ pub(super) async fn run(shared: Arc<Shared>, query: Query, body: Body) -> Result
         };
         return Err(not_sent(query, cause));
     }
-    let client = &shared.client;
     let result = match finished {
         Err(error) => {
-            if let Err(rollback) = client.batch_execute("ROLLBACK").await {
-                // Whatever went wrong, the session must not stay inside the
-                // transaction: it is closed, and the server rolls back as
-                // the session ends.
-                tracing::debug!(error = %rollback, "postgres ROLLBACK failed; closing the connection");
-                shared.closed.close(io::ErrorKind::ConnectionAborted);
-            }
+            rollback(&shared).await;
             Err(error)
         }
         // From here on it may commit: a session that ends now leaves it
         // unknown whether it did.
-        Ok(value) => match client.batch_execute("COMMIT").await {
-            Ok(()) => Ok(Rows {
-                value: Some(value),
-                ..Rows::default()
-            }),
-            Err(error) => Err(shared.failed(error)),
-        },
+        Ok(value) => commit(&shared).await.map(|()| Rows {
+            value: Some(value),
+            ..Rows::default()
+        }),
     };
     abandoned.disarm();
     result
+}
+
+/// Sends `COMMIT`, and tells a commit from a rollback.
+///
+/// PostgreSQL answers the `COMMIT` of an aborted transaction (a statement
+/// in it failed) with the command tag `ROLLBACK`, and no error; but
+/// tokio-postgres reports a command tag only as its row count (0 for both).
+/// So a probe goes first, in the same simple-query message (the same round
+/// trip): in an aborted transaction `SELECT 1` fails with
+/// `25P02 in_failed_sql_transaction`, and the server skips the rest of the
+/// message, `COMMIT` included; otherwise `COMMIT` runs right after it.
+async fn commit(shared: &Shared) -> Result<(), BoxError> {
+    match shared.client.batch_execute("SELECT 1; COMMIT").await {
+        Ok(()) => Ok(()),
+        Err(error) if error.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) => {
+            tracing::debug!("postgres transaction was aborted; rolling it back");
+            rollback(shared).await;
+            Err(Box::new(RolledBack { source: error }))
+        }
+        Err(error) => Err(shared.failed(error)),
+    }
+}
+
+/// Sends `ROLLBACK`. Whatever goes wrong, the session must not stay inside
+/// the transaction: if it fails, the connection is closed, and the server
+/// rolls back as the session ends.
+async fn rollback(shared: &Shared) {
+    if let Err(error) = shared.client.batch_execute("ROLLBACK").await {
+        tracing::debug!(%error, "postgres ROLLBACK failed; closing the connection");
+        shared.closed.close(io::ErrorKind::ConnectionAborted);
+    }
 }
 
 /// Whether the session ended before `COMMIT`: the connection is closed, or

@@ -1,18 +1,43 @@
 //! PostgreSQL: a real server, its restarts, and the books of every insert.
 #![cfg(feature = "postgres")]
 
+mod cancel;
 mod client;
 mod prepared;
+mod prepared_stale;
 mod restart;
 mod transaction;
 mod transaction_books;
 mod transaction_ends;
+mod transaction_misuse;
+
+use std::future::Future;
+use std::time::Duration;
 
 use support::outcome::Outcome;
 use support::pg_server::PgServer;
+use tower::ServiceBuilder;
 use tower_redial::error::ConnectionLost;
-use tower_redial::postgres::{self, Rows};
-use tower_redial::{classify, BoxError};
+use tower_redial::postgres::{self, MakePostgres, PgClient, Rows};
+use tower_redial::{classify, BoxError, ReconnectLayer, ReconnectPolicy};
+
+/// Every await on the crate ends within this, or the test fails.
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Fails the test, rather than hanging it.
+async fn within<F: Future>(what: &str, future: F) -> F::Output {
+    tokio::time::timeout(LIMIT, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {LIMIT:?}"))
+}
+
+/// A PostgreSQL client on `server` with `policy`.
+fn pg_client(server: &PgServer, policy: ReconnectPolicy) -> PgClient {
+    ServiceBuilder::new()
+        .layer(ReconnectLayer::new(policy))
+        .service(MakePostgres::new())
+        .client(server.config())
+}
 
 /// The test server's connection settings as tokio-postgres reads them.
 trait Config {

@@ -257,7 +257,7 @@ async fn killed_while_commit_is_in_flight_is_ambiguous_and_not_rerun() {
             let rows = observer
                 .query(
                     "SELECT pid FROM pg_stat_activity \
-                     WHERE application_name = 'tower-redial-test' AND query = 'COMMIT' \
+                     WHERE application_name = 'tower-redial-test' AND query LIKE '%COMMIT' \
                        AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
                     &[],
                 )

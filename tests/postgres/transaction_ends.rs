@@ -111,3 +111,58 @@ async fn a_transaction_handle_fails_after_its_closure() {
     let books = within("the books", books(&observer)).await;
     assert!(books.is_empty(), "{books:?}");
 }
+
+/// A handle moved into a task that the closure spawns, whose query starts
+/// before the closure returns: the transaction waits for that query before
+/// it ends, so it runs inside the transaction (and rolls back with it here),
+/// never after `ROLLBACK`, on its own. On this current-thread runtime the
+/// closure's `yield_now` lets the task check the handle and send its
+/// `Parse` before the closure returns: without the wait, its `Bind` and
+/// `Execute` followed the `ROLLBACK`, and its insert committed.
+#[tokio::test]
+async fn a_query_started_from_a_spawned_task_runs_inside_the_transaction() {
+    let server = PgServer::start().await;
+    let observer = observer(&server).await;
+    create_books(&observer).await;
+    within(
+        "create",
+        observer.batch_execute("CREATE TABLE late (k int)"),
+    )
+    .await
+    .unwrap();
+    let client = client(&server, false);
+    let task = Arc::new(std::sync::Mutex::new(None));
+    let error = within("the transaction", {
+        let task = task.clone();
+        client.transaction(move |tx| {
+            let task = task.clone();
+            async move {
+                let late = tokio::spawn(async move {
+                    tx.query(Query::new("INSERT INTO late VALUES (1)"))
+                        .await
+                        .map(|rows| rows.rows_affected())
+                });
+                *task.lock().unwrap() = Some(late);
+                tokio::task::yield_now().await;
+                Err::<(), BoxError>("give up".into())
+            }
+        })
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(error.to_string(), "give up");
+    let late = task.lock().unwrap().take().expect("the task");
+    let inserted = within("the task", late).await.expect("no panic");
+    assert_eq!(
+        inserted.expect("the query ran before the transaction ended"),
+        1
+    );
+    let rows: i64 = within(
+        "count",
+        observer.query_one("SELECT count(*) FROM late", &[]),
+    )
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(rows, 0, "the insert ran outside the transaction");
+}

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use support::pg_server::PgServer;
 use support::policy::quick_redial;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 use tower::ServiceExt;
 use tower_redial::error::Panicked;
-use tower_redial::postgres::Query;
+use tower_redial::postgres::{postgres_error, Query, RolledBack};
 use tower_redial::BoxError;
 
 use crate::{pg_client, within};
@@ -216,7 +217,6 @@ async fn a_panicking_closure_rolls_back_and_the_client_goes_on() {
 /// (read `COMMIT`'s command tag through `simple_query`, which reports
 /// `ROLLBACK`), so that a success means a commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: transaction returns Ok when COMMIT rolled back an aborted transaction"]
 async fn a_transaction_that_rolled_back_does_not_report_success() {
     let server = PgServer::start().await;
     let observer = observer(&server).await;
@@ -243,10 +243,29 @@ async fn a_transaction_that_rolled_back_does_not_report_success() {
         .unwrap()
         .get(0);
     assert_eq!(v, 0, "PostgreSQL rolled the transaction back");
-    assert!(
-        result.is_err(),
-        "transaction reported success: {result:?}, but nothing committed"
-    );
+    let error = result.expect_err("transaction reported success, but nothing committed");
+    assert!(error.is::<RolledBack>(), "{error:?}");
+    let code = postgres_error(&*error).and_then(|e| e.code().cloned());
+    assert_eq!(code, Some(SqlState::IN_FAILED_SQL_TRANSACTION), "{error:?}");
+    // The connection goes on, outside any transaction.
+    assert_eq!(client.stats().drops, 0);
+    no_session_in_transaction(&observer).await;
+    within(
+        "a transaction after",
+        client.transaction(|tx| async move {
+            tx.query(Query::new("UPDATE t SET v = 43 WHERE id = 1"))
+                .await?;
+            Ok::<_, BoxError>(())
+        }),
+    )
+    .await
+    .unwrap();
+    let v: i32 = observer
+        .query_one("SELECT v FROM t WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 43, "the next transaction committed");
 }
 
 /// A query through the client from inside a closure waits for the

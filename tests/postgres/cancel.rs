@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use support::pg_server::PgServer;
 use support::policy::quick_redial;
+use tokio::time::error::Elapsed;
+use tokio_postgres::error::SqlState;
 use tower::ServiceExt;
-use tower_redial::error::ResponseTimeout;
-use tower_redial::postgres::Query;
+use tower_redial::error::{ConnectionLost, ResponseTimeout};
+use tower_redial::postgres::{self, PgClient, Query, Rows};
 use tower_redial::BoxError;
 
-use crate::pg_transaction::{create, observer};
-use crate::{pg_client, within};
+use crate::transaction_misuse::{create, observer};
+use crate::{pg_client, within, LIMIT};
 
 /// Backends of other sessions still running a `pg_sleep`.
 async fn sleeping(observer: &tokio_postgres::Client) -> i64 {
@@ -56,7 +58,6 @@ async fn still_sleeping_after_8s(observer: &tokio_postgres::Client) -> i64 {
 /// `Client::cancel_token().cancel_query(tls)`) for statements still in
 /// flight when it is dropped or a response future is abandoned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a query past the response timeout keeps running on the server (backend leak)"]
 async fn a_timed_out_query_is_cancelled_on_the_server() {
     let server = PgServer::start().await;
     let observer = observer(&server).await;
@@ -82,6 +83,103 @@ async fn a_timed_out_query_is_cancelled_on_the_server() {
     );
 }
 
+/// Waits until `n` other sessions run a `pg_sleep`.
+async fn until_sleeping(observer: &tokio_postgres::Client, n: i64) {
+    within("statements start", async {
+        while sleeping(observer).await < n {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// A `SELECT pg_sleep(60)` on `client`, on a task of its own, whose caller
+/// gives up after `after`.
+fn slow(
+    client: &PgClient,
+    after: Duration,
+) -> tokio::task::JoinHandle<Result<Result<Rows, BoxError>, Elapsed>> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        tokio::time::timeout(after, client.oneshot(Query::new("SELECT pg_sleep(60)"))).await
+    })
+}
+
+/// Queries whose callers stop waiting (their own timeouts, no response
+/// timeout in the policy), two of them in flight together on the one
+/// connection: each one abandoned is cancelled on the server, the second
+/// too (a `CancelRequest` stops one statement, and they run one after the
+/// other), and the client goes on, on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_dropped_by_their_callers_timeouts_are_cancelled_on_the_server() {
+    let server = PgServer::start().await;
+    let observer = observer(&server).await;
+    let client = pg_client(&server, quick_redial().build().unwrap());
+    within(
+        "a first query",
+        client.clone().oneshot(Query::new("SELECT 1")),
+    )
+    .await
+    .unwrap();
+    let first = slow(&client, Duration::from_millis(300));
+    until_sleeping(&observer, 1).await;
+    let second = slow(&client, Duration::from_millis(600));
+    let first = within("the first caller", first).await.unwrap();
+    let second = within("the second caller", second).await.unwrap();
+    assert!(first.is_err(), "the first caller gave up: {first:?}");
+    assert!(second.is_err(), "the second caller gave up: {second:?}");
+    assert_eq!(
+        still_sleeping_after_8s(&observer).await,
+        0,
+        "abandoned statements still run on the server"
+    );
+    let rows = within(
+        "a query after",
+        client.clone().oneshot(Query::new("SELECT 2")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rows.first().unwrap().get::<_, i32>(0), 2);
+}
+
+/// The `CancelRequest` for an abandoned statement stops whatever the
+/// backend runs: here another caller's statement, sent before it on the
+/// same connection. That caller gets `ConnectionLost` (its statement ran in
+/// part, on a connection given up), and the abandoned statement, which
+/// would then run, is cancelled in turn once the connection is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_cancelled_in_place_of_an_abandoned_one_is_connection_lost() {
+    let server = PgServer::start().await;
+    let observer = observer(&server).await;
+    let client = pg_client(&server, quick_redial().build().unwrap());
+    within(
+        "a first query",
+        client.clone().oneshot(Query::new("SELECT 1")),
+    )
+    .await
+    .unwrap();
+    let waiting = slow(&client, LIMIT);
+    until_sleeping(&observer, 1).await;
+    let abandoned = slow(&client, Duration::from_millis(300));
+    assert!(within("the abandoned caller", abandoned)
+        .await
+        .unwrap()
+        .is_err());
+    let error = within("the waiting caller", waiting)
+        .await
+        .unwrap()
+        .expect("not the caller's timeout")
+        .expect_err("its statement was cancelled");
+    assert!(error.is::<ConnectionLost>(), "{error:?}");
+    let code = postgres::postgres_error(&*error).and_then(|e| e.code().cloned());
+    assert_eq!(code, Some(SqlState::QUERY_CANCELED), "{error:?}");
+    assert_eq!(
+        still_sleeping_after_8s(&observer).await,
+        0,
+        "the abandoned statement still runs on the server"
+    );
+}
+
 /// A transaction abandoned (the caller's timeout) while one of its
 /// statements runs. The docs promise: "A transaction whose future is
 /// dropped half way closes its connection: the server rolls the
@@ -94,7 +192,6 @@ async fn a_timed_out_query_is_cancelled_on_the_server() {
 /// Expected: the abandoned transaction's statement is cancelled
 /// (`CancelRequest`), so it rolls back at once and its locks go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: an abandoned transaction keeps its locks while its statement runs on"]
 async fn an_abandoned_transaction_with_a_running_statement_frees_its_locks() {
     let server = PgServer::start().await;
     let observer = observer(&server).await;

@@ -3,8 +3,10 @@
 
 use support::pg_server::PgServer;
 use support::policy::quick_redial;
+use tokio_postgres::error::SqlState;
 use tower::ServiceExt;
-use tower_redial::postgres::Query;
+use tower_redial::postgres::{postgres_error, Query};
+use tower_redial::BoxError;
 
 use crate::{pg_client, within};
 
@@ -18,7 +20,6 @@ use crate::{pg_client, within};
 /// cache and prepared again (a `26000` at `Bind` ran nothing), or at least
 /// the next run prepares it afresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a prepared query fails forever (26000) after DEALLOCATE ALL / DISCARD ALL"]
 async fn prepared_query_survives_deallocate_all() {
     let server = PgServer::start().await;
     let client = pg_client(&server, quick_redial().build().unwrap());
@@ -45,6 +46,42 @@ async fn prepared_query_survives_deallocate_all() {
         failures.is_empty(),
         "prepared query failed after DEALLOCATE ALL: {failures:#?}"
     );
+    assert_eq!(client.stats().drops, 0, "on the same connection");
+}
+
+/// Inside a transaction a stale kept statement cannot be run again: its
+/// failed `Bind` aborted the transaction. The error (`26000`) goes to the
+/// closure, which returns it (the transaction rolls back); the statement
+/// is gone from the cache, so the next transaction prepares it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_statement_in_a_transaction_fails_once_then_is_prepared_again() {
+    let server = PgServer::start().await;
+    let client = pg_client(&server, quick_redial().build().unwrap());
+    let query = || Query::new("SELECT $1::int + 1").prepared().bind(1_i32);
+    within("first run", client.clone().oneshot(query()))
+        .await
+        .unwrap();
+    within(
+        "deallocate",
+        client.clone().oneshot(Query::batch("DEALLOCATE ALL")),
+    )
+    .await
+    .unwrap();
+    let run = || {
+        client.transaction(move |tx| async move {
+            let rows = tx.query(query()).await?;
+            Ok::<_, BoxError>(rows.first().expect("a row").get::<_, i32>(0))
+        })
+    };
+    let error = within("in a transaction", run()).await.unwrap_err();
+    let code = postgres_error(&*error).and_then(|e| e.code().cloned());
+    assert_eq!(
+        code,
+        Some(SqlState::INVALID_SQL_STATEMENT_NAME),
+        "{error:?}"
+    );
+    assert_eq!(within("again", run()).await.unwrap(), 2);
+    assert_eq!(client.stats().drops, 0, "on the same connection");
 }
 
 /// A column type change under a kept statement: PostgreSQL refuses the
@@ -57,7 +94,6 @@ async fn prepared_query_survives_deallocate_all() {
 /// 0A000 comes at `Bind`), so the next run, or a transparent re-prepare,
 /// succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a prepared query fails forever (0A000) after its table's column type changes"]
 async fn prepared_query_recovers_after_a_schema_change() {
     let server = PgServer::start().await;
     let client = pg_client(&server, quick_redial().build().unwrap());
@@ -94,6 +130,7 @@ async fn prepared_query_recovers_after_a_schema_change() {
             ),
         }
     }
-    // One failure is what the docs warn of; after it the cache must heal.
-    assert_eq!(codes[1..], ["ok", "ok"], "runs after the ALTER: {codes:?}");
+    // The stale statement is prepared again, and the run goes through.
+    assert_eq!(codes, ["ok", "ok", "ok"], "runs after the ALTER: {codes:?}");
+    assert_eq!(client.stats().drops, 0, "on the same connection");
 }
