@@ -1,4 +1,4 @@
-//! PostgreSQL over TLS: a real server with `ssl=on` and certificates made
+//! A real server with `ssl=on` and certificates made
 //! at test time (rcgen), and a client built with
 //! `MakePostgres::with_tls(MakeRustlsConnect)` (tokio-postgres-rustls, on
 //! rustls with the ring provider).
@@ -10,7 +10,6 @@
 
 use std::error::Error as _;
 use std::fs;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -29,14 +28,7 @@ use tower_redial::postgres::{MakePostgres, PgClient, Query};
 use tower_redial::state::Phase;
 use tower_redial::{Backoff, BoxError, ReconnectLayer, ReconnectPolicy};
 
-const LIMIT: Duration = Duration::from_secs(30);
-
-/// Fails the test, rather than hanging it.
-async fn within<F: Future>(what: &str, future: F) -> F::Output {
-    tokio::time::timeout(LIMIT, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within {LIMIT:?}"))
-}
+use crate::within;
 
 /// A certificate authority made for the test.
 struct Ca {
