@@ -30,6 +30,11 @@
 //!
 //! `scripts/bench` runs this and writes the tables in `docs/BENCHMARKS.md`.
 //!
+//! Side by side: `OVERHEAD_ROUNDS=<n>` runs the queue paths (b), (f) and
+//! (g) with 64 callers in turn, round after round (see [`rounds`]): the
+//! 64-caller goal is taken from it, since criterion's separate runs of
+//! each stack drift apart on a shared machine.
+//!
 //! Profiling: `OVERHEAD_PROFILE=<a|b|c|d|e|f|g> OVERHEAD_N=<requests>` runs that
 //! stack's one-caller loop `N` times without criterion, for
 //! `valgrind --tool=callgrind`.
@@ -308,9 +313,78 @@ fn profile(which: &str) {
     assert!(found, "OVERHEAD_PROFILE must be one of a, b, c, d, e, f, g");
 }
 
+/// `OVERHEAD_ROUNDS=<n>`: the queue paths (b), (f) and (g) with 64 callers,
+/// side by side: in each of `n` rounds each stack runs for
+/// `OVERHEAD_WINDOW_MS` (default 300) in turn, the order rotating, so that
+/// load on the machine hits all alike. Prints one line per round and stack,
+/// `round <i> <stack> <requests per second>`, for `scripts/bench`, which
+/// takes the ratios round by round.
+fn rounds(n: usize) {
+    let window = Duration::from_millis(
+        std::env::var("OVERHEAD_WINDOW_MS")
+            .ok()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(300),
+    );
+    let rt = multi_thread();
+    let mut stacks = Vec::new();
+    with_stacks(&rt, |name, stack| {
+        if matches!(stack, Stack::B(_) | Stack::F(_) | Stack::G(_)) {
+            stacks.push((name, stack));
+        }
+    });
+    for round in 0..n {
+        for k in 0..stacks.len() {
+            let (name, stack) = &stacks[(round + k) % stacks.len()];
+            let rate = dispatch!(stack, |s| rt.block_on(throughput(s.clone(), window)));
+            println!("round {round} {name} {rate:.0}");
+        }
+    }
+}
+
+/// Requests per second that 64 callers, each with its own clone of
+/// `service`, complete in a closed loop for `window`.
+async fn throughput<S>(service: S, window: Duration) -> f64
+where
+    S: Service<u64, Response = u64> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Debug,
+{
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let start = Instant::now();
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let mut service = service.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    black_box(request(&mut service, n).await);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    tokio::time::sleep(window).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut done = 0;
+    for caller in callers {
+        done += caller.await.expect("caller task");
+    }
+    done as f64 / start.elapsed().as_secs_f64()
+}
+
 fn main() {
     if let Ok(which) = std::env::var("OVERHEAD_PROFILE") {
         profile(&which);
+        return;
+    }
+    if let Some(n) = std::env::var("OVERHEAD_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        rounds(n);
         return;
     }
     let mut c = Criterion::default()

@@ -63,9 +63,9 @@ use tower_redial::redis::MakeRedis;
 use tower_redial::{BoxError, ReconnectLayer, ReconnectPolicy};
 
 /// Measurement rounds per side.
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 11;
 /// How long each side runs in each round.
-const WINDOW: Duration = Duration::from_millis(1000);
+const WINDOW: Duration = Duration::from_millis(500);
 /// The comparisons, in the table's order.
 const PAIRS: [&str; 3] = [
     "HTTP/1, hyper `client::conn`: `client` vs one bare `SendRequest`",
