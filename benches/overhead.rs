@@ -336,7 +336,12 @@ fn rounds(n: usize) {
     for round in 0..n {
         for k in 0..stacks.len() {
             let (name, stack) = &stacks[(round + k) % stacks.len()];
-            let rate = dispatch!(stack, |s| rt.block_on(throughput(s.clone(), window)));
+            let rate = match stack {
+                Stack::B(s) => rt.block_on(throughput(s.clone(), window)),
+                Stack::F(s) => rt.block_on(throughput(s.clone(), window)),
+                Stack::G(s) => rt.block_on(throughput(s.clone(), window)),
+                _ => unreachable!("only the queue paths are kept"),
+            };
             println!("round {round} {name} {rate:.0}");
         }
     }
