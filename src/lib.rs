@@ -132,6 +132,12 @@
 //! - [`connect`]: [`Handshake`] turns a connector plus a handshake into a
 //!   connection factory; [`TcpConnector`](connect::TcpConnector) sets
 //!   `TCP_NODELAY`, keepalive and `TCP_USER_TIMEOUT`.
+//! - `tls` (feature `tls`): a rustls handshake over any connector, for
+//!   HTTP/1, HTTP/2, tonic and your own protocols.
+//! - The integrations: `hyper` (HTTP/1 and HTTP/2, and `hyper::grpc`, a
+//!   one-line tonic transport), `redis` (`RedisManager`, a drop-in for
+//!   redis-rs's `ConnectionManager`) and `postgres` (queries, transactions
+//!   and prepared statements): see the features below.
 //!
 //! # Cargo features
 //!
