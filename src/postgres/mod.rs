@@ -317,6 +317,14 @@
 //! [`get_ref()`](std::io::Error::get_ref), since `io::Error` does not list
 //! the error it wraps as its `source()`.
 //!
+//! With the `tls` feature too, `PgTls` is such a connector on rustls that
+//! takes this crate's `tls::TlsConfig`, the settings a
+//! hyper or tonic client over TLS takes: `MakePostgres::with_tls(PgTls::new(config))`.
+//! Its handshake failure is a `tls::HandshakeError`
+//! under the `tokio_postgres::Error`, and its `source()` is the
+//! `rustls::Error` itself, so walking `source()` from the `Unavailable`
+//! reaches it.
+//!
 //! # Errors
 //!
 //! A query fails with:
@@ -351,6 +359,8 @@ mod make;
 mod query;
 mod run;
 mod statements;
+#[cfg(feature = "tls")]
+mod tls;
 mod transaction;
 
 pub use connection::{PgConnection, QueryFuture};
@@ -359,4 +369,6 @@ pub use errors::{
 };
 pub use make::{Connecting, MakePostgres};
 pub use query::{Query, Rows};
+#[cfg(feature = "tls")]
+pub use tls::{PgTls, PgTlsConnect, PgTlsStream};
 pub use transaction::{Transaction, TransactionFuture};

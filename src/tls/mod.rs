@@ -134,6 +134,8 @@ pub use error::HandshakeError;
 pub use future::TlsConnecting;
 pub use name::{InvalidServerName, TargetName};
 
+pub(crate) use name::parse as parse_server_name;
+
 /// The rustls this module is built on, for a [`ClientConfig`](rustls::ClientConfig)
 /// of your own and to match on [`rustls::Error`].
 pub use rustls;
