@@ -19,10 +19,10 @@ use crate::BoxError;
 /// [`MakePostgres::with_tls`](super::MakePostgres::with_tls).
 ///
 /// The server's certificate is checked against the `host` of the config
-/// (a DNS name or an IP address), which is also sent as SNI (none for an
-/// address). A `host` that is neither is refused before any handshake,
-/// with [`InvalidServerName`] as the source of the dial's
-/// `tokio_postgres::Error`.
+/// (a DNS name or an IP address; `hostaddr`, if set, is where it
+/// connects). A `host` that is neither fails the dial before any
+/// handshake, with [`InvalidServerName`] as the
+/// [`source()`](std::error::Error::source) of its `tokio_postgres::Error`.
 ///
 /// A failed handshake (a certificate not trusted, for another name,
 /// expired; an alert from the server) fails the dial with a
@@ -74,8 +74,7 @@ pub struct PgTls {
 
 impl PgTls {
     /// A connector with `config`: a [`TlsConfig`], or a rustls
-    /// `ClientConfig`. ALPN is sent as the config has it; PostgreSQL's
-    /// usual handshake needs none.
+    /// `ClientConfig`.
     ///
     /// ```
     /// use tower_redial::postgres::PgTls;
