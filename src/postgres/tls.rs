@@ -255,8 +255,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for PgTlsStream<S> {
 
 #[cfg(test)]
 mod tests {
-    use std::error::Error as _;
-
     use tokio::net::TcpStream;
 
     use super::*;
