@@ -26,9 +26,11 @@ use super::PgConnection;
 /// # TLS
 ///
 /// [`MakePostgres::new`] connects without TLS (`NoTls`).
-/// [`MakePostgres::with_tls`] takes any `tokio-postgres` TLS connector, such
-/// as `tokio-postgres-rustls`', `postgres-native-tls`' or
-/// `postgres-openssl`'s; see [TLS](super#tls).
+/// [`MakePostgres::with_tls`] takes any `tokio-postgres` TLS connector: the
+/// crate's own `PgTls` (with the `tls` feature: the same `TlsConfig` as the
+/// hyper and tonic clients, and rustls's error under the dial's), or
+/// `tokio-postgres-rustls`', `postgres-native-tls`' or `postgres-openssl`'s;
+/// see [TLS](super#tls).
 #[derive(Clone, Debug)]
 pub struct MakePostgres<T = NoTls> {
     tls: T,
