@@ -17,8 +17,8 @@
 #![cfg(target_os = "linux")]
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use support::line::LineConnection;
@@ -52,94 +52,30 @@ const GUARD: Duration = Duration::from_secs(15);
 // The namespace
 // ---------------------------------------------------------------------------
 
-/// A network namespace with a veth pair to the host and a `redis-server`
-/// inside. Dropping it kills the server and deletes the namespace, which
-/// removes the veth pair and the namespace's iptables rules with it.
+/// A `redis-server` inside a network namespace of the test's own. Dropping
+/// it kills the server, then deletes the namespace.
 struct Netns {
-    name: String,
-    host_link: String,
-    server: Option<Child>,
+    server: Child,
     /// The server's address, inside the namespace.
     addr: SocketAddr,
-}
-
-fn run(program: &str, args: &[&str]) -> io::Result<()> {
-    let output = Command::new(program).args(args).output()?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "`{program} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        )))
-    }
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("Uid:"))?.to_owned();
-            let effective = line.split_whitespace().nth(2)?.to_owned();
-            Some(effective == "0")
-        })
-        .unwrap_or(false)
+    ns: support::netns::Netns,
 }
 
 impl Netns {
-    /// Sets up namespace `tag` (one letter) on `10.231.7.<base>/30`: host
-    /// side `.base+1`, namespace side `.base+2`.
+    /// Sets up namespace `tag` (one letter) on `10.231.7.<base>/30`, and
+    /// starts the server in it.
     async fn start(tag: &str, base: u8) -> io::Result<Netns> {
-        assert!(
-            is_root(),
-            "tests/line/half_open.rs needs root (network namespaces, veth, iptables); run it as root, as CI does"
-        );
-        let pid = std::process::id();
-        let host_ip = Ipv4Addr::new(10, 231, 7, base + 1);
-        let ns_ip = Ipv4Addr::new(10, 231, 7, base + 2);
-        let mut ns = Netns {
-            name: format!("redial-{pid}-{tag}"),
-            // Interface names have at most 15 bytes.
-            host_link: format!("rh{pid}{tag}"),
-            server: None,
-            addr: SocketAddr::from((ns_ip, PORT)),
-        };
-        let ns_link = format!("rn{pid}{tag}");
-        let name = ns.name.clone();
-        run("ip", &["netns", "add", &name])?;
-        // From here on, `ns`'s drop cleans up whatever was made.
-        let host_link = ns.host_link.clone();
-        run(
-            "ip",
-            &[
-                "link", "add", &host_link, "type", "veth", "peer", "name", &ns_link,
-            ],
-        )?;
-        run("ip", &["link", "set", &ns_link, "netns", &name])?;
-        run(
-            "ip",
-            &["addr", "add", &format!("{host_ip}/30"), "dev", &host_link],
-        )?;
-        run("ip", &["link", "set", &host_link, "up"])?;
-        let in_ns = |args: &[&str]| {
-            let mut all = vec!["netns", "exec", &name];
-            all.extend_from_slice(args);
-            run("ip", &all)
-        };
-        in_ns(&["ip", "addr", "add", &format!("{ns_ip}/30"), "dev", &ns_link])?;
-        in_ns(&["ip", "link", "set", &ns_link, "up"])?;
-        in_ns(&["ip", "link", "set", "lo", "up"])?;
-
-        let server = Command::new("ip")
-            .args(["netns", "exec", &name, "redis-server"])
-            .args(["--bind", &ns_ip.to_string(), "--port", &PORT.to_string()])
+        let ns = support::netns::Netns::create("tests/line/half_open.rs", "r", tag, 7, base)?;
+        let addr = SocketAddr::from((ns.ip(), PORT));
+        let server = ns
+            .command("redis-server")
+            .args(["--bind", &ns.ip().to_string(), "--port", &PORT.to_string()])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        ns.server = Some(server);
+        let ns = Netns { server, addr, ns };
 
         // Wait until it listens.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -157,38 +93,22 @@ impl Netns {
         Ok(ns)
     }
 
-    fn iptables(&self, op: &str) -> io::Result<()> {
-        let port = PORT.to_string();
-        run(
-            "ip",
-            &[
-                "netns", "exec", &self.name, "iptables", op, "INPUT", "-p", "tcp", "--dport",
-                &port, "-j", "DROP",
-            ],
-        )
-    }
-
     /// Silences the server: everything sent to its port is dropped, with no
     /// RST and no FIN back (new SYNs too).
     fn drop_traffic(&self) {
-        self.iptables("-A").expect("add the DROP rule");
+        self.ns.drop_traffic(PORT);
     }
 
     /// Removes the rule again.
     fn restore_traffic(&self) {
-        self.iptables("-D").expect("delete the DROP rule");
+        self.ns.restore_traffic(PORT);
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        if let Some(mut server) = self.server.take() {
-            let _ = server.kill();
-            let _ = server.wait();
-        }
-        let _ = run("ip", &["netns", "delete", &self.name]);
-        // Normally gone with the namespace; in case the setup stopped halfway.
-        let _ = run("ip", &["link", "delete", &self.host_link]);
+        let _ = self.server.kill();
+        let _ = self.server.wait();
     }
 }
 

@@ -17,6 +17,7 @@
 pub mod fault_proxy;
 pub mod line;
 pub mod listen;
+pub mod netns;
 pub mod outcome;
 pub mod pg_server;
 pub mod policy;

@@ -21,9 +21,8 @@
 #![cfg(target_os = "linux")]
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
-use std::process::Command;
 use std::time::Duration;
 
 use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
@@ -53,39 +52,13 @@ const GUARD: Duration = Duration::from_secs(20);
 // The namespace
 // ---------------------------------------------------------------------------
 
-/// A network namespace with a veth pair to the host and a tonic health
-/// server listening inside. Dropping it stops the server and deletes the
-/// namespace, which removes the veth pair and the namespace's iptables
-/// rules with it.
+/// A tonic health server inside a network namespace of the test's own.
+/// Dropping it stops the server, then deletes the namespace.
 struct Netns {
-    name: String,
-    host_link: String,
-    server: Option<JoinHandle<()>>,
+    server: JoinHandle<()>,
     /// The server's address, inside the namespace.
     addr: SocketAddr,
-}
-
-fn run(program: &str, args: &[&str]) -> io::Result<()> {
-    let output = Command::new(program).args(args).output()?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "`{program} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        )))
-    }
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("Uid:"))?.to_owned();
-            Some(line.split_whitespace().nth(2)? == "0")
-        })
-        .unwrap_or(false)
+    ns: support::netns::Netns,
 }
 
 /// A listening socket made inside namespace `name`: a thread enters the
@@ -107,85 +80,42 @@ fn listen_in(name: &str, addr: SocketAddr) -> io::Result<tokio::net::TcpListener
 }
 
 impl Netns {
-    /// Sets up namespace `tag` (one letter) on `10.231.9.<base>/30`: host
-    /// side `.base+1`, namespace side `.base+2`.
+    /// Sets up namespace `tag` (one letter) on `10.231.9.<base>/30`, and
+    /// starts the server in it.
     fn start(tag: &str, base: u8) -> io::Result<Netns> {
-        assert!(
-            is_root(),
-            "tests/interop/tests/grpc/blackhole.rs needs root (network namespaces, veth, iptables); run it as root, as CI does"
-        );
-        let pid = std::process::id();
-        let host_ip = Ipv4Addr::new(10, 231, 9, base + 1);
-        let ns_ip = Ipv4Addr::new(10, 231, 9, base + 2);
-        let mut ns = Netns {
-            name: format!("redial-{pid}-g{tag}"),
-            // Interface names have at most 15 bytes.
-            host_link: format!("gh{pid}{tag}"),
-            server: None,
-            addr: SocketAddr::from((ns_ip, PORT)),
-        };
-        let ns_link = format!("gn{pid}{tag}");
-        let name = ns.name.clone();
-        run("ip", &["netns", "add", &name])?;
-        // From here on, `ns`'s drop cleans up whatever was made.
-        let host_link = ns.host_link.clone();
-        run(
-            "ip",
-            &[
-                "link", "add", &host_link, "type", "veth", "peer", "name", &ns_link,
-            ],
+        let ns = support::netns::Netns::create(
+            "tests/interop/tests/grpc/blackhole.rs",
+            "g",
+            tag,
+            9,
+            base,
         )?;
-        run("ip", &["link", "set", &ns_link, "netns", &name])?;
-        run(
-            "ip",
-            &["addr", "add", &format!("{host_ip}/30"), "dev", &host_link],
-        )?;
-        run("ip", &["link", "set", &host_link, "up"])?;
-        let in_ns = |args: &[&str]| {
-            let mut all = vec!["netns", "exec", &name];
-            all.extend_from_slice(args);
-            run("ip", &all)
-        };
-        in_ns(&["ip", "addr", "add", &format!("{ns_ip}/30"), "dev", &ns_link])?;
-        in_ns(&["ip", "link", "set", &ns_link, "up"])?;
-        in_ns(&["ip", "link", "set", "lo", "up"])?;
-
-        let listener = listen_in(&name, ns.addr)?;
+        let addr = SocketAddr::from((ns.ip(), PORT));
+        let listener = listen_in(ns.name(), addr)?;
         let incoming = futures::stream::unfold(listener, |listener| async move {
             let accepted = listener.accept().await.map(|(io, _)| io);
             Some((accepted, listener))
         });
         let (_reporter, health) = tonic_health::server::health_reporter();
-        ns.server = Some(tokio::spawn(async move {
+        let server = tokio::spawn(async move {
             Server::builder()
                 .add_service(health)
                 .serve_with_incoming(incoming)
                 .await
                 .unwrap();
-        }));
-        Ok(ns)
-    }
-
-    fn iptables(&self, op: &str) -> io::Result<()> {
-        let port = PORT.to_string();
-        run(
-            "ip",
-            &[
-                "netns", "exec", &self.name, "iptables", op, "INPUT", "-p", "tcp", "--dport",
-                &port, "-j", "DROP",
-            ],
-        )
+        });
+        Ok(Netns { server, addr, ns })
     }
 
     /// Silences the server: everything sent to its port is dropped, with no
     /// RST and no FIN back (new SYNs too).
     fn drop_traffic(&self) {
-        self.iptables("-A").expect("add the DROP rule");
+        self.ns.drop_traffic(PORT);
     }
 
     /// Removes the rule again.
     fn restore_traffic(&self) {
-        self.iptables("-D").expect("delete the DROP rule");
+        self.ns.restore_traffic(PORT);
     }
 
     fn origin(&self) -> String {
@@ -195,12 +125,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.abort();
-        }
-        let _ = run("ip", &["netns", "delete", &self.name]);
-        // Normally gone with the namespace; in case the setup stopped halfway.
-        let _ = run("ip", &["link", "delete", &self.host_link]);
+        self.server.abort();
     }
 }
 
