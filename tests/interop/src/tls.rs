@@ -2,7 +2,8 @@
 //! its own that can be restarted with another certificate.
 //!
 //! [`Ca`] makes a CA and signs server and client certificates ([`Leaf`]).
-//! [`TlsServer`] serves a tower service over TLS (HTTP/1 or HTTP/2, as
+//! [`recording_config`] is a client config that records the certificates
+//! it is shown. [`TlsServer`] serves a tower service over TLS (HTTP/1 or HTTP/2, as
 //! ALPN agrees) on `127.0.0.1`, with the [`ServerConfig`] it is given; on
 //! [`restart`](TlsServer::restart) it drops every connection and comes back
 //! on the same port with a new config.
@@ -22,9 +23,11 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use support::listen::{Restartable, Shutdown};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -290,4 +293,91 @@ async fn serve<S, F, B>(
     // then drop every connection, as a crash would.
     drop(listener);
     connections.shutdown().await;
+}
+
+/// A rustls client config that trusts `roots` alone, with rustls's own
+/// verifier wrapped so that it records every certificate a server
+/// presents, verified or not, in order: to see which certificate a client
+/// met on which dial.
+pub fn recording_config(roots: RootCertStore) -> (ClientConfig, Presented) {
+    let presented = Presented::default();
+    let verifier = Recording {
+        inner: WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .unwrap(),
+        presented: presented.clone(),
+    };
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    (config, presented)
+}
+
+/// The certificates servers presented to a [`recording_config`], in order.
+#[derive(Clone, Debug, Default)]
+pub struct Presented(Arc<Mutex<Vec<CertificateDer<'static>>>>);
+
+impl Presented {
+    /// Every certificate presented so far.
+    pub fn all(&self) -> Vec<CertificateDer<'static>> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The certificate presented last.
+    pub fn last(&self) -> Option<CertificateDer<'static>> {
+        self.all().pop()
+    }
+}
+
+/// rustls's own verifier, recording what it is given.
+#[derive(Debug)]
+struct Recording {
+    inner: Arc<WebPkiServerVerifier>,
+    presented: Presented,
+}
+
+impl ServerCertVerifier for Recording {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        (self.presented.0)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(end_entity.clone().into_owned());
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }

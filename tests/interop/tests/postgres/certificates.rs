@@ -10,164 +10,38 @@
 
 use std::error::Error as _;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::ring;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore};
+use rustls::pki_types::CertificateDer;
+use rustls::{CertificateError, RootCertStore};
 use support::pg_server::PgServer;
 use tokio_postgres_rustls::MakeRustlsConnect;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::ServiceBuilder;
 use tower_redial::error::Unavailable;
-use tower_redial::postgres::{MakePostgres, PgClient, Query};
+use tower_redial::postgres::{MakePostgres, PgClient};
 use tower_redial::state::Phase;
-use tower_redial::{Backoff, BoxError, ReconnectLayer, ReconnectPolicy};
+use tower_redial::{Backoff, ReconnectLayer, ReconnectPolicy};
+use tower_redial_interop::tls::{recording_config, Ca, Presented};
 
-use crate::within;
+use crate::{session_ssl, within, Dir};
 
-/// A certificate authority made for the test.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        Self { issuer }
-    }
-
-    /// A server certificate for 127.0.0.1, signed by this authority: its
-    /// DER, and the PEM certificate and key written to files in `dir`.
-    fn server_cert(&self, dir: &Dir, name: &str) -> ServerCert {
-        let key = KeyPair::generate().unwrap();
-        let params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let cert_file = dir.0.join(format!("{name}.crt"));
-        let key_file = dir.0.join(format!("{name}.key"));
-        fs::write(&cert_file, cert.pem()).unwrap();
-        fs::write(&key_file, key.serialize_pem()).unwrap();
-        ServerCert {
-            der: cert.der().to_vec(),
-            cert_file,
-            key_file,
-        }
-    }
-
-    fn roots(&self) -> RootCertStore {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.issuer.der().clone()).unwrap();
-        roots
-    }
-}
-
-struct ServerCert {
-    der: Vec<u8>,
-    cert_file: PathBuf,
-    key_file: PathBuf,
-}
-
-impl ServerCert {
-    fn files(&self) -> (&Path, &Path) {
-        (&self.cert_file, &self.key_file)
-    }
-}
-
-/// A temporary directory, removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new() -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "tower-redial-pg-tls-{}-{}",
-            std::process::id(),
-            fastrand_suffix()
-        ));
-        fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-}
-
-fn fastrand_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// rustls's own verifier, which also keeps the last certificate the server
-/// presented, to see which one the client met.
-#[derive(Debug)]
-struct Recording {
-    inner: Arc<WebPkiServerVerifier>,
-    seen: Arc<Mutex<Option<Vec<u8>>>>,
-}
-
-impl ServerCertVerifier for Recording {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        *self.seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(end_entity.to_vec());
-        self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+/// A certificate for 127.0.0.1 from `ca`, written to `dir` as `name.crt`
+/// and `name.key`: its DER, and the two files.
+fn server_cert(ca: &Ca, dir: &Dir, name: &str) -> (CertificateDer<'static>, PathBuf, PathBuf) {
+    let leaf = ca.server(&["127.0.0.1"]);
+    let (cert, key) = (
+        dir.0.join(format!("{name}.crt")),
+        dir.0.join(format!("{name}.key")),
+    );
+    fs::write(&cert, leaf.pem()).unwrap();
+    fs::write(&key, leaf.key_pem()).unwrap();
+    (leaf.der(), cert, key)
 }
 
 /// A client that trusts `roots` only, and records the certificate it met.
-fn tls_client(server: &PgServer, roots: RootCertStore) -> (PgClient, Arc<Mutex<Option<Vec<u8>>>>) {
-    let provider = Arc::new(ring::default_provider());
-    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .unwrap();
-    let seen = Arc::new(Mutex::new(None));
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Recording {
-            inner,
-            seen: seen.clone(),
-        }))
-        .with_no_client_auth();
+fn tls_client(server: &PgServer, roots: RootCertStore) -> (PgClient, Presented) {
+    let (config, presented) = recording_config(roots);
     let policy = ReconnectPolicy::builder()
         .backoff(Backoff::exponential(
             Duration::from_millis(10),
@@ -184,14 +58,7 @@ fn tls_client(server: &PgServer, roots: RootCertStore) -> (PgClient, Arc<Mutex<O
         .layer(ReconnectLayer::new(policy))
         .service(MakePostgres::with_tls(MakeRustlsConnect::new(config)))
         .client(target);
-    (client, seen)
-}
-
-/// Whether the client's session is over TLS, as the server sees it.
-async fn session_ssl(client: &PgClient) -> Result<bool, BoxError> {
-    let query = Query::new("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()");
-    let rows = client.clone().oneshot(query).await?;
-    Ok(rows.first().expect("a row").get(0))
+    (client, presented)
 }
 
 async fn ready(client: &PgClient) {
@@ -211,26 +78,18 @@ async fn tls_certificates_are_checked_on_every_dial() {
     let dir = Dir::new();
     let trusted = Ca::new("tower-redial test CA");
     let stranger = Ca::new("a stranger's CA");
-    let first = trusted.server_cert(&dir, "first");
-    let untrusted = stranger.server_cert(&dir, "untrusted");
-    let second = trusted.server_cert(&dir, "second");
-    let (cert, key) = first.files();
-    let server = PgServer::start_with_tls(cert, key).await;
-    let (client, seen) = tls_client(&server, trusted.roots());
-    let seen_now = || seen.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let (first, cert, key) = server_cert(&trusted, &dir, "first");
+    let server = PgServer::start_with_tls(&cert, &key).await;
+    let (client, presented) = tls_client(&server, trusted.roots());
 
-    assert!(within("a query over TLS", session_ssl(&client))
-        .await
-        .unwrap());
-    assert_eq!(seen_now().as_deref(), Some(&first.der[..]));
+    assert!(session_ssl(&client).await.unwrap());
+    assert_eq!(presented.last(), Some(first));
 
     // A certificate the client does not trust.
-    let (cert, key) = untrusted.files();
-    server.replace_tls(cert, key).await;
+    let (untrusted, cert, key) = server_cert(&stranger, &dir, "untrusted");
+    server.replace_tls(&cert, &key).await;
     within("the restart", server.restart()).await;
-    let error = within("failing fast", session_ssl(&client))
-        .await
-        .unwrap_err();
+    let error = session_ssl(&client).await.unwrap_err();
     let unavailable = error
         .downcast_ref::<Unavailable>()
         .unwrap_or_else(|| panic!("Unavailable: {error:?}"));
@@ -252,7 +111,7 @@ async fn tls_certificates_are_checked_on_every_dial() {
         tls,
         &rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
     );
-    assert_eq!(seen_now().as_deref(), Some(&untrusted.der[..]));
+    assert_eq!(presented.last(), Some(untrusted));
     // The state's last error is the same dial error.
     let state = client.state().borrow().clone();
     let last = state.last_error().expect("the last dial error");
@@ -263,14 +122,12 @@ async fn tls_certificates_are_checked_on_every_dial() {
     println!("untrusted: {error}: {dial}: {io}");
 
     // A new trusted certificate: the client redials by itself and meets it.
-    let (cert, key) = second.files();
-    server.replace_tls(cert, key).await;
+    let (second, cert, key) = server_cert(&trusted, &dir, "second");
+    server.replace_tls(&cert, &key).await;
     within("the restart", server.restart()).await;
     within("the client's own redial", ready(&client)).await;
-    assert!(within("a query over TLS", session_ssl(&client))
-        .await
-        .unwrap());
-    assert_eq!(seen_now().as_deref(), Some(&second.der[..]));
+    assert!(session_ssl(&client).await.unwrap());
+    assert_eq!(presented.last(), Some(second));
     let stats = client.stats();
     println!("{stats:?}");
     assert!(stats.dial_failures >= 1, "{stats:?}");

@@ -1,72 +1,16 @@
 //! A server restarted with a new certificate, from a rotated CA the client
 //! trusts beside the old one: the redial verifies the new certificate.
 
-use std::sync::{Arc, Mutex, PoisonError};
-
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::RootCertStore;
 use support::policy::quick_redial;
 use tower_redial::tls::TlsConfig;
-use tower_redial_interop::tls::{provider, Ca, TlsServer};
+use tower_redial_interop::tls::{recording_config, Ca, TlsServer};
 
 use super::{connector, get, http2, GUARD};
 
-/// rustls's own verifier, recording each certificate it verifies.
-#[derive(Debug)]
-struct Recording {
-    inner: Arc<WebPkiServerVerifier>,
-    seen: Arc<Mutex<Vec<CertificateDer<'static>>>>,
-}
-
-impl ServerCertVerifier for Recording {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let verified =
-            self.inner
-                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
-        if verified.is_ok() {
-            self.seen
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(end_entity.clone().into_owned());
-        }
-        verified
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
 /// A server restarted with a certificate from a new CA, which the client
 /// trusts beside the old one, is verified on the redial: the client's
-/// verifier saw the old certificate, then the new one, and the requests
+/// verifier was shown the old certificate, then the new one, and the requests
 /// after the restart succeed. The client's config is a rustls
 /// `ClientConfig` of the test's own (a recording verifier).
 #[tokio::test]
@@ -79,19 +23,7 @@ async fn a_restart_with_a_new_certificate_is_verified_on_the_redial() {
     let mut roots = RootCertStore::empty();
     roots.add(old_ca.der()).unwrap();
     roots.add(new_ca.der()).unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let verifier = Recording {
-        inner: WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-            .build()
-            .unwrap(),
-        seen: seen.clone(),
-    };
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+    let (mut config, presented) = recording_config(roots);
     config.alpn_protocols = vec![b"h2".to_vec()];
     let client = http2(
         connector(TlsConfig::from(config)),
@@ -99,13 +31,12 @@ async fn a_restart_with_a_new_certificate_is_verified_on_the_redial() {
         quick_redial().build().unwrap(),
     );
     let uri = format!("https://localhost:{port}/");
-    let seen = move || seen.lock().unwrap_or_else(PoisonError::into_inner).clone();
 
     assert_eq!(
         get(&client, &uri).await.unwrap(),
         "server alpn=h2 sni=localhost HTTP/2.0"
     );
-    assert_eq!(seen(), [old.der()]);
+    assert_eq!(presented.all(), [old.der()]);
 
     server.restart(new.server_config(None)).await;
     // The client notices the closed connection and redials; a request sent
@@ -120,5 +51,5 @@ async fn a_restart_with_a_new_certificate_is_verified_on_the_redial() {
     .await
     .expect("never reconnected");
     assert_eq!(body, "server alpn=h2 sni=localhost HTTP/2.0");
-    assert_eq!(seen(), [old.der(), new.der()]);
+    assert_eq!(presented.all(), [old.der(), new.der()]);
 }
