@@ -3,7 +3,6 @@
 //! and after the server restarts.
 #![cfg(feature = "postgres")]
 
-use std::future::Future;
 use std::time::Duration;
 
 use support::pg_server::PgServer;
@@ -13,16 +12,7 @@ use tower_redial::postgres::{MakePostgres, PgClient, Query};
 use tower_redial::state::Phase;
 use tower_redial::{Backoff, ReconnectLayer, ReconnectPolicy};
 
-use crate::Config as _;
-
-const LIMIT: Duration = Duration::from_secs(30);
-
-/// Fails the test, rather than hanging it.
-async fn within<F: Future>(what: &str, future: F) -> F::Output {
-    tokio::time::timeout(LIMIT, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within {LIMIT:?}"))
-}
+use crate::{within, Config as _};
 
 const LOOKUP: &str = "SELECT $1::bigint * 2";
 

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,19 +21,10 @@ use tower_redial::error::{ConnectionLost, NotSent};
 use tower_redial::postgres::{self, MakePostgres, PgClient, Query, Transaction};
 use tower_redial::{Backoff, BoxError, ReconnectLayer, ReconnectPolicy};
 
-use crate::Config as _;
-
-const LIMIT: Duration = Duration::from_secs(30);
+use crate::{within, Config as _};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-/// Fails the test, rather than hanging it.
-pub(crate) async fn within<F: Future>(what: &str, future: F) -> F::Output {
-    tokio::time::timeout(LIMIT, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within {LIMIT:?}"))
 }
 
 pub(crate) fn client(server: &PgServer, cancel_safe: bool) -> PgClient {

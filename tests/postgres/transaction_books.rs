@@ -16,7 +16,8 @@ use tower_redial::postgres::{PgClient, Query, Rows};
 use tower_redial::BoxError;
 
 use crate::outcome;
-use crate::transaction::{add, books, client, create_books, observer, within};
+use crate::transaction::{add, books, client, create_books, observer};
+use crate::within;
 
 const TASKS: usize = 4;
 const RESTARTS: usize = 3;

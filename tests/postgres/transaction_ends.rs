@@ -12,7 +12,8 @@ use tower_redial::error::{ConnectionLost, NotSent};
 use tower_redial::postgres::{self, Query};
 use tower_redial::BoxError;
 
-use crate::transaction::{add, books, client, create_books, observer, within};
+use crate::transaction::{add, books, client, create_books, observer};
+use crate::within;
 
 /// A transaction whose session dies before `COMMIT` on every run (it ends
 /// its own backend) runs again until the policy's attempts are spent
