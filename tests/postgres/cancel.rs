@@ -45,18 +45,12 @@ async fn still_sleeping_after_8s(observer: &tokio_postgres::Client) -> i64 {
 }
 
 /// A query past the policy's response timeout fails with
-/// `ResponseTimeout`, and its connection is dropped and redialed; but the
-/// statement goes on running on the server, since nothing cancels it.
-///
-/// Observed: three timed-out `SELECT pg_sleep(60)` leave three backends
-/// running for the full 60 s (8 s later, all three still are): each
-/// timeout costs a backend, and a caller who retries a slow query on
-/// timeout piles them up until `max_connections` refuses everyone.
-/// Dropping the tokio-postgres client does not stop them: PostgreSQL does
-/// not notice a closed socket while a statement runs. Expected: the
-/// connection sends a `CancelRequest` (tokio-postgres'
-/// `Client::cancel_token().cancel_query(tls)`) for statements still in
-/// flight when it is dropped or a response future is abandoned.
+/// `ResponseTimeout`, its connection is dropped and redialed, and its
+/// statement is cancelled on the server (a `CancelRequest`): 8 s later none
+/// of three timed-out `SELECT pg_sleep(60)` still runs. PostgreSQL does not
+/// notice a closed socket while a statement runs, so without the cancel
+/// each timeout held a backend for the full 60 s, and a caller retrying a
+/// slow query piled them up until `max_connections` refused everyone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_query_is_cancelled_on_the_server() {
     let server = PgServer::start().await;
@@ -181,16 +175,12 @@ async fn a_statement_cancelled_in_place_of_an_abandoned_one_is_connection_lost()
 }
 
 /// A transaction abandoned (the caller's timeout) while one of its
-/// statements runs. The docs promise: "A transaction whose future is
-/// dropped half way closes its connection: the server rolls the
-/// transaction back as the session ends".
-///
-/// Observed: the session does not end while the statement runs (the
-/// server does not read the socket), so the transaction stays open with
-/// its row locks until the statement finishes: another session's
-/// `UPDATE` of the row waits out its 8 s `lock_timeout` (55P03).
-/// Expected: the abandoned transaction's statement is cancelled
-/// (`CancelRequest`), so it rolls back at once and its locks go.
+/// statements runs: the statement is cancelled (a `CancelRequest`), the
+/// session ends, the transaction rolls back and its row locks go, so
+/// another session's `UPDATE` of the row succeeds within its 8 s
+/// `lock_timeout`. (The server does not read the socket while a statement
+/// runs: closing the connection alone left the locks held until the
+/// statement finished.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_transaction_with_a_running_statement_frees_its_locks() {
     let server = PgServer::start().await;

@@ -12,13 +12,10 @@ use crate::{pg_client, within};
 
 /// `DEALLOCATE ALL` (or `DISCARD ALL`, which a pooler such as PgBouncer
 /// sends between clients) drops every prepared statement of the session.
-///
-/// Observed: the cache still holds the statement, so every later run of
-/// the prepared query on this connection fails with `26000` ("prepared
-/// statement \"s0\" does not exist"), for as long as the connection lives;
-/// nothing evicts it. Expected: the failed statement is dropped from the
-/// cache and prepared again (a `26000` at `Bind` ran nothing), or at least
-/// the next run prepares it afresh.
+/// The cached statement's next run fails with `26000` at `Bind`, having run
+/// nothing: it is evicted, prepared again and run once more, so the query
+/// succeeds on the same connection (without the eviction, every later run
+/// failed for as long as the connection lived).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepared_query_survives_deallocate_all() {
     let server = PgServer::start().await;
@@ -85,14 +82,10 @@ async fn a_stale_statement_in_a_transaction_fails_once_then_is_prepared_again() 
 }
 
 /// A column type change under a kept statement: PostgreSQL refuses the
-/// cached plan with `0A000` ("cached plan must not change result type").
-/// The docs warn that it "may fail"; but it fails on every run, forever,
-/// on this connection, since the cache keeps the stale statement.
-///
-/// Observed: every run fails with 0A000 until the connection is redialed.
-/// Expected: the first failure evicts the statement (it ran nothing:
-/// 0A000 comes at `Bind`), so the next run, or a transparent re-prepare,
-/// succeeds.
+/// cached plan with `0A000` ("cached plan must not change result type") at
+/// `Bind`, having run nothing. The statement is evicted, prepared again and
+/// run once more, so every run after the change succeeds on the same
+/// connection (without the eviction, every run failed until a redial).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepared_query_recovers_after_a_schema_change() {
     let server = PgServer::start().await;

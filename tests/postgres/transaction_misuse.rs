@@ -60,6 +60,17 @@ async fn idle_in_transaction(observer: &tokio_postgres::Client) -> i64 {
     row.get(0)
 }
 
+/// The row the transactions write, read.
+const ROW: &str = "SELECT v FROM t WHERE id = 1";
+
+/// The row's value, as the observer's session sees it.
+async fn row_value(observer: &tokio_postgres::Client) -> i32 {
+    within("reading the row", observer.query_one(ROW, &[]))
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Waits (up to the limit) until no other session is inside a transaction.
 async fn no_session_in_transaction(observer: &tokio_postgres::Client) {
     within("sessions leave their transactions", async {
@@ -99,12 +110,11 @@ async fn an_abandoned_transaction_frees_its_locks_with_no_further_request() {
     )
     .await
     .expect("the abandoned transaction's lock was released");
-    let v: i32 = observer
-        .query_one("SELECT v FROM t WHERE id = 1", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(v, 1, "the abandoned UPDATE rolled back");
+    assert_eq!(
+        row_value(&observer).await,
+        1,
+        "the abandoned UPDATE rolled back"
+    );
     drop(client);
 }
 
@@ -147,15 +157,14 @@ async fn a_transaction_past_the_response_timeout_rolls_back() {
         "a timed-out transaction is not run again"
     );
     no_session_in_transaction(&observer).await;
-    let rows = within(
-        "a query after",
-        client
-            .clone()
-            .oneshot(Query::new("SELECT v FROM t WHERE id = 1")),
-    )
-    .await
-    .unwrap();
-    assert_eq!(rows.first().unwrap().get::<_, i32>(0), 0);
+    let rows = within("a query after", client.clone().oneshot(Query::new(ROW)))
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.first().unwrap().get::<_, i32>(0),
+        0,
+        "nothing committed"
+    );
 }
 
 /// A closure that panics after a write: the caller gets `Panicked`, the
@@ -211,11 +220,9 @@ async fn a_panicking_closure_rolls_back_and_the_client_goes_on() {
 /// user might. PostgreSQL aborts the transaction, and its `COMMIT` answers
 /// with the tag `ROLLBACK`.
 ///
-/// Observed: `transaction` returns `Ok` although nothing committed (the
-/// docs ask closures to return their errors, but the crate itself reads
-/// no command tag). Expected: an error saying the transaction rolled back
-/// (read `COMMIT`'s command tag through `simple_query`, which reports
-/// `ROLLBACK`), so that a success means a commit.
+/// `transaction` fails with `RolledBack` (carrying the server's 25P02),
+/// not `Ok`: a success means a commit. Nothing committed, and the next
+/// transaction on the same connection commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_that_rolled_back_does_not_report_success() {
     let server = PgServer::start().await;
@@ -237,12 +244,11 @@ async fn a_transaction_that_rolled_back_does_not_report_success() {
         }),
     )
     .await;
-    let v: i32 = observer
-        .query_one("SELECT v FROM t WHERE id = 1", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(v, 0, "PostgreSQL rolled the transaction back");
+    assert_eq!(
+        row_value(&observer).await,
+        0,
+        "PostgreSQL rolled the transaction back"
+    );
     let error = result.expect_err("transaction reported success, but nothing committed");
     assert!(error.is::<RolledBack>(), "{error:?}");
     let code = postgres_error(&*error).and_then(|e| e.code().cloned());
@@ -260,12 +266,11 @@ async fn a_transaction_that_rolled_back_does_not_report_success() {
     )
     .await
     .unwrap();
-    let v: i32 = observer
-        .query_one("SELECT v FROM t WHERE id = 1", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(v, 43, "the next transaction committed");
+    assert_eq!(
+        row_value(&observer).await,
+        43,
+        "the next transaction committed"
+    );
 }
 
 /// A query through the client from inside a closure waits for the
@@ -296,15 +301,14 @@ async fn a_client_query_inside_the_closure_deadlocks_until_the_timeout_then_reco
         "the nested query waits for its own transaction"
     );
     no_session_in_transaction(&observer).await;
-    let rows = within(
-        "a query after",
-        client
-            .clone()
-            .oneshot(Query::new("SELECT v FROM t WHERE id = 1")),
-    )
-    .await
-    .unwrap();
-    assert_eq!(rows.first().unwrap().get::<_, i32>(0), 0);
+    let rows = within("a query after", client.clone().oneshot(Query::new(ROW)))
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.first().unwrap().get::<_, i32>(0),
+        0,
+        "nothing committed"
+    );
 }
 
 /// Transactions doing read-then-write race plain queries on the same
@@ -327,7 +331,7 @@ async fn transactions_and_plain_queries_do_not_interleave() {
             tasks.spawn(async move {
                 client
                     .transaction(|tx| async move {
-                        let rows = tx.query(Query::new("SELECT v FROM t WHERE id = 1")).await?;
+                        let rows = tx.query(Query::new(ROW)).await?;
                         let v: i32 = rows.first().expect("row").get(0);
                         tokio::task::yield_now().await;
                         tx.query(Query::new("UPDATE t SET v = $1 WHERE id = 1").bind(v + 1))
